@@ -1,0 +1,45 @@
+// Backward, element-wise: dx = k1·dy + k2·(x − center) + k0, with per-channel
+// (center, k1, k2, k0) from grad_finalize. Same matrix view as apply_forward.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+// (center, k1, k2, k0)
+@group(0) @binding(3) var<storage, read> coeff: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let col = gid.x;
+    if col >= p.apply_width {
+        return;
+    }
+    let k = coeff[(col / p.inner) % p.channels];
+    let r_begin = wid.y * p.apply_rows_per_group;
+    let r_end = min(r_begin + p.apply_rows_per_group, p.apply_rows);
+    for (var r = r_begin; r < r_end; r++) {
+        let idx = r * p.apply_width + col;
+        if idx < p.total {
+            dx[idx] = k.y * dy[idx] + k.z * (x[idx] - k.x) + k.w;
+        }
+    }
+}

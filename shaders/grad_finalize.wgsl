@@ -1,0 +1,75 @@
+// Backward, stage 2, one invocation per channel: dgamma, dbeta, and the coefficients that
+// let apply_backward form dx = k1·dy + k2·(x − center) + k0 in one pass.
+//
+// Training (batch statistics), with g = gamma·invstd, the three paths of the gradient:
+//   dx = g·(dy − sum_dy/M − (x − mean)·invstd²·sum_dy_xmu/M)
+// so k1 = g, k2 = −g·invstd²·sum_dy_xmu/M, k0 = −g·sum_dy/M − k2·offset, where
+// mean = center + offset (see stats_finalize).
+// Eval (frozen running statistics): dx = g·dy, so k2 = k0 = 0.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct GradPartial {
+    sum_dy: f32,
+    sum_dy_xmu: f32,
+}
+
+// flags
+const FROZEN_STATS: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> partials: array<GradPartial>;
+@group(0) @binding(2) var<storage, read> saved: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> gamma: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dbeta: array<f32>;
+// (center, k1, k2, k0) for apply_backward.
+@group(0) @binding(6) var<storage, read_write> coeff: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    var sum_dy = 0.0;
+    var sum_dy_xmu = 0.0;
+    for (var k = 0u; k < p.splits; k++) {
+        let part = partials[c * p.splits + k];
+        sum_dy += part.sum_dy;
+        sum_dy_xmu += part.sum_dy_xmu;
+    }
+    let stats = saved[c];
+    let center = stats.x;
+    let offset = stats.y;
+    let invstd = stats.z;
+    dgamma[c] = sum_dy_xmu * invstd;
+    dbeta[c] = sum_dy;
+
+    let g = gamma[c] * invstd;
+    if (p.flags & FROZEN_STATS) != 0u {
+        coeff[c] = vec4<f32>(center, g, 0.0, 0.0);
+    } else {
+        let m = f32(p.count);
+        let k2 = -g * invstd * invstd * sum_dy_xmu / m;
+        let k0 = -g * sum_dy / m - k2 * offset;
+        coeff[c] = vec4<f32>(center, g, k2, k0);
+    }
+}

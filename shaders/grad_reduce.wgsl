@@ -1,0 +1,83 @@
+// Backward, stage 1: per (channel, split) sum_dy = Σ dy and sum_dy_xmu = Σ dy·(x − mean),
+// with the mean saved by the forward (or the running mean in eval). Same tiling as
+// stats_reduce. x − mean is formed as (x − center) − offset (see stats_finalize) so that it
+// keeps its precision when the mean is large next to the spread.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct GradPartial {
+    sum_dy: f32,
+    sum_dy_xmu: f32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+// (center, offset, invstd, var), mean = center + offset
+@group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+
+var<workgroup> wg_sum_dy: array<f32, WG>;
+var<workgroup> wg_sum_dy_xmu: array<f32, WG>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let split = wid.x;
+    let lane_c = lid % p.tile_c;
+    let lane_r = lid / p.tile_c;
+    let lane_i = lane_r % p.tile_i;
+    let lane_o = lane_r / p.tile_i;
+    let c = wid.y * p.tile_c + lane_c;
+
+    var sum_dy = 0.0;
+    var sum_dy_xmu = 0.0;
+    if c < p.channels {
+        let center = saved[c].x;
+        let offset = saved[c].y;
+        let row_stride = p.channels * p.inner;
+        let o_begin = split * p.rows_per_split;
+        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+            let base = o * row_stride + c * p.inner;
+            for (var i = lane_i; i < p.inner; i += p.tile_i) {
+                let g = dy[base + i];
+                sum_dy += g;
+                sum_dy_xmu += g * ((x[base + i] - center) - offset);
+            }
+        }
+    }
+    wg_sum_dy[lid] = sum_dy;
+    wg_sum_dy_xmu[lid] = sum_dy_xmu;
+
+    for (var stride = (WG / p.tile_c) / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if lane_r < stride {
+            let b = lid + stride * p.tile_c;
+            wg_sum_dy[lid] += wg_sum_dy[b];
+            wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
+        }
+    }
+
+    if lane_r == 0u && c < p.channels {
+        partials[c * p.splits + split] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
+    }
+}

@@ -1,0 +1,101 @@
+// Batch statistics, stage 2, one invocation per channel: merge the split partials, then
+// everything per channel that the element-wise kernels should not repeat: invstd, the
+// running-statistics update, and the folded (center, scale, shift) used by apply_forward.
+//
+// The mean is kept as the unevaluated sum center + offset: center is the channel's shift (one
+// of its values, so near the mean), offset the shifted mean. apply_forward computes
+// (x - center) * scale + (beta - offset * scale): x - center is exact when x is near the
+// mean, so y keeps full precision even when the mean is large next to the spread, where
+// x * scale + (beta - mean * scale) would cancel. (A normalized hi/lo pair by TwoSum would
+// need error-free arithmetic that shader compilers may legally simplify away.)
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct StatsPartial {
+    count: u32,
+    mean: f32,
+    m2: f32,
+    shift: f32,
+}
+
+// flags
+const UPDATE_RUNNING: u32 = 1u;
+const BIASED_RUNNING_VAR: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> partials: array<StatsPartial>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
+// num_batches_tracked, one copy per channel so that every invocation owns what it writes.
+@group(0) @binding(6) var<storage, read_write> batches_tracked: array<u32>;
+// (center, offset, invstd, biased var) with mean = center + offset, read by backward.
+@group(0) @binding(7) var<storage, read_write> saved: array<vec4<f32>>;
+// (center, scale, shift, 0) for apply_forward.
+@group(0) @binding(8) var<storage, read_write> coeff: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    let first = c * p.splits;
+    var n = partials[first].count;
+    var mean = partials[first].mean;
+    var m2 = partials[first].m2;
+    let shift = partials[first].shift;
+    for (var k = 1u; k < p.splits; k++) {
+        let b = partials[first + k];
+        if b.count == 0u {
+            continue;
+        }
+        let total = n + b.count;
+        let fb = f32(b.count) / f32(total);
+        let delta = b.mean - mean;
+        mean += delta * fb;
+        m2 += b.m2 + delta * delta * f32(n) * fb;
+        n = total;
+    }
+
+    let var_biased = max(m2 / f32(n), 0.0);
+    let invstd = 1.0 / sqrt(var_biased + p.eps);
+
+    if (p.flags & UPDATE_RUNNING) != 0u {
+        let batches = batches_tracked[c] + 1u;
+        batches_tracked[c] = batches;
+        // momentum < 0 encodes PyTorch's momentum=None: a cumulative moving average.
+        var factor = p.momentum;
+        if p.momentum < 0.0 {
+            factor = 1.0 / f32(batches);
+        }
+        var var_running = max(m2 / f32(n - 1u), 0.0);
+        if (p.flags & BIASED_RUNNING_VAR) != 0u {
+            var_running = var_biased;
+        }
+        running_mean[c] = (1.0 - factor) * running_mean[c] + factor * (shift + mean);
+        running_var[c] = (1.0 - factor) * running_var[c] + factor * var_running;
+    }
+
+    saved[c] = vec4<f32>(shift, mean, invstd, var_biased);
+    let scale = gamma[c] * invstd;
+    coeff[c] = vec4<f32>(shift, scale, beta[c] - mean * scale, 0.0);
+}

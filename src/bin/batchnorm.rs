@@ -1,0 +1,433 @@
+//! `batchnorm`: batch normalization on the GPU (wgpu) or the CPU reference, from .npy files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ndarray::{ArrayD, ArrayView1, ArrayViewD};
+use wgpu_batchnorm::gpu::list_adapters;
+use wgpu_batchnorm::{
+    npy, BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout, Result, RunningVar,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "batchnorm",
+    version,
+    about = "Batch normalization with PyTorch's semantics on any wgpu GPU, checked against an f64 CPU reference",
+    long_about = "Batch normalization with PyTorch's semantics on any wgpu GPU, checked against an \
+                  f64 CPU reference.\n\nWithout a subcommand, runs the demo: forward and backward of \
+                  a 32x64x56x56 tensor on the GPU and the CPU, with their largest relative \
+                  difference and timings."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter wgpu finds, the one chosen, and its key limits.
+    Info,
+    /// Forward pass: writes y.npy, batch statistics and updated running statistics.
+    Forward(PassArgs),
+    /// Backward pass: writes dx.npy and, when affine, dgamma.npy and dbeta.npy.
+    Backward {
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Upstream gradient, the same shape as x.
+        #[arg(long, value_name = "DY.npy")]
+        dy: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    /// Channels on axis 1 (ranks 2 to 5).
+    Nchw,
+    /// Channels on the last axis.
+    Nhwc,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Gpu,
+    Cpu,
+}
+
+#[derive(Args)]
+struct PassArgs {
+    /// Input, little-endian float32 .npy in C order.
+    #[arg(long, value_name = "X.npy")]
+    x: PathBuf,
+    /// Scale; with --beta makes the layer affine.
+    #[arg(long, value_name = "G.npy", requires = "beta")]
+    gamma: Option<PathBuf>,
+    #[arg(long, value_name = "B.npy", requires = "gamma")]
+    beta: Option<PathBuf>,
+    /// Running mean; with --running-var turns track_running_stats on.
+    #[arg(long, value_name = "RM.npy", requires = "running_var")]
+    running_mean: Option<PathBuf>,
+    #[arg(long, value_name = "RV.npy", requires = "running_mean")]
+    running_var: Option<PathBuf>,
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    num_batches_tracked: u64,
+    #[arg(long, value_name = "E", default_value_t = 1e-5)]
+    eps: f32,
+    /// A factor in [0, 1], or `none` for a cumulative average.
+    #[arg(long, value_name = "F|none", default_value = "0.1", value_parser = parse_momentum)]
+    momentum: Momentum,
+    /// Update running_var with the biased batch variance (ONNX) instead of the unbiased one.
+    #[arg(long)]
+    biased_running_var: bool,
+    /// Eval mode: normalize with the running statistics (batch statistics when none are given).
+    #[arg(long)]
+    eval: bool,
+    #[arg(long, value_enum, default_value = "nchw")]
+    layout: LayoutArg,
+    #[arg(long, value_enum, default_value = "gpu")]
+    device: DeviceArg,
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+struct Momentum(Option<f32>);
+
+fn parse_momentum(s: &str) -> std::result::Result<Momentum, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Momentum(None));
+    }
+    s.parse::<f32>()
+        .map(|m| Momentum(Some(m)))
+        .map_err(|_| format!("expected a number or `none`, got `{s}`"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => demo(),
+        Some(Command::Info) => info(),
+        Some(Command::Forward(args)) => forward(&args),
+        Some(Command::Backward { pass, dy }) => backward(&pass, &dy),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn layout(arg: LayoutArg) -> Layout {
+    match arg {
+        LayoutArg::Nchw => Layout::ChannelsFirst,
+        LayoutArg::Nhwc => Layout::ChannelsLast,
+    }
+}
+
+/// A per-channel vector from a .npy file: any shape with C elements in all.
+fn read_vector(path: &Path) -> Result<Vec<f32>> {
+    let a = npy::read_f32(path)?;
+    if a.ndim() != 1 {
+        return Err(BnError::Npy {
+            path: path.display().to_string(),
+            reason: format!(
+                "expected a 1-d per-channel vector, got shape {:?}",
+                a.shape()
+            ),
+        });
+    }
+    Ok(a.iter().copied().collect())
+}
+
+/// The layer the options describe, with its inputs loaded and checked.
+fn build_layer(args: &PassArgs, x: &ArrayD<f32>) -> Result<BatchNorm> {
+    let layout = layout(args.layout);
+    let shape = wgpu_batchnorm::Shape::new(x.shape(), layout)?;
+    let channels = shape.channels();
+    let mut config = BatchNormConfig::new(channels);
+    config.eps = args.eps;
+    config.momentum = args.momentum.0;
+    config.affine = args.gamma.is_some();
+    config.track_running_stats = args.running_mean.is_some();
+    if args.biased_running_var {
+        config.running_var = RunningVar::Biased;
+    }
+    config.validate()?;
+    let named = |name: &'static str, path: &Option<PathBuf>| -> Result<Option<Vec<f32>>> {
+        let Some(path) = path else { return Ok(None) };
+        let v = read_vector(path)?;
+        if v.len() != channels {
+            return Err(BnError::Length {
+                name,
+                expected: channels,
+                got: v.len(),
+            });
+        }
+        Ok(Some(v))
+    };
+    let gamma = named("gamma", &args.gamma)?;
+    let beta = named("beta", &args.beta)?;
+    let running_mean = named("running_mean", &args.running_mean)?;
+    let running_var = named("running_var", &args.running_var)?;
+    let device = match args.device {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Gpu => Device::Gpu(GpuContext::new()?),
+    };
+    let mut layer = BatchNorm::new(config, device)?;
+    if let (Some(g), Some(b)) = (gamma, beta) {
+        layer.set_gamma(&g)?;
+        layer.set_beta(&b)?;
+    }
+    if let (Some(m), Some(v)) = (running_mean, running_var) {
+        layer.set_running_mean(&m)?;
+        layer.set_running_var(&v)?;
+    }
+    layer.set_num_batches_tracked(args.num_batches_tracked)?;
+    layer.set_training(!args.eval);
+    Ok(layer)
+}
+
+/// Files to write, all computed before the first is written.
+struct Outputs(Vec<(&'static str, Vec<u8>)>);
+
+impl Outputs {
+    fn array(&mut self, name: &'static str, a: ArrayViewD<f32>) {
+        self.0.push((name, npy::to_bytes(&a)));
+    }
+
+    fn vector(&mut self, name: &'static str, v: &[f32]) {
+        self.array(name, ArrayView1::from(v).into_dyn());
+    }
+
+    /// Writes every file, or none: on a failure the ones already written are removed.
+    fn write(self, dir: &Path) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| BnError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut written = Vec::new();
+        for (name, bytes) in &self.0 {
+            let path = dir.join(name);
+            if let Err(e) = std::fs::write(&path, bytes) {
+                for done in &written {
+                    let _ = std::fs::remove_file(done);
+                }
+                let _ = std::fs::remove_file(&path);
+                return Err(io(&path)(e));
+            }
+            written.push(path);
+        }
+        Ok(())
+    }
+}
+
+fn forward(args: &PassArgs) -> Result<()> {
+    let x = npy::read_f32(&args.x)?;
+    let mut layer = build_layer(args, &x)?;
+    let out = layer.forward(x.view(), layout(args.layout))?;
+    let mut files = Outputs(Vec::new());
+    files.array("y.npy", out.y.view());
+    if let Some(stats) = &out.stats {
+        files.vector("mean.npy", &stats.mean);
+        files.vector("var.npy", &stats.var);
+        files.vector("invstd.npy", &stats.invstd);
+    }
+    if layer.is_training() && layer.config().track_running_stats {
+        files.vector("running_mean.npy", &layer.running_mean()?);
+        files.vector("running_var.npy", &layer.running_var()?);
+        let count = format!("{}\n", layer.num_batches_tracked()).into_bytes();
+        files.0.push(("num_batches_tracked.txt", count));
+    }
+    files.write(&args.out)
+}
+
+fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
+    let x = npy::read_f32(&args.x)?;
+    let dy = npy::read_f32(dy_path)?;
+    if x.shape() != dy.shape() {
+        return Err(BnError::ShapeMismatch {
+            a_name: "x",
+            a: x.shape().to_vec(),
+            b_name: "dy",
+            b: dy.shape().to_vec(),
+        });
+    }
+    let mut layer = build_layer(args, &x)?;
+    let layout = layout(args.layout);
+    // Training recomputes the batch statistics from x, as autograd would.
+    layer.forward(x.view(), layout)?;
+    let grads = layer.backward(x.view(), dy.view(), layout)?;
+    let mut files = Outputs(Vec::new());
+    files.array("dx.npy", grads.dx.view());
+    if let (Some(dgamma), Some(dbeta)) = (&grads.dgamma, &grads.dbeta) {
+        files.vector("dgamma.npy", dgamma);
+        files.vector("dbeta.npy", dbeta);
+    }
+    files.write(&args.out)
+}
+
+fn info() -> Result<()> {
+    let adapters = list_adapters();
+    println!("adapters found: {}", adapters.len());
+    for a in &adapters {
+        let i = &a.info;
+        println!(
+            "  {} | backend {:?} | type {:?} | driver {} {}{}",
+            i.name,
+            i.backend,
+            i.device_type,
+            i.driver,
+            i.driver_info,
+            if a.compute_shaders {
+                ""
+            } else {
+                " | no compute shaders"
+            }
+        );
+    }
+    let ctx = GpuContext::new()?;
+    if let Some(i) = ctx.adapter_info() {
+        println!("chosen: {} ({:?})", i.name, i.backend);
+    }
+    let l = ctx.limits();
+    println!("limits:");
+    println!(
+        "  max_storage_buffer_binding_size   {}",
+        l.max_storage_buffer_binding_size
+    );
+    println!("  max_buffer_size                   {}", l.max_buffer_size);
+    println!(
+        "  max_compute_workgroups_per_dim    {}",
+        l.max_compute_workgroups_per_dimension
+    );
+    println!(
+        "  max_compute_invocations_per_group {}",
+        l.max_compute_invocations_per_workgroup
+    );
+    println!(
+        "  max_compute_workgroup_storage     {}",
+        l.max_compute_workgroup_storage_size
+    );
+    println!(
+        "  max_storage_buffers_per_stage     {}",
+        l.max_storage_buffers_per_shader_stage
+    );
+    println!(
+        "  min_storage_buffer_offset_align   {}",
+        l.min_storage_buffer_offset_alignment
+    );
+    Ok(())
+}
+
+/// Deterministic inputs for the demo (SplitMix64, roughly normal by summing uniforms).
+fn demo_input(dims: &[usize], seed: u64, mean: f32, std: f32) -> ArrayD<f32> {
+    let mut state = seed;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let n: usize = dims.iter().product();
+    let values = (0..n)
+        .map(|_| {
+            let s: f32 = (0..4).map(|_| uniform()).sum();
+            mean + std * (s - 2.0) * 1.732
+        })
+        .collect();
+    ArrayD::from_shape_vec(dims, values).expect("numel matches")
+}
+
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (y as f64).powi(2);
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+fn demo() -> Result<()> {
+    let dims = [32usize, 64, 56, 56];
+    let layout = Layout::ChannelsFirst;
+    let ctx = GpuContext::new()?;
+    if let Some(i) = ctx.adapter_info() {
+        println!(
+            "adapter: {} ({:?}, {:?}, {})",
+            i.name, i.backend, i.device_type, i.driver_info
+        );
+    }
+    println!("input: {dims:?} float32, channels first; forward (training) + backward\n");
+    let x = demo_input(&dims, 1, 0.5, 2.0);
+    let dy = demo_input(&dims, 2, 0.0, 1.0);
+    let mut gpu = BatchNorm::new(BatchNormConfig::new(dims[1]), Device::Gpu(ctx))?;
+    let mut cpu = BatchNorm::new(BatchNormConfig::new(dims[1]), Device::Cpu)?;
+
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let start = Instant::now();
+        f()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    // Warm up the GPU plan (buffers are made on first use), then time one step each.
+    gpu.forward(x.view(), layout)?;
+    gpu.backward(x.view(), dy.view(), layout)?;
+    let mut g_fwd = None;
+    let mut g_bwd = None;
+    let t_gpu_f = timed(&mut || {
+        g_fwd = Some(gpu.forward(x.view(), layout)?);
+        Ok(())
+    })?;
+    let t_gpu_b = timed(&mut || {
+        g_bwd = Some(gpu.backward(x.view(), dy.view(), layout)?);
+        Ok(())
+    })?;
+    let mut c_fwd = None;
+    let mut c_bwd = None;
+    let t_cpu_f = timed(&mut || {
+        c_fwd = Some(cpu.forward(x.view(), layout)?);
+        Ok(())
+    })?;
+    let t_cpu_b = timed(&mut || {
+        c_bwd = Some(cpu.backward(x.view(), dy.view(), layout)?);
+        Ok(())
+    })?;
+    let (gf, gb) = (g_fwd.expect("ran"), g_bwd.expect("ran"));
+    let (cf, cb) = (c_fwd.expect("ran"), c_bwd.expect("ran"));
+    let slice = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
+    let errors = [
+        ("y", rel_diff(&slice(&gf.y), &slice(&cf.y))),
+        ("dx", rel_diff(&slice(&gb.dx), &slice(&cb.dx))),
+        (
+            "dgamma",
+            rel_diff(
+                gb.dgamma.as_deref().unwrap_or(&[]),
+                cb.dgamma.as_deref().unwrap_or(&[]),
+            ),
+        ),
+        (
+            "dbeta",
+            rel_diff(
+                gb.dbeta.as_deref().unwrap_or(&[]),
+                cb.dbeta.as_deref().unwrap_or(&[]),
+            ),
+        ),
+    ];
+    let (worst_name, worst) =
+        errors.iter().fold(
+            ("", 0.0f64),
+            |acc, &(n, e)| if e > acc.1 { (n, e) } else { acc },
+        );
+    println!("largest relative L2 difference GPU vs CPU: {worst:.2e} ({worst_name})\n");
+    println!("{:<10} {:>14} {:>14}", "pass", "gpu ms", "cpu ms");
+    println!("{:<10} {:>14.1} {:>14.1}", "forward", t_gpu_f, t_cpu_f);
+    println!("{:<10} {:>14.1} {:>14.1}", "backward", t_gpu_b, t_cpu_b);
+    println!("\ngpu times are end to end: upload, kernels and read back of the ndarray API.");
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Layer configuration, mirroring PyTorch's `BatchNorm1d/2d/3d` arguments.
+
+use crate::error::{BnError, Result};
+
+/// Where the channel axis sits in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// (N, C, ...): PyTorch's contiguous NCL / NCHW / NCDHW, and (N, C).
+    ChannelsFirst,
+    /// (N, ..., C): NHWC / NDHWC.
+    ChannelsLast,
+}
+
+/// Which variance feeds `running_var` in training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RunningVar {
+    /// var·M/(M−1), as PyTorch does.
+    #[default]
+    Unbiased,
+    /// The biased batch variance, as ONNX's BatchNormalization does.
+    Biased,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    pub num_features: usize,
+    pub eps: f32,
+    /// `None` is PyTorch's cumulative moving average (factor 1/num_batches_tracked).
+    pub momentum: Option<f32>,
+    pub affine: bool,
+    pub track_running_stats: bool,
+    pub running_var: RunningVar,
+}
+
+impl BatchNormConfig {
+    /// PyTorch's defaults: eps 1e-5, momentum 0.1, affine, tracked running statistics.
+    pub fn new(num_features: usize) -> Self {
+        Self {
+            num_features,
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: true,
+            track_running_stats: true,
+            running_var: RunningVar::Unbiased,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.num_features == 0 {
+            return Err(BnError::Config {
+                name: "num_features",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(BnError::Config {
+                name: "eps",
+                value: self.eps.to_string(),
+                reason: "must be finite and greater than 0",
+            });
+        }
+        if let Some(m) = self.momentum {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(BnError::Config {
+                    name: "momentum",
+                    value: m.to_string(),
+                    reason: "must lie in [0, 1] (or be None for a cumulative average)",
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! CPU reference: the same operations as the shaders, accumulated in f64.
+//!
+//! This is the ground truth for every GPU test and the CPU side of the benchmarks. Inputs are
+//! contiguous slices in the shape's layout; per-channel results are f64 so that callers can
+//! compare f32 GPU outputs against values that carry no f32 rounding of their own.
+
+use crate::shape::Shape;
+
+/// Calls `f(channel, range)` for every contiguous run of one channel's values.
+fn for_each_run(shape: &Shape, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+    let (outer, channels, inner) = shape.view();
+    for o in 0..outer {
+        for c in 0..channels {
+            let start = (o * channels + c) * inner;
+            f(c, start..start + inner);
+        }
+    }
+}
+
+/// Per-channel mean and biased variance, by two passes in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+impl Stats {
+    pub fn invstd(&self, eps: f32) -> Vec<f64> {
+        self.var
+            .iter()
+            .map(|v| 1.0 / (v + eps as f64).sqrt())
+            .collect()
+    }
+}
+
+pub fn batch_stats(x: &[f32], shape: &Shape) -> Stats {
+    let channels = shape.channels();
+    let m = shape.per_channel() as f64;
+    let mut sum = vec![0.0f64; channels];
+    for_each_run(shape, |c, r| {
+        sum[c] += x[r].iter().map(|&v| v as f64).sum::<f64>()
+    });
+    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+    let mut sq = vec![0.0f64; channels];
+    for_each_run(shape, |c, r| {
+        let mu = mean[c];
+        sq[c] += x[r].iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>();
+    });
+    let var = sq.iter().map(|s| s / m).collect();
+    Stats { mean, var }
+}
+
+/// y = (x − mean)·invstd·gamma + beta.
+pub fn normalize(
+    x: &[f32],
+    shape: &Shape,
+    mean: &[f64],
+    invstd: &[f64],
+    gamma: &[f32],
+    beta: &[f32],
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    for_each_run(shape, |c, r| {
+        let (mu, s, b) = (mean[c], invstd[c] * gamma[c] as f64, beta[c] as f64);
+        for (out, &v) in y[r.clone()].iter_mut().zip(&x[r]) {
+            *out = ((v as f64 - mu) * s + b) as f32;
+        }
+    });
+    y
+}
+
+/// Per-channel Σdy and Σdy·(x − mean).
+pub fn grad_sums(x: &[f32], dy: &[f32], shape: &Shape, mean: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let channels = shape.channels();
+    let mut sum_dy = vec![0.0f64; channels];
+    let mut sum_dy_xmu = vec![0.0f64; channels];
+    for_each_run(shape, |c, r| {
+        for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
+            sum_dy[c] += g as f64;
+            sum_dy_xmu[c] += g as f64 * (v as f64 - mean[c]);
+        }
+    });
+    (sum_dy, sum_dy_xmu)
+}
+
+/// Gradients of batch norm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grads {
+    pub dx: Vec<f32>,
+    pub dgamma: Vec<f64>,
+    pub dbeta: Vec<f64>,
+}
+
+/// With `frozen` (eval with running statistics) mean and invstd are constants and
+/// dx = gamma·invstd·dy. Otherwise the gradient also flows through the batch mean and
+/// variance: dx = gamma·invstd·(dy − Σdy/M − (x − mean)·invstd²·Σdy(x − mean)/M).
+pub fn backward(
+    x: &[f32],
+    dy: &[f32],
+    shape: &Shape,
+    mean: &[f64],
+    invstd: &[f64],
+    gamma: &[f32],
+    frozen: bool,
+) -> Grads {
+    let (sum_dy, sum_dy_xmu) = grad_sums(x, dy, shape, mean);
+    let m = shape.per_channel() as f64;
+    let mut dx = vec![0.0f32; x.len()];
+    for_each_run(shape, |c, r| {
+        let g = gamma[c] as f64 * invstd[c];
+        let (mean_dy, mean_dy_xmu) = if frozen {
+            (0.0, 0.0)
+        } else {
+            (sum_dy[c] / m, sum_dy_xmu[c] / m)
+        };
+        let istd2 = invstd[c] * invstd[c];
+        for ((out, &gy), &v) in dx[r.clone()].iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+            let xmu = v as f64 - mean[c];
+            *out = (g * (gy as f64 - mean_dy - xmu * istd2 * mean_dy_xmu)) as f32;
+        }
+    });
+    let dgamma = sum_dy_xmu.iter().zip(invstd).map(|(s, i)| s * i).collect();
+    Grads {
+        dx,
+        dgamma,
+        dbeta: sum_dy,
+    }
+}
+
+/// One running-statistics step: PyTorch's `(1 − f)·running + f·batch`, where f is the
+/// momentum, or 1/num_batches_tracked (after its increment) when momentum is None.
+pub fn update_running(
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    stats: &Stats,
+    per_channel: usize,
+    factor: f64,
+    biased: bool,
+) {
+    let m = per_channel as f64;
+    for c in 0..running_mean.len() {
+        let var = if biased {
+            stats.var[c]
+        } else {
+            stats.var[c] * m / (m - 1.0)
+        };
+        running_mean[c] = ((1.0 - factor) * running_mean[c] as f64 + factor * stats.mean[c]) as f32;
+        running_var[c] = ((1.0 - factor) * running_var[c] as f64 + factor * var) as f32;
+    }
+}

@@ -1,0 +1,82 @@
+//! The crate's one error type.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in this crate. Limit violations carry the value and the limit.
+#[derive(Debug, Error)]
+pub enum BnError {
+    #[error("rank {rank} is not supported: batch norm takes tensors of rank 2 to 5")]
+    Rank { rank: usize },
+
+    #[error("dimension {axis} of shape {shape:?} is zero: there is nothing to normalize")]
+    ZeroSized { shape: Vec<usize>, axis: usize },
+
+    #[error("expected {expected} channels (num_features), got {got} in shape {shape:?}")]
+    Channels {
+        expected: usize,
+        got: usize,
+        shape: Vec<usize>,
+    },
+
+    #[error("{name} has length {got}, expected {expected}")]
+    Length {
+        name: &'static str,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error("shapes differ: {a_name} is {a:?} but {b_name} is {b:?}")]
+    ShapeMismatch {
+        a_name: &'static str,
+        a: Vec<usize>,
+        b_name: &'static str,
+        b: Vec<usize>,
+    },
+
+    #[error("invalid {name} = {value}: {reason}")]
+    Config {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+
+    #[error("expected more than 1 value per channel when training, got input shape {shape:?}")]
+    SingleValuePerChannel { shape: Vec<usize> },
+
+    #[error("{what} is {value}, over the limit of {limit}")]
+    Limit {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+
+    #[error("buffer {name}: {reason}")]
+    Buffer { name: &'static str, reason: String },
+
+    #[error("backward was called before a forward pass saved statistics for shape {shape:?}")]
+    NoSavedStatistics { shape: Vec<usize> },
+
+    #[error("no GPU adapter found ({0}); on Linux without a GPU install Mesa's software drivers: apt-get install -y mesa-vulkan-drivers")]
+    NoAdapter(String),
+
+    #[error("requesting the device failed: {0}")]
+    RequestDevice(String),
+
+    #[error("wgpu error in {kernel}: {message}")]
+    Wgpu { kernel: String, message: String },
+
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+
+    #[error("{path}: {reason}")]
+    Npy { path: String, reason: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = BnError> = std::result::Result<T, E>;

@@ -1,0 +1,583 @@
+//! The GPU batch-norm layer: parameters and running statistics in device buffers, passes
+//! recorded into the caller's command encoder, and an upload/run/read-back path for ndarray.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::config::{BatchNormConfig, Layout, RunningVar};
+use crate::error::{BnError, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::{Geometry, BIASED_RUNNING_VAR, FROZEN_STATS, UPDATE_RUNNING};
+use crate::gpu::tensor::GpuTensor;
+use crate::layer::{BackwardOutput, BatchStatistics, ForwardOutput};
+use crate::shape::Shape;
+
+const PER_CHANNEL: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+const STAGING: wgpu::BufferUsages =
+    wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+
+/// Everything one input shape needs, made on its first use and reused after.
+struct Plan {
+    geometry: Geometry,
+    /// Uniforms for passes recorded in training and in eval mode (they differ in flags).
+    params_train: wgpu::Buffer,
+    params_eval: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    /// Buffers for the ndarray path, made on its first use.
+    io: Option<IoBuffers>,
+}
+
+struct IoBuffers {
+    x: wgpu::Buffer,
+    dy: wgpu::Buffer,
+    out: wgpu::Buffer,
+    /// Holds the tensor result followed by per-channel results.
+    staging: wgpu::Buffer,
+}
+
+/// What the last forward pass saved for backward.
+#[derive(Clone, Debug, PartialEq)]
+struct Saved {
+    shape: Shape,
+    training: bool,
+}
+
+pub struct GpuBatchNorm {
+    ctx: Arc<GpuContext>,
+    config: BatchNormConfig,
+    training: bool,
+    num_batches_tracked: u64,
+    gamma: wgpu::Buffer,
+    beta: wgpu::Buffer,
+    running_mean: wgpu::Buffer,
+    running_var: wgpu::Buffer,
+    /// num_batches_tracked as the shaders see it, one u32 per channel.
+    batches_tracked: wgpu::Buffer,
+    /// Per channel (center, offset, invstd, var) of the last forward; mean = center + offset.
+    saved: wgpu::Buffer,
+    /// Per channel coefficients handed from a finalize kernel to an element-wise kernel.
+    coeff: wgpu::Buffer,
+    dgamma: wgpu::Buffer,
+    dbeta: wgpu::Buffer,
+    channel_staging: wgpu::Buffer,
+    saved_for_backward: Option<Saved>,
+    plans: HashMap<Shape, Plan>,
+}
+
+impl GpuBatchNorm {
+    pub fn new(ctx: Arc<GpuContext>, config: BatchNormConfig) -> Result<Self> {
+        config.validate()?;
+        let c = config.num_features as u64;
+        let buf = |label, bytes, usage| ctx.create_buffer(label, bytes, usage);
+        let layer = Self {
+            gamma: buf("gamma", c * 4, PER_CHANNEL)?,
+            beta: buf("beta", c * 4, PER_CHANNEL)?,
+            running_mean: buf("running_mean", c * 4, PER_CHANNEL)?,
+            running_var: buf("running_var", c * 4, PER_CHANNEL)?,
+            batches_tracked: buf("batches_tracked", c * 4, PER_CHANNEL)?,
+            saved: buf("saved", c * 16, PER_CHANNEL)?,
+            coeff: buf("coeff", c * 16, wgpu::BufferUsages::STORAGE)?,
+            dgamma: buf("dgamma", c * 4, PER_CHANNEL)?,
+            dbeta: buf("dbeta", c * 4, PER_CHANNEL)?,
+            channel_staging: buf("channel staging", c * 16, STAGING)?,
+            ctx,
+            config,
+            training: true,
+            num_batches_tracked: 0,
+            saved_for_backward: None,
+            plans: HashMap::new(),
+        };
+        let n = layer.config.num_features;
+        layer.write(&layer.gamma, &vec![1.0; n]);
+        layer.write(&layer.beta, &vec![0.0; n]);
+        layer.write(&layer.running_mean, &vec![0.0; n]);
+        layer.write(&layer.running_var, &vec![1.0; n]);
+        layer.write_counts(0);
+        Ok(layer)
+    }
+
+    pub fn config(&self) -> &BatchNormConfig {
+        &self.config
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Batch statistics normalize in training, and in eval when none are tracked.
+    fn uses_batch_stats(&self) -> bool {
+        self.training || !self.config.track_running_stats
+    }
+
+    pub fn num_batches_tracked(&self) -> u64 {
+        self.num_batches_tracked
+    }
+
+    fn write(&self, buffer: &wgpu::Buffer, values: &[f32]) {
+        self.ctx
+            .queue
+            .write_buffer(buffer, 0, bytemuck::cast_slice(values));
+    }
+
+    fn write_counts(&self, count: u32) {
+        let counts = vec![count; self.config.num_features];
+        self.ctx
+            .queue
+            .write_buffer(&self.batches_tracked, 0, bytemuck::cast_slice(&counts));
+    }
+
+    fn check_len(&self, name: &'static str, values: &[f32]) -> Result<()> {
+        if values.len() != self.config.num_features {
+            return Err(BnError::Length {
+                name,
+                expected: self.config.num_features,
+                got: values.len(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn set_gamma(&mut self, values: &[f32]) -> Result<()> {
+        self.check_len("gamma", values)?;
+        self.write(&self.gamma, values);
+        Ok(())
+    }
+
+    pub fn set_beta(&mut self, values: &[f32]) -> Result<()> {
+        self.check_len("beta", values)?;
+        self.write(&self.beta, values);
+        Ok(())
+    }
+
+    pub fn set_running_mean(&mut self, values: &[f32]) -> Result<()> {
+        self.check_len("running_mean", values)?;
+        self.write(&self.running_mean, values);
+        Ok(())
+    }
+
+    pub fn set_running_var(&mut self, values: &[f32]) -> Result<()> {
+        self.check_len("running_var", values)?;
+        self.write(&self.running_var, values);
+        Ok(())
+    }
+
+    pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
+        let on_device = u32::try_from(count).map_err(|_| BnError::Limit {
+            what: "num_batches_tracked",
+            value: count,
+            limit: u32::MAX as u64,
+        })?;
+        self.num_batches_tracked = count;
+        self.write_counts(on_device);
+        Ok(())
+    }
+
+    pub fn gamma_buffer(&self) -> &wgpu::Buffer {
+        &self.gamma
+    }
+    pub fn beta_buffer(&self) -> &wgpu::Buffer {
+        &self.beta
+    }
+    pub fn running_mean_buffer(&self) -> &wgpu::Buffer {
+        &self.running_mean
+    }
+    pub fn running_var_buffer(&self) -> &wgpu::Buffer {
+        &self.running_var
+    }
+    /// dgamma of the last backward pass (meaningful when affine).
+    pub fn dgamma_buffer(&self) -> &wgpu::Buffer {
+        &self.dgamma
+    }
+    pub fn dbeta_buffer(&self) -> &wgpu::Buffer {
+        &self.dbeta
+    }
+
+    pub fn gamma(&self) -> Result<Vec<f32>> {
+        self.read_channels(&self.gamma, 1)
+    }
+    pub fn beta(&self) -> Result<Vec<f32>> {
+        self.read_channels(&self.beta, 1)
+    }
+    pub fn running_mean(&self) -> Result<Vec<f32>> {
+        self.read_channels(&self.running_mean, 1)
+    }
+    pub fn running_var(&self) -> Result<Vec<f32>> {
+        self.read_channels(&self.running_var, 1)
+    }
+
+    /// Reads `width` f32 per channel from a per-channel buffer.
+    fn read_channels(&self, buffer: &wgpu::Buffer, width: u64) -> Result<Vec<f32>> {
+        let bytes = self.config.num_features as u64 * 4 * width;
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &self.channel_staging, 0, bytes);
+        self.ctx.submit(encoder, "read-back copy")?;
+        self.ctx.read_mapped(&self.channel_staging, bytes)
+    }
+
+    fn plan(&mut self, shape: &Shape) -> Result<&mut Plan> {
+        if !self.plans.contains_key(shape) {
+            let geometry = Geometry::new(shape, self.ctx.limits())?;
+            let biased = match self.config.running_var {
+                RunningVar::Biased => BIASED_RUNNING_VAR,
+                RunningVar::Unbiased => 0,
+            };
+            let tracked = self.config.track_running_stats;
+            let uniform = |flags: u32| -> Result<wgpu::Buffer> {
+                let mut params = geometry.params;
+                params.flags = flags | biased;
+                params.eps = self.config.eps;
+                params.momentum = self.config.momentum.unwrap_or(-1.0);
+                let buffer = self.ctx.create_buffer(
+                    "params",
+                    std::mem::size_of_val(&params) as u64,
+                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                )?;
+                self.ctx
+                    .queue
+                    .write_buffer(&buffer, 0, bytemuck::bytes_of(&params));
+                Ok(buffer)
+            };
+            let plan = Plan {
+                params_train: uniform(if tracked { UPDATE_RUNNING } else { 0 })?,
+                params_eval: uniform(if tracked { FROZEN_STATS } else { 0 })?,
+                partials: self.ctx.create_buffer(
+                    "partials",
+                    geometry.partials_bytes(),
+                    wgpu::BufferUsages::STORAGE,
+                )?,
+                geometry,
+                io: None,
+            };
+            self.plans.insert(shape.clone(), plan);
+        }
+        Ok(self.plans.get_mut(shape).expect("inserted above"))
+    }
+
+    /// Checks that the tensors share one shape with num_features channels, sit at bindable
+    /// offsets, and that no output aliases an input.
+    fn check_tensors(&self, inputs: &[(&str, &GpuTensor)], output: &GpuTensor) -> Result<()> {
+        let shape = &inputs[0].1.shape;
+        shape.expect_channels(self.config.num_features)?;
+        let align = self.ctx.limits().min_storage_buffer_offset_alignment as u64;
+        for (name, t) in inputs.iter().chain([&("output", output)]) {
+            if t.shape.dims() != shape.dims() || t.shape.layout() != shape.layout() {
+                return Err(BnError::ShapeMismatch {
+                    a_name: "x",
+                    a: shape.dims().to_vec(),
+                    b_name: if *name == "dy" { "dy" } else { "output" },
+                    b: t.shape.dims().to_vec(),
+                });
+            }
+            if t.offset % align != 0 {
+                return Err(BnError::Buffer {
+                    name: "tensor",
+                    reason: format!(
+                        "{name} offset {} is not a multiple of min_storage_buffer_offset_alignment {align}",
+                        t.offset
+                    ),
+                });
+            }
+            if *name != "output" && t.buffer == output.buffer {
+                return Err(BnError::Buffer {
+                    name: "tensor",
+                    reason: format!(
+                        "{name} and the output share a buffer: in-place is not supported"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the forward pass into `encoder`: batch statistics (and the running-statistics
+    /// update) in training, running statistics in eval, then y. Nothing is submitted.
+    pub fn forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+        y: &GpuTensor,
+    ) -> Result<()> {
+        self.check_tensors(&[("x", x)], y)?;
+        let batch_stats = self.uses_batch_stats();
+        if batch_stats && x.shape.per_channel() < 2 {
+            return Err(BnError::SingleValuePerChannel {
+                shape: x.shape.dims().to_vec(),
+            });
+        }
+        let training = self.training;
+        let update = training && self.config.track_running_stats;
+        self.plan(&x.shape)?;
+        let plan = &self.plans[&x.shape];
+        let g = &plan.geometry;
+        let params = if training {
+            &plan.params_train
+        } else {
+            &plan.params_eval
+        };
+        let (k, device) = (&self.ctx.kernels, &self.ctx.device);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("batchnorm forward"),
+            timestamp_writes: None,
+        });
+        if batch_stats {
+            let bind = k.stats_reduce.bind(
+                device,
+                &[
+                    params.as_entire_binding(),
+                    x.binding(),
+                    plan.partials.as_entire_binding(),
+                ],
+            );
+            k.stats_reduce.dispatch(&mut pass, &bind, g.reduce_groups);
+            let bind = k.stats_finalize.bind(
+                device,
+                &[
+                    params.as_entire_binding(),
+                    plan.partials.as_entire_binding(),
+                    self.gamma.as_entire_binding(),
+                    self.beta.as_entire_binding(),
+                    self.running_mean.as_entire_binding(),
+                    self.running_var.as_entire_binding(),
+                    self.batches_tracked.as_entire_binding(),
+                    self.saved.as_entire_binding(),
+                    self.coeff.as_entire_binding(),
+                ],
+            );
+            k.stats_finalize
+                .dispatch(&mut pass, &bind, g.finalize_groups);
+        } else {
+            let bind = k.eval_finalize.bind(
+                device,
+                &[
+                    params.as_entire_binding(),
+                    self.running_mean.as_entire_binding(),
+                    self.running_var.as_entire_binding(),
+                    self.gamma.as_entire_binding(),
+                    self.beta.as_entire_binding(),
+                    self.saved.as_entire_binding(),
+                    self.coeff.as_entire_binding(),
+                ],
+            );
+            k.eval_finalize
+                .dispatch(&mut pass, &bind, g.finalize_groups);
+        }
+        let bind = k.apply_forward.bind(
+            device,
+            &[
+                params.as_entire_binding(),
+                x.binding(),
+                self.coeff.as_entire_binding(),
+                y.binding(),
+            ],
+        );
+        k.apply_forward.dispatch(&mut pass, &bind, g.apply_groups);
+        drop(pass);
+        if update {
+            self.num_batches_tracked += 1;
+        }
+        self.saved_for_backward = Some(Saved {
+            shape: x.shape.clone(),
+            training,
+        });
+        Ok(())
+    }
+
+    /// Records the backward pass into `encoder`, with the statistics saved by the last
+    /// forward: dx into `dx`, dgamma and dbeta into this layer's buffers.
+    pub fn backward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+    ) -> Result<()> {
+        self.check_tensors(&[("x", x), ("dy", dy)], dx)?;
+        let saved = match &self.saved_for_backward {
+            Some(s) if s.shape == x.shape => s.clone(),
+            _ => {
+                return Err(BnError::NoSavedStatistics {
+                    shape: x.shape.dims().to_vec(),
+                })
+            }
+        };
+        let plan = &self.plans[&x.shape];
+        let g = &plan.geometry;
+        let params = if saved.training {
+            &plan.params_train
+        } else {
+            &plan.params_eval
+        };
+        let (k, device) = (&self.ctx.kernels, &self.ctx.device);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("batchnorm backward"),
+            timestamp_writes: None,
+        });
+        let bind = k.grad_reduce.bind(
+            device,
+            &[
+                params.as_entire_binding(),
+                x.binding(),
+                dy.binding(),
+                self.saved.as_entire_binding(),
+                plan.partials.as_entire_binding(),
+            ],
+        );
+        k.grad_reduce.dispatch(&mut pass, &bind, g.reduce_groups);
+        let bind = k.grad_finalize.bind(
+            device,
+            &[
+                params.as_entire_binding(),
+                plan.partials.as_entire_binding(),
+                self.saved.as_entire_binding(),
+                self.gamma.as_entire_binding(),
+                self.dgamma.as_entire_binding(),
+                self.dbeta.as_entire_binding(),
+                self.coeff.as_entire_binding(),
+            ],
+        );
+        k.grad_finalize
+            .dispatch(&mut pass, &bind, g.finalize_groups);
+        let bind = k.apply_backward.bind(
+            device,
+            &[
+                params.as_entire_binding(),
+                x.binding(),
+                dy.binding(),
+                self.coeff.as_entire_binding(),
+                dx.binding(),
+            ],
+        );
+        k.apply_backward.dispatch(&mut pass, &bind, g.apply_groups);
+        Ok(())
+    }
+
+    fn io(&mut self, shape: &Shape) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let channels = self.config.num_features as u64;
+        let plan = self.plan(shape)?;
+        if plan.io.is_none() {
+            let bytes = shape.numel() as u64 * 4;
+            let tensor = wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC;
+            plan.io = Some(IoBuffers {
+                x: ctx.create_buffer("x", bytes, tensor)?,
+                dy: ctx.create_buffer("dy", bytes, tensor)?,
+                out: ctx.create_buffer("out", bytes, tensor)?,
+                staging: ctx.create_buffer("staging", bytes + channels * 16, STAGING)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Uploads `x`, runs forward, and reads back y and (when used) the batch statistics.
+    pub fn forward_array(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
+        let shape = Shape::new(x.shape(), layout)?;
+        shape.expect_channels(self.config.num_features)?;
+        self.io(&shape)?;
+        let ctx = self.ctx.clone();
+        let io = self.plans[&shape].io.as_ref().expect("made by io()");
+        let (xb, out, staging) = (io.x.clone(), io.out.clone(), io.staging.clone());
+        let x_data = x.as_standard_layout();
+        let x_slice = x_data.as_slice().expect("standard layout");
+        ctx.queue
+            .write_buffer(&xb, 0, bytemuck::cast_slice(x_slice));
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        self.forward(
+            &mut encoder,
+            &GpuTensor::new(&xb, shape.dims(), layout)?,
+            &GpuTensor::new(&out, shape.dims(), layout)?,
+        )?;
+        let bytes = shape.numel() as u64 * 4;
+        let channels = self.config.num_features;
+        encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes);
+        encoder.copy_buffer_to_buffer(&self.saved, 0, &staging, bytes, channels as u64 * 16);
+        ctx.submit(encoder, "forward")?;
+        let values = ctx.read_mapped(&staging, bytes + channels as u64 * 16)?;
+        let (y, saved) = values.split_at(shape.numel());
+        let stats = self.uses_batch_stats().then(|| BatchStatistics {
+            mean: saved.chunks(4).map(|s| s[0] + s[1]).collect(),
+            invstd: saved.chunks(4).map(|s| s[2]).collect(),
+            var: saved.chunks(4).map(|s| s[3]).collect(),
+        });
+        Ok(ForwardOutput {
+            y: ArrayD::from_shape_vec(shape.dims(), y.to_vec()).expect("numel matches"),
+            stats,
+        })
+    }
+
+    /// Uploads `x` and `dy`, runs backward with the statistics of the last forward, and reads
+    /// back dx and (when affine) dgamma and dbeta.
+    pub fn backward_array(
+        &mut self,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<BackwardOutput> {
+        if x.shape() != dy.shape() {
+            return Err(BnError::ShapeMismatch {
+                a_name: "x",
+                a: x.shape().to_vec(),
+                b_name: "dy",
+                b: dy.shape().to_vec(),
+            });
+        }
+        let shape = Shape::new(x.shape(), layout)?;
+        shape.expect_channels(self.config.num_features)?;
+        self.io(&shape)?;
+        let ctx = self.ctx.clone();
+        let io = self.plans[&shape].io.as_ref().expect("made by io()");
+        let x_data = x.as_standard_layout();
+        let dy_data = dy.as_standard_layout();
+        ctx.queue.write_buffer(
+            &io.x,
+            0,
+            bytemuck::cast_slice(x_data.as_slice().expect("standard layout")),
+        );
+        ctx.queue.write_buffer(
+            &io.dy,
+            0,
+            bytemuck::cast_slice(dy_data.as_slice().expect("standard layout")),
+        );
+        let (xb, dyb, out, staging) = (
+            io.x.clone(),
+            io.dy.clone(),
+            io.out.clone(),
+            io.staging.clone(),
+        );
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        self.backward(
+            &mut encoder,
+            &GpuTensor::new(&xb, shape.dims(), layout)?,
+            &GpuTensor::new(&dyb, shape.dims(), layout)?,
+            &GpuTensor::new(&out, shape.dims(), layout)?,
+        )?;
+        let bytes = shape.numel() as u64 * 4;
+        let c_bytes = self.config.num_features as u64 * 4;
+        encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes);
+        encoder.copy_buffer_to_buffer(&self.dgamma, 0, &staging, bytes, c_bytes);
+        encoder.copy_buffer_to_buffer(&self.dbeta, 0, &staging, bytes + c_bytes, c_bytes);
+        ctx.submit(encoder, "backward")?;
+        let values = ctx.read_mapped(&staging, bytes + 2 * c_bytes)?;
+        let (dx, rest) = values.split_at(shape.numel());
+        let (dgamma, dbeta) = rest.split_at(self.config.num_features);
+        let affine = self.config.affine;
+        Ok(BackwardOutput {
+            dx: ArrayD::from_shape_vec(shape.dims(), dx.to_vec()).expect("numel matches"),
+            dgamma: affine.then(|| dgamma.to_vec()),
+            dbeta: affine.then(|| dbeta.to_vec()),
+        })
+    }
+}

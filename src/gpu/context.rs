@@ -1,0 +1,177 @@
+//! Adapter, device and queue (our own or the caller's), their limits, and the pipelines,
+//! built once per context.
+
+use std::sync::Arc;
+
+use crate::error::{BnError, Result};
+use crate::gpu::kernels::Kernels;
+
+/// A device, its queue, and every batch-norm pipeline compiled for it.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) kernels: Kernels,
+    limits: wgpu::Limits,
+    adapter_info: Option<wgpu::AdapterInfo>,
+}
+
+/// One adapter as `batchnorm info` reports it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub info: wgpu::AdapterInfo,
+    pub compute_shaders: bool,
+}
+
+fn instance() -> wgpu::Instance {
+    // Honours WGPU_BACKEND (vulkan, gl, metal, dx12) and the other WGPU_* variables.
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn has_compute(adapter: &wgpu::Adapter) -> bool {
+    adapter
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+}
+
+/// Every adapter wgpu finds on the backends that WGPU_BACKEND allows.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let instance = instance();
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .map(|a| AdapterSummary {
+            info: a.get_info(),
+            compute_shaders: has_compute(&a),
+        })
+        .collect()
+}
+
+impl GpuContext {
+    /// Picks an adapter (WGPU_ADAPTER_NAME, WGPU_BACKEND and WGPU_POWER_PREF are honoured),
+    /// requests a device with the adapter's full limits, and builds the pipelines.
+    pub fn new() -> Result<Arc<Self>> {
+        let instance = instance();
+        let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
+            &instance, None,
+        ))
+        .map_err(|e| BnError::NoAdapter(e.to_string()))?;
+        let info = adapter.get_info();
+        if !has_compute(&adapter) {
+            return Err(BnError::NoAdapter(format!(
+                "adapter {} ({:?}) has no compute shaders",
+                info.name, info.backend
+            )));
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("batchnorm"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| BnError::RequestDevice(e.to_string()))?;
+        Self::build(device, queue, Some(info)).map(Arc::new)
+    }
+
+    /// Uses the caller's device and queue; pipelines are built here, once.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
+        Self::build(device, queue, None)
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: Option<wgpu::AdapterInfo>,
+    ) -> Result<Self> {
+        let kernels = Kernels::new(&device)?;
+        Ok(Self {
+            limits: device.limits(),
+            device,
+            queue,
+            kernels,
+            adapter_info,
+        })
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// None when the context was built on a caller's device.
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.adapter_info.as_ref()
+    }
+
+    /// Submits `encoder` and returns the first validation or out-of-memory error it raised.
+    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder, what: &str) -> Result<()> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.submit([encoder.finish()]);
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        match v.or(o) {
+            Some(e) => Err(BnError::Wgpu {
+                kernel: what.to_string(),
+                message: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates a buffer, turning allocation and validation failures into errors.
+    pub(crate) fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        match v.or(o) {
+            Some(e) => Err(BnError::Wgpu {
+                kernel: format!("buffer {label} ({size} bytes)"),
+                message: e.to_string(),
+            }),
+            None => Ok(buffer),
+        }
+    }
+
+    /// Maps the first `bytes` of a MAP_READ buffer and copies them out as f32.
+    pub(crate) fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+        let slice = staging.slice(..bytes);
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| BnError::Readback(e.to_string()))?;
+        pollster::block_on(receiver.receive())
+            .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
+            .map_err(|e| BnError::Readback(e.to_string()))?;
+        let values = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| BnError::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(values)
+    }
+}

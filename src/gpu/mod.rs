@@ -1,0 +1,10 @@
+//! The wgpu side: context, kernels, tensors over caller buffers, and the GPU layer.
+
+mod batchnorm;
+mod context;
+pub(crate) mod kernels;
+mod tensor;
+
+pub use batchnorm::GpuBatchNorm;
+pub use context::{list_adapters, AdapterSummary, GpuContext};
+pub use tensor::GpuTensor;

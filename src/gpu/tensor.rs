@@ -1,0 +1,66 @@
+//! A view of a caller's `wgpu::Buffer` as a batch-norm tensor.
+
+use crate::config::Layout;
+use crate::error::{BnError, Result};
+use crate::shape::Shape;
+
+/// A float32 tensor stored in a caller's buffer from `offset` on, C-contiguous in `layout`.
+#[derive(Clone, Debug)]
+pub struct GpuTensor<'a> {
+    pub(crate) buffer: &'a wgpu::Buffer,
+    pub(crate) offset: u64,
+    pub(crate) shape: Shape,
+}
+
+impl<'a> GpuTensor<'a> {
+    pub fn new(buffer: &'a wgpu::Buffer, dims: &[usize], layout: Layout) -> Result<Self> {
+        Self::with_offset(buffer, 0, dims, layout)
+    }
+
+    /// `offset` must be a multiple of the device's `min_storage_buffer_offset_alignment`
+    /// (checked when the tensor is used).
+    pub fn with_offset(
+        buffer: &'a wgpu::Buffer,
+        offset: u64,
+        dims: &[usize],
+        layout: Layout,
+    ) -> Result<Self> {
+        let shape = Shape::new(dims, layout)?;
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(BnError::Buffer {
+                name: "tensor",
+                reason: format!("usage {:?} lacks STORAGE", buffer.usage()),
+            });
+        }
+        let needed = offset.saturating_add(shape.numel() as u64 * 4);
+        if buffer.size() < needed {
+            return Err(BnError::Buffer {
+                name: "tensor",
+                reason: format!(
+                    "{} bytes hold no {:?} f32 tensor at offset {} ({} bytes needed)",
+                    buffer.size(),
+                    dims,
+                    offset,
+                    needed
+                ),
+            });
+        }
+        Ok(Self {
+            buffer,
+            offset,
+            shape,
+        })
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.shape.numel() as u64 * 4),
+        })
+    }
+}

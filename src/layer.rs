@@ -1,0 +1,301 @@
+//! `BatchNorm`: one layer API over the GPU kernels or the CPU reference.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::config::{BatchNormConfig, Layout, RunningVar};
+use crate::cpu;
+use crate::error::{BnError, Result};
+use crate::gpu::{GpuBatchNorm, GpuContext};
+use crate::shape::Shape;
+
+/// Where a layer runs.
+#[derive(Clone)]
+pub enum Device {
+    /// The f64 CPU reference.
+    Cpu,
+    Gpu(Arc<GpuContext>),
+}
+
+/// Per-channel batch statistics of a forward pass (f32, as the GPU keeps them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStatistics {
+    pub mean: Vec<f32>,
+    /// Biased: the variance that normalized the batch.
+    pub var: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ForwardOutput {
+    pub y: ArrayD<f32>,
+    /// Present when batch statistics normalized the input (training, or eval untracked).
+    pub stats: Option<BatchStatistics>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackwardOutput {
+    pub dx: ArrayD<f32>,
+    /// Present when the layer is affine.
+    pub dgamma: Option<Vec<f32>>,
+    pub dbeta: Option<Vec<f32>>,
+}
+
+/// The CPU reference's layer state: f32 parameters as PyTorch stores them, f64 saved stats.
+struct CpuBatchNorm {
+    config: BatchNormConfig,
+    training: bool,
+    num_batches_tracked: u64,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+    /// (shape, mean, invstd, frozen) of the last forward.
+    saved: Option<(Shape, Vec<f64>, Vec<f64>, bool)>,
+}
+
+impl CpuBatchNorm {
+    fn new(config: BatchNormConfig) -> Self {
+        let n = config.num_features;
+        Self {
+            config,
+            training: true,
+            num_batches_tracked: 0,
+            gamma: vec![1.0; n],
+            beta: vec![0.0; n],
+            running_mean: vec![0.0; n],
+            running_var: vec![1.0; n],
+            saved: None,
+        }
+    }
+
+    fn forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
+        let shape = Shape::new(x.shape(), layout)?;
+        shape.expect_channels(self.config.num_features)?;
+        let data = x.as_standard_layout();
+        let x = data.as_slice().expect("standard layout");
+        let batch_stats = self.training || !self.config.track_running_stats;
+        let (mean, invstd, stats) = if batch_stats {
+            if shape.per_channel() < 2 {
+                return Err(BnError::SingleValuePerChannel {
+                    shape: shape.dims().to_vec(),
+                });
+            }
+            let stats = cpu::batch_stats(x, &shape);
+            if self.training && self.config.track_running_stats {
+                self.num_batches_tracked += 1;
+                let factor = match self.config.momentum {
+                    Some(m) => m as f64,
+                    None => 1.0 / self.num_batches_tracked as f64,
+                };
+                cpu::update_running(
+                    &mut self.running_mean,
+                    &mut self.running_var,
+                    &stats,
+                    shape.per_channel(),
+                    factor,
+                    self.config.running_var == RunningVar::Biased,
+                );
+            }
+            let invstd = stats.invstd(self.config.eps);
+            let out = BatchStatistics {
+                mean: stats.mean.iter().map(|&v| v as f32).collect(),
+                var: stats.var.iter().map(|&v| v as f32).collect(),
+                invstd: invstd.iter().map(|&v| v as f32).collect(),
+            };
+            (stats.mean, invstd, Some(out))
+        } else {
+            let eps = self.config.eps as f64;
+            let mean = self.running_mean.iter().map(|&v| v as f64).collect();
+            let invstd = self
+                .running_var
+                .iter()
+                .map(|&v| 1.0 / (v as f64 + eps).sqrt())
+                .collect();
+            (mean, invstd, None)
+        };
+        let y = cpu::normalize(x, &shape, &mean, &invstd, &self.gamma, &self.beta);
+        let y = ArrayD::from_shape_vec(shape.dims(), y).expect("numel matches");
+        self.saved = Some((shape, mean, invstd, !batch_stats));
+        Ok(ForwardOutput { y, stats })
+    }
+
+    fn backward(
+        &mut self,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<BackwardOutput> {
+        if x.shape() != dy.shape() {
+            return Err(BnError::ShapeMismatch {
+                a_name: "x",
+                a: x.shape().to_vec(),
+                b_name: "dy",
+                b: dy.shape().to_vec(),
+            });
+        }
+        let shape = Shape::new(x.shape(), layout)?;
+        shape.expect_channels(self.config.num_features)?;
+        let (mean, invstd, frozen) = match &self.saved {
+            Some((s, mean, invstd, frozen)) if *s == shape => (mean, invstd, *frozen),
+            _ => {
+                return Err(BnError::NoSavedStatistics {
+                    shape: shape.dims().to_vec(),
+                })
+            }
+        };
+        let x = x.as_standard_layout();
+        let dy = dy.as_standard_layout();
+        let grads = cpu::backward(
+            x.as_slice().expect("standard layout"),
+            dy.as_slice().expect("standard layout"),
+            &shape,
+            mean,
+            invstd,
+            &self.gamma,
+            frozen,
+        );
+        let affine = self.config.affine;
+        let to_f32 = |v: Vec<f64>| v.into_iter().map(|g| g as f32).collect();
+        Ok(BackwardOutput {
+            dx: ArrayD::from_shape_vec(shape.dims(), grads.dx).expect("numel matches"),
+            dgamma: affine.then(|| to_f32(grads.dgamma)),
+            dbeta: affine.then(|| to_f32(grads.dbeta)),
+        })
+    }
+}
+
+enum Engine {
+    Cpu(Box<CpuBatchNorm>),
+    Gpu(Box<GpuBatchNorm>),
+}
+
+/// A batch-norm layer with PyTorch's semantics, on the GPU or the CPU reference.
+pub struct BatchNorm {
+    engine: Engine,
+}
+
+impl BatchNorm {
+    pub fn new(config: BatchNormConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let engine = match device {
+            Device::Cpu => Engine::Cpu(Box::new(CpuBatchNorm::new(config))),
+            Device::Gpu(ctx) => Engine::Gpu(Box::new(GpuBatchNorm::new(ctx, config)?)),
+        };
+        Ok(Self { engine })
+    }
+
+    pub fn config(&self) -> &BatchNormConfig {
+        match &self.engine {
+            Engine::Cpu(l) => &l.config,
+            Engine::Gpu(l) => l.config(),
+        }
+    }
+
+    /// The GPU layer underneath, for recording into your own command encoder.
+    pub fn gpu(&mut self) -> Option<&mut GpuBatchNorm> {
+        match &mut self.engine {
+            Engine::Cpu(_) => None,
+            Engine::Gpu(l) => Some(l),
+        }
+    }
+
+    pub fn train(&mut self) {
+        self.set_training(true)
+    }
+
+    pub fn eval(&mut self) {
+        self.set_training(false)
+    }
+
+    pub fn set_training(&mut self, training: bool) {
+        match &mut self.engine {
+            Engine::Cpu(l) => l.training = training,
+            Engine::Gpu(l) => l.set_training(training),
+        }
+    }
+
+    pub fn is_training(&self) -> bool {
+        match &self.engine {
+            Engine::Cpu(l) => l.training,
+            Engine::Gpu(l) => l.is_training(),
+        }
+    }
+
+    pub fn forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
+        match &mut self.engine {
+            Engine::Cpu(l) => l.forward(x, layout),
+            Engine::Gpu(l) => l.forward_array(x, layout),
+        }
+    }
+
+    /// Gradients for `dy`, through the statistics saved by the last forward of this shape.
+    pub fn backward(
+        &mut self,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<BackwardOutput> {
+        match &mut self.engine {
+            Engine::Cpu(l) => l.backward(x, dy, layout),
+            Engine::Gpu(l) => l.backward_array(x, dy, layout),
+        }
+    }
+
+    pub fn num_batches_tracked(&self) -> u64 {
+        match &self.engine {
+            Engine::Cpu(l) => l.num_batches_tracked,
+            Engine::Gpu(l) => l.num_batches_tracked(),
+        }
+    }
+
+    pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
+        match &mut self.engine {
+            Engine::Cpu(l) => {
+                l.num_batches_tracked = count;
+                Ok(())
+            }
+            Engine::Gpu(l) => l.set_num_batches_tracked(count),
+        }
+    }
+}
+
+macro_rules! channel_vectors {
+    ($($get:ident, $set:ident;)*) => {
+        impl BatchNorm {
+            $(
+                pub fn $get(&self) -> Result<Vec<f32>> {
+                    match &self.engine {
+                        Engine::Cpu(l) => Ok(l.$get.clone()),
+                        Engine::Gpu(l) => l.$get(),
+                    }
+                }
+
+                pub fn $set(&mut self, values: &[f32]) -> Result<()> {
+                    match &mut self.engine {
+                        Engine::Cpu(l) => {
+                            if values.len() != l.config.num_features {
+                                return Err(BnError::Length {
+                                    name: stringify!($get),
+                                    expected: l.config.num_features,
+                                    got: values.len(),
+                                });
+                            }
+                            l.$get = values.to_vec();
+                            Ok(())
+                        }
+                        Engine::Gpu(l) => l.$set(values),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+channel_vectors! {
+    gamma, set_gamma;
+    beta, set_beta;
+    running_mean, set_running_mean;
+    running_var, set_running_var;
+}

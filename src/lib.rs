@@ -1,0 +1,26 @@
+//! Batch normalization in WGSL on wgpu, with PyTorch's semantics, cross-checked against an
+//! f64 CPU reference.
+//!
+//! ```no_run
+//! use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, GpuContext, Layout};
+//! let ctx = GpuContext::new()?;
+//! let mut bn = BatchNorm::new(BatchNormConfig::new(3), Device::Gpu(ctx))?;
+//! let x = ndarray::Array4::<f32>::ones((2, 3, 4, 4)).into_dyn();
+//! let out = bn.forward(x.view(), Layout::ChannelsFirst)?;
+//! let grads = bn.backward(x.view(), out.y.view(), Layout::ChannelsFirst)?;
+//! # Ok::<(), wgpu_batchnorm::BnError>(())
+//! ```
+
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod layer;
+pub mod npy;
+pub mod shape;
+
+pub use config::{BatchNormConfig, Layout, RunningVar};
+pub use error::{BnError, Result};
+pub use gpu::{GpuBatchNorm, GpuContext, GpuTensor};
+pub use layer::{BackwardOutput, BatchNorm, BatchStatistics, Device, ForwardOutput};
+pub use shape::Shape;

@@ -1,0 +1,89 @@
+//! The (outer, C, inner) view of a batch-norm input, and its validation.
+
+use crate::config::Layout;
+use crate::error::{BnError, Result};
+
+/// A validated input shape. Per channel the reduction runs over `per_channel()` = N·S values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    dims: Vec<usize>,
+    layout: Layout,
+}
+
+impl Shape {
+    pub fn new(dims: &[usize], layout: Layout) -> Result<Self> {
+        if !(2..=5).contains(&dims.len()) {
+            return Err(BnError::Rank { rank: dims.len() });
+        }
+        if let Some(axis) = dims.iter().position(|&d| d == 0) {
+            return Err(BnError::ZeroSized {
+                shape: dims.to_vec(),
+                axis,
+            });
+        }
+        dims.iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or(BnError::Limit {
+                what: "element count",
+                value: u64::MAX,
+                limit: usize::MAX as u64,
+            })?;
+        Ok(Self {
+            dims: dims.to_vec(),
+            layout,
+        })
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn channels(&self) -> usize {
+        match self.layout {
+            Layout::ChannelsFirst => self.dims[1],
+            Layout::ChannelsLast => self.dims[self.dims.len() - 1],
+        }
+    }
+
+    /// Product of the spatial dimensions (1 for rank 2).
+    pub fn spatial(&self) -> usize {
+        let d = &self.dims;
+        match self.layout {
+            Layout::ChannelsFirst => d[2..].iter().product(),
+            Layout::ChannelsLast => d[1..d.len() - 1].iter().product(),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Values per channel, M = N·S.
+    pub fn per_channel(&self) -> usize {
+        self.dims[0] * self.spatial()
+    }
+
+    /// The memory as [outer][channels][inner]: (N, C, S) channels-first, (N·S, C, 1) channels-last.
+    pub fn view(&self) -> (usize, usize, usize) {
+        match self.layout {
+            Layout::ChannelsFirst => (self.dims[0], self.channels(), self.spatial()),
+            Layout::ChannelsLast => (self.per_channel(), self.channels(), 1),
+        }
+    }
+
+    /// Checks the channel count against the layer's num_features.
+    pub fn expect_channels(&self, num_features: usize) -> Result<()> {
+        if self.channels() != num_features {
+            return Err(BnError::Channels {
+                expected: num_features,
+                got: self.channels(),
+                shape: self.dims.clone(),
+            });
+        }
+        Ok(())
+    }
+}

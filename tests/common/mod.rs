@@ -1,0 +1,96 @@
+//! Helpers shared by the integration tests: a seeded generator, error measures, the context.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use ndarray::ArrayD;
+use wgpu_batchnorm::GpuContext;
+
+/// Mesa prints "XDG_RUNTIME_DIR is invalid" on every start without one.
+pub fn set_runtime_dir() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join(format!("batchnorm-xdg-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        std::env::set_var("XDG_RUNTIME_DIR", dir);
+    }
+}
+
+/// The one GPU context of this test binary. No adapter is a failure, never a skip.
+pub fn gpu() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        set_runtime_dir();
+        match GpuContext::new() {
+            Ok(ctx) => ctx,
+            Err(e) => panic!("GPU tests need an adapter: {e}"),
+        }
+    })
+    .clone()
+}
+
+/// SplitMix64 with Box-Muller normals: reproducible inputs without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    pub fn normal_vec(&mut self, n: usize, mean: f64, std: f64) -> Vec<f32> {
+        (0..n).map(|_| (mean + std * self.normal()) as f32).collect()
+    }
+
+    pub fn array(&mut self, dims: &[usize], mean: f64, std: f64) -> ArrayD<f32> {
+        let n = dims.iter().product();
+        ArrayD::from_shape_vec(dims, self.normal_vec(n, mean, std)).unwrap()
+    }
+}
+
+/// ‖got − want‖₂ / ‖want‖₂, with `want` in f64 (absolute when want is all zero).
+pub fn rel_l2<'a>(got: impl IntoIterator<Item = &'a f32>, want: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut num, mut den, mut n_got, mut n_want) = (0.0f64, 0.0f64, 0usize, 0usize);
+    let mut got = got.into_iter();
+    for w in want {
+        n_want += 1;
+        let Some(&g) = got.next() else { break };
+        n_got += 1;
+        num += (g as f64 - w).powi(2);
+        den += w * w;
+    }
+    n_got += got.count();
+    if n_got != n_want {
+        return f64::INFINITY;
+    }
+    if !num.is_finite() {
+        return f64::INFINITY;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
