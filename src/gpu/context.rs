@@ -1,6 +1,7 @@
 //! Adapter, device and queue (our own or the caller's), their limits, and the pipelines,
 //! built once per context.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{BnError, Result};
@@ -13,6 +14,7 @@ pub struct GpuContext {
     pub(crate) kernels: Kernels,
     limits: wgpu::Limits,
     adapter_info: Option<wgpu::AdapterInfo>,
+    buffers_created: AtomicU64,
 }
 
 /// One adapter as `batchnorm info` reports it.
@@ -90,6 +92,7 @@ impl GpuContext {
             queue,
             kernels,
             adapter_info,
+            buffers_created: AtomicU64::new(0),
         })
     }
 
@@ -108,6 +111,12 @@ impl GpuContext {
     /// None when the context was built on a caller's device.
     pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
         self.adapter_info.as_ref()
+    }
+
+    /// How many buffers this crate has made on the context: flat in steady state, since
+    /// every buffer is made once per layer or per input shape and then reused.
+    pub fn buffers_created(&self) -> u64 {
+        self.buffers_created.load(Ordering::Relaxed)
     }
 
     /// Submits `encoder` and returns the first validation or out-of-memory error it raised.
@@ -135,6 +144,7 @@ impl GpuContext {
     ) -> Result<wgpu::Buffer> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,

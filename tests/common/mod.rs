@@ -61,7 +61,9 @@ impl Rng {
     }
 
     pub fn normal_vec(&mut self, n: usize, mean: f64, std: f64) -> Vec<f32> {
-        (0..n).map(|_| (mean + std * self.normal()) as f32).collect()
+        (0..n)
+            .map(|_| (mean + std * self.normal()) as f32)
+            .collect()
     }
 
     pub fn array(&mut self, dims: &[usize], mean: f64, std: f64) -> ArrayD<f32> {
@@ -71,7 +73,10 @@ impl Rng {
 }
 
 /// ‖got − want‖₂ / ‖want‖₂, with `want` in f64 (absolute when want is all zero).
-pub fn rel_l2<'a>(got: impl IntoIterator<Item = &'a f32>, want: impl IntoIterator<Item = f64>) -> f64 {
+pub fn rel_l2<'a>(
+    got: impl IntoIterator<Item = &'a f32>,
+    want: impl IntoIterator<Item = f64>,
+) -> f64 {
     let (mut num, mut den, mut n_got, mut n_want) = (0.0f64, 0.0f64, 0usize, 0usize);
     let mut got = got.into_iter();
     for w in want {

@@ -1,0 +1,183 @@
+//! The layer on a caller's own device, queue and buffers, recorded into the caller's encoder.
+
+mod common;
+
+use common::{rel_l2, Rng};
+use wgpu_batchnorm::{
+    BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
+};
+
+fn own_device() -> (wgpu::Device, wgpu::Queue) {
+    common::set_runtime_dir();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
+        &instance, None,
+    ))
+    .expect("an adapter (install mesa-vulkan-drivers)");
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap()
+}
+
+fn read(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    src: &wgpu::Buffer,
+    offset: u64,
+    n: usize,
+) -> Vec<f32> {
+    let bytes = n as u64 * 4;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
+    queue.submit([encoder.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let values = bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec();
+    staging.unmap();
+    values
+}
+
+#[test]
+fn records_into_the_callers_encoder_on_the_callers_buffers() {
+    let (device, queue) = own_device();
+    let ctx = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()).unwrap());
+    let dims = [4, 6, 5, 3];
+    let n: usize = dims.iter().product();
+    let mut rng = Rng::new(3);
+    let x = rng.array(&dims, 1.0, 2.0);
+    let dy = rng.array(&dims, 0.0, 1.0);
+
+    // One buffer holding x and dy at aligned offsets, as an ML stack's arena might.
+    let align = device.limits().min_storage_buffer_offset_alignment as u64;
+    let dy_offset = (n as u64 * 4).div_ceil(align) * align + align;
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let arena = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("arena"),
+        size: dy_offset + n as u64 * 4,
+        usage,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&arena, 0, bytemuck::cast_slice(x.as_slice().unwrap()));
+    queue.write_buffer(
+        &arena,
+        dy_offset,
+        bytemuck::cast_slice(dy.as_slice().unwrap()),
+    );
+    let out = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: n as u64 * 4,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (y, dx) = (out("y"), out("dx"));
+
+    let layout = Layout::ChannelsFirst;
+    let mut layer = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(6)).unwrap();
+    let x_t = GpuTensor::new(&arena, &dims, layout).unwrap();
+    let dy_t = GpuTensor::with_offset(&arena, dy_offset, &dims, layout).unwrap();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    layer
+        .forward(
+            &mut encoder,
+            &x_t,
+            &GpuTensor::new(&y, &dims, layout).unwrap(),
+        )
+        .unwrap();
+    layer
+        .backward(
+            &mut encoder,
+            &x_t,
+            &dy_t,
+            &GpuTensor::new(&dx, &dims, layout).unwrap(),
+        )
+        .unwrap();
+    queue.submit([encoder.finish()]);
+
+    let mut cpu = BatchNorm::new(BatchNormConfig::new(6), Device::Cpu).unwrap();
+    let want_y = cpu.forward(x.view(), layout).unwrap().y;
+    let want = cpu.backward(x.view(), dy.view(), layout).unwrap();
+    let close = |got: &[f32], want: &[f32]| rel_l2(got, want.iter().map(|&v| v as f64)) <= 1e-5;
+    assert!(
+        close(&read(&device, &queue, &y, 0, n), want_y.as_slice().unwrap()),
+        "y"
+    );
+    assert!(
+        close(
+            &read(&device, &queue, &dx, 0, n),
+            want.dx.as_slice().unwrap()
+        ),
+        "dx"
+    );
+    assert!(
+        close(
+            &read(&device, &queue, layer.dgamma_buffer(), 0, 6),
+            &want.dgamma.unwrap()
+        ),
+        "dgamma"
+    );
+    assert!(
+        close(
+            &read(&device, &queue, layer.dbeta_buffer(), 0, 6),
+            &want.dbeta.unwrap()
+        ),
+        "dbeta"
+    );
+    assert!(
+        close(&layer.running_mean().unwrap(), &cpu.running_mean().unwrap()),
+        "running_mean"
+    );
+    assert_eq!(layer.num_batches_tracked(), 1);
+
+    // A misaligned offset, an output aliasing the input, and a short buffer are refused.
+    if align > 4 {
+        let t = GpuTensor::with_offset(&arena, 4, &dims, layout).unwrap();
+        assert!(layer
+            .forward(
+                &mut device.create_command_encoder(&Default::default()),
+                &t,
+                &GpuTensor::new(&y, &dims, layout).unwrap()
+            )
+            .is_err());
+    }
+    let mut encoder = device.create_command_encoder(&Default::default());
+    assert!(
+        layer.forward(&mut encoder, &x_t, &x_t).is_err(),
+        "in-place accepted"
+    );
+    assert!(
+        GpuTensor::new(&y, &[4, 6, 5, 4], layout).is_err(),
+        "short buffer accepted"
+    );
+}
+
+#[test]
+fn steady_state_creates_no_buffers() {
+    let ctx = common::gpu();
+    let mut rng = Rng::new(5);
+    let x = rng.array(&[8, 4, 6, 6], 0.0, 1.0);
+    let mut bn = BatchNorm::new(BatchNormConfig::new(4), Device::Gpu(ctx.clone())).unwrap();
+    let step = |bn: &mut BatchNorm| {
+        let out = bn.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        bn.backward(x.view(), out.y.view(), Layout::ChannelsFirst)
+            .unwrap();
+        bn.running_mean().unwrap();
+    };
+    step(&mut bn);
+    let before = ctx.buffers_created();
+    for _ in 0..20 {
+        step(&mut bn);
+    }
+    assert_eq!(ctx.buffers_created(), before, "buffers made per call");
+    // A new shape makes its own buffers once.
+    let x2 = rng.array(&[2, 4, 6, 6], 0.0, 1.0);
+    bn.forward(x2.view(), Layout::ChannelsFirst).unwrap();
+    assert!(ctx.buffers_created() > before);
+}

@@ -1,0 +1,276 @@
+//! PyTorch semantics checked by hand on tiny tensors, on the GPU and the CPU reference.
+
+mod common;
+
+use ndarray::{ArrayD, IxDyn};
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, Layout, RunningVar};
+
+const CF: Layout = Layout::ChannelsFirst;
+
+fn devices() -> [(&'static str, Device); 2] {
+    [("gpu", Device::Gpu(common::gpu())), ("cpu", Device::Cpu)]
+}
+
+/// One channel holding `values`, as a (M, 1) BatchNorm1d input.
+fn column(values: &[f32]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(&[values.len(), 1]), values.to_vec()).unwrap()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = 2e-6 * w.abs().max(1.0);
+        assert!(
+            (g as f64 - w).abs() <= tol,
+            "{what}[{i}]: got {g}, expected {w}"
+        );
+    }
+}
+
+#[test]
+fn momentum_updates_running_stats_with_unbiased_variance() {
+    for (name, device) in devices() {
+        let mut bn = BatchNorm::new(BatchNormConfig::new(1), device).unwrap();
+        let out = bn.forward(column(&[1., 2., 3., 4.]).view(), CF).unwrap();
+        // mean 2.5, biased var 1.25 normalizes; unbiased 5/3 feeds running_var.
+        let invstd = 1.0 / (1.25f64 + 1e-5).sqrt();
+        let y: Vec<f32> = out.y.iter().copied().collect();
+        assert_close(
+            &format!("{name} y"),
+            &y,
+            &[-1.5 * invstd, -0.5 * invstd, 0.5 * invstd, 1.5 * invstd],
+        );
+        let stats = out.stats.unwrap();
+        assert_close(&format!("{name} mean"), &stats.mean, &[2.5]);
+        assert_close(&format!("{name} var"), &stats.var, &[1.25]);
+        assert_close(&format!("{name} invstd"), &stats.invstd, &[invstd]);
+        assert_close(&format!("{name} rm"), &bn.running_mean().unwrap(), &[0.25]);
+        assert_close(
+            &format!("{name} rv"),
+            &bn.running_var().unwrap(),
+            &[0.9 + 0.1 * 5.0 / 3.0],
+        );
+        assert_eq!(bn.num_batches_tracked(), 1, "{name}");
+    }
+}
+
+#[test]
+fn biased_running_variance_mode_uses_the_batch_variance() {
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(1);
+        config.running_var = RunningVar::Biased;
+        let mut bn = BatchNorm::new(config, device).unwrap();
+        bn.forward(column(&[1., 2., 3., 4.]).view(), CF).unwrap();
+        assert_close(
+            &format!("{name} rv"),
+            &bn.running_var().unwrap(),
+            &[0.9 + 0.1 * 1.25],
+        );
+    }
+}
+
+#[test]
+fn momentum_none_is_a_cumulative_average_over_three_steps() {
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(1);
+        config.momentum = None;
+        let mut bn = BatchNorm::new(config, device).unwrap();
+        // Batch means 2.5, 5, 1; unbiased variances 5/3, 20/3, 4.
+        let batches = [[1., 2., 3., 4.], [2., 4., 6., 8.], [0., 0., 0., 4.]];
+        let expected = [
+            (2.5, 5.0 / 3.0),
+            (3.75, 25.0 / 6.0),
+            (8.5 / 3.0, 37.0 / 9.0),
+        ];
+        for (step, (batch, (rm, rv))) in batches.iter().zip(expected).enumerate() {
+            bn.forward(column(batch).view(), CF).unwrap();
+            assert_close(
+                &format!("{name} step {step} rm"),
+                &bn.running_mean().unwrap(),
+                &[rm],
+            );
+            assert_close(
+                &format!("{name} step {step} rv"),
+                &bn.running_var().unwrap(),
+                &[rv],
+            );
+            assert_eq!(bn.num_batches_tracked(), step as u64 + 1);
+        }
+    }
+}
+
+#[test]
+fn eval_uses_running_stats_and_freezes_them() {
+    for (name, device) in devices() {
+        let mut bn = BatchNorm::new(BatchNormConfig::new(1), device).unwrap();
+        bn.set_running_mean(&[1.0]).unwrap();
+        bn.set_running_var(&[4.0]).unwrap();
+        bn.set_gamma(&[2.0]).unwrap();
+        bn.set_beta(&[0.5]).unwrap();
+        bn.eval();
+        let x = column(&[1., 3., 5.]);
+        let out = bn.forward(x.view(), CF).unwrap();
+        assert!(
+            out.stats.is_none(),
+            "{name}: eval reported batch statistics"
+        );
+        let s = 1.0 / (4.0f64 + 1e-5).sqrt();
+        let y: Vec<f32> = out.y.iter().copied().collect();
+        assert_close(
+            &format!("{name} y"),
+            &y,
+            &[0.5, 2.0 * 2.0 * s + 0.5, 4.0 * 2.0 * s + 0.5],
+        );
+        let grads = bn
+            .backward(x.view(), column(&[1., -2., 0.5]).view(), CF)
+            .unwrap();
+        let dx: Vec<f32> = grads.dx.iter().copied().collect();
+        assert_close(&format!("{name} dx"), &dx, &[2.0 * s, -4.0 * s, 1.0 * s]);
+        assert_close(
+            &format!("{name} dgamma"),
+            &grads.dgamma.unwrap(),
+            &[(0.0 * 1.0 + 2.0 * -2.0 + 4.0 * 0.5) * s],
+        );
+        assert_close(&format!("{name} dbeta"), &grads.dbeta.unwrap(), &[-0.5]);
+        assert_close(&format!("{name} rm"), &bn.running_mean().unwrap(), &[1.0]);
+        assert_close(&format!("{name} rv"), &bn.running_var().unwrap(), &[4.0]);
+        assert_eq!(bn.num_batches_tracked(), 0);
+    }
+}
+
+#[test]
+fn eval_without_tracked_stats_uses_batch_stats_and_full_backward() {
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(1);
+        config.track_running_stats = false;
+        // A tiny eps, so that Σdx·x̂ = Σdy·x̂·eps/(var + eps) is zero to f32 precision.
+        config.eps = 1e-10;
+        let mut bn = BatchNorm::new(config, device).unwrap();
+        bn.eval();
+        let x = column(&[1., 2., 3., 4.]);
+        let out = bn.forward(x.view(), CF).unwrap();
+        assert_close(&format!("{name} mean"), &out.stats.unwrap().mean, &[2.5]);
+        // Through the batch statistics, dx sums to zero and is orthogonal to x̂.
+        let grads = bn
+            .backward(x.view(), column(&[1., 0., 0., 0.]).view(), CF)
+            .unwrap();
+        let dx: Vec<f64> = grads.dx.iter().map(|&v| v as f64).collect();
+        let xhat = [-1.5, -0.5, 0.5, 1.5];
+        assert!(dx.iter().sum::<f64>().abs() < 1e-6, "{name}: Σdx = {dx:?}");
+        let dot: f64 = dx.iter().zip(xhat).map(|(d, h)| d * h).sum();
+        assert!(dot.abs() < 1e-6, "{name}: Σdx·x̂ = {dot}");
+        assert!(dx[0] > 0.1, "{name}: dx = {dx:?}");
+        assert_eq!(bn.num_batches_tracked(), 0);
+    }
+}
+
+#[test]
+fn affine_off_has_no_parameter_gradients() {
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(2);
+        config.affine = false;
+        let mut bn = BatchNorm::new(config, device).unwrap();
+        let x = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1., 10., 3., 30.]).unwrap();
+        let out = bn.forward(x.view(), CF).unwrap();
+        let y: Vec<f32> = out.y.iter().copied().collect();
+        let s = 1.0 / (1.0f64 + 1e-5).sqrt();
+        let s2 = 1.0 / (100.0f64 + 1e-5).sqrt();
+        assert_close(&format!("{name} y"), &y, &[-s, -10.0 * s2, s, 10.0 * s2]);
+        let grads = bn.backward(x.view(), x.view(), CF).unwrap();
+        assert!(grads.dgamma.is_none() && grads.dbeta.is_none(), "{name}");
+    }
+}
+
+#[test]
+fn one_value_per_channel_is_an_error_when_batch_stats_are_used() {
+    for (name, device) in devices() {
+        let x = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1., 2., 3.]).unwrap();
+        let mut bn = BatchNorm::new(BatchNormConfig::new(3), device.clone()).unwrap();
+        let err = bn.forward(x.view(), CF).unwrap_err();
+        assert!(
+            matches!(err, BnError::SingleValuePerChannel { .. }),
+            "{name}: {err}"
+        );
+        assert!(err
+            .to_string()
+            .contains("expected more than 1 value per channel when training"));
+        let x4 = x
+            .clone()
+            .into_shape_with_order(IxDyn(&[1, 3, 1, 1]))
+            .unwrap();
+        assert!(bn.forward(x4.view(), CF).is_err(), "{name}: (1,3,1,1)");
+        assert_eq!(
+            bn.num_batches_tracked(),
+            0,
+            "{name}: a refused step counted"
+        );
+
+        // Eval with running statistics needs no batch statistics.
+        bn.eval();
+        assert!(bn.forward(x.view(), CF).is_ok(), "{name}");
+
+        let mut config = BatchNormConfig::new(3);
+        config.track_running_stats = false;
+        let mut untracked = BatchNorm::new(config, device).unwrap();
+        untracked.eval();
+        assert!(
+            untracked.forward(x.view(), CF).is_err(),
+            "{name}: untracked eval"
+        );
+    }
+}
+
+#[test]
+fn bad_configs_and_shapes_are_refused() {
+    for (name, device) in devices() {
+        for (eps, momentum) in [
+            (0.0, Some(0.1)),
+            (f32::NAN, Some(0.1)),
+            (1e-5, Some(1.5)),
+            (1e-5, Some(f32::NAN)),
+        ] {
+            let mut config = BatchNormConfig::new(2);
+            config.eps = eps;
+            config.momentum = momentum;
+            assert!(
+                matches!(
+                    BatchNorm::new(config, device.clone()),
+                    Err(BnError::Config { .. })
+                ),
+                "{name}: eps {eps} momentum {momentum:?} accepted"
+            );
+        }
+        let mut bn = BatchNorm::new(BatchNormConfig::new(2), device).unwrap();
+        let x = ArrayD::<f32>::zeros(IxDyn(&[4, 3]));
+        assert!(matches!(
+            bn.forward(x.view(), CF),
+            Err(BnError::Channels { .. })
+        ));
+        let x = ArrayD::<f32>::zeros(IxDyn(&[4]));
+        assert!(matches!(
+            bn.forward(x.view(), CF),
+            Err(BnError::Rank { rank: 1 })
+        ));
+        let x = ArrayD::<f32>::zeros(IxDyn(&[0, 2]));
+        assert!(matches!(
+            bn.forward(x.view(), CF),
+            Err(BnError::ZeroSized { .. })
+        ));
+        assert!(matches!(
+            bn.set_gamma(&[1.0; 3]),
+            Err(BnError::Length { .. })
+        ));
+        let x = ArrayD::<f32>::zeros(IxDyn(&[4, 2]));
+        let dy = ArrayD::<f32>::zeros(IxDyn(&[2, 2]));
+        bn.forward(x.view(), CF).unwrap();
+        assert!(matches!(
+            bn.backward(x.view(), dy.view(), CF),
+            Err(BnError::ShapeMismatch { .. })
+        ));
+        let other = ArrayD::<f32>::zeros(IxDyn(&[6, 2]));
+        assert!(matches!(
+            bn.backward(other.view(), other.view(), CF),
+            Err(BnError::NoSavedStatistics { .. })
+        ));
+    }
+}
