@@ -11,7 +11,7 @@ const TOL: f64 = 1e-5;
 
 fn compare(errors: &mut Vec<String>, what: &str, got: &[f32], want: &[f32]) {
     let e = rel_l2(got, want.iter().map(|&v| v as f64));
-    if !(e <= TOL) {
+    if e.is_nan() || e > TOL {
         errors.push(format!("{what}: relative L2 error {e:.3e} > {TOL:e}"));
     }
 }
@@ -30,7 +30,7 @@ fn compare_dx(errors: &mut Vec<String>, what: &str, got: &[f32], want: &[f32], p
         .sqrt();
     let norm = want.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
     let e = diff / norm.max(5e-2 * paths);
-    if !(e <= TOL) || got.len() != want.len() {
+    if e.is_nan() || e > TOL || got.len() != want.len() {
         errors.push(format!("{what}: relative L2 error {e:.3e} > {TOL:e}"));
     }
 }
