@@ -10,6 +10,24 @@ use crate::error::{BnError, Result};
 use crate::gpu::{GpuBatchNorm, GpuContext};
 use crate::shape::Shape;
 
+/// num_batches_tracked lives in a u32 on the GPU; both engines keep to that range.
+pub(crate) fn check_batch_count(count: u64) -> Result<()> {
+    if count > u32::MAX as u64 {
+        return Err(BnError::Limit {
+            what: "num_batches_tracked",
+            value: count,
+            limit: u32::MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The count after one more training step, refused before it would leave the u32 range.
+pub(crate) fn next_batch_count(count: u64) -> Result<u64> {
+    check_batch_count(count + 1)?;
+    Ok(count + 1)
+}
+
 /// Where a layer runs.
 #[derive(Clone)]
 pub enum Device {
@@ -84,7 +102,7 @@ impl CpuBatchNorm {
             }
             let stats = cpu::batch_stats(x, &shape);
             if self.training && self.config.track_running_stats {
-                self.num_batches_tracked += 1;
+                self.num_batches_tracked = next_batch_count(self.num_batches_tracked)?;
                 let factor = match self.config.momentum {
                     Some(m) => m as f64,
                     None => 1.0 / self.num_batches_tracked as f64,
@@ -253,6 +271,7 @@ impl BatchNorm {
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(l) => {
+                check_batch_count(count)?;
                 l.num_batches_tracked = count;
                 Ok(())
             }

@@ -116,7 +116,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line, whatever a file's header or path held.
+            let message = e.to_string().replace('\r', "\\r").replace('\n', "\\n");
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -129,7 +131,7 @@ fn layout(arg: LayoutArg) -> Layout {
     }
 }
 
-/// A per-channel vector from a .npy file: any shape with C elements in all.
+/// A per-channel vector from a .npy file: 1-d, as PyTorch's parameters are.
 fn read_vector(path: &Path) -> Result<Vec<f32>> {
     let a = npy::read_f32(path)?;
     if a.ndim() != 1 {

@@ -11,7 +11,9 @@ use crate::error::{BnError, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{Geometry, BIASED_RUNNING_VAR, FROZEN_STATS, UPDATE_RUNNING};
 use crate::gpu::tensor::GpuTensor;
-use crate::layer::{BackwardOutput, BatchStatistics, ForwardOutput};
+use crate::layer::{
+    check_batch_count, next_batch_count, BackwardOutput, BatchStatistics, ForwardOutput,
+};
 use crate::shape::Shape;
 
 const PER_CHANNEL: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -174,13 +176,9 @@ impl GpuBatchNorm {
     }
 
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
-        let on_device = u32::try_from(count).map_err(|_| BnError::Limit {
-            what: "num_batches_tracked",
-            value: count,
-            limit: u32::MAX as u64,
-        })?;
+        check_batch_count(count)?;
         self.num_batches_tracked = count;
-        self.write_counts(on_device);
+        self.write_counts(count as u32);
         Ok(())
     }
 
@@ -318,6 +316,11 @@ impl GpuBatchNorm {
         }
         let training = self.training;
         let update = training && self.config.track_running_stats;
+        let batches_after = if update {
+            next_batch_count(self.num_batches_tracked)?
+        } else {
+            self.num_batches_tracked
+        };
         self.plan(&x.shape)?;
         let plan = &self.plans[&x.shape];
         let g = &plan.geometry;
@@ -384,9 +387,7 @@ impl GpuBatchNorm {
         );
         k.apply_forward.dispatch(&mut pass, &bind, g.apply_groups);
         drop(pass);
-        if update {
-            self.num_batches_tracked += 1;
-        }
+        self.num_batches_tracked = batches_after;
         self.saved_for_backward = Some(Saved {
             shape: x.shape.clone(),
             training,

@@ -1,0 +1,1087 @@
+//! The `batchnorm` CLI's file contract and its refusals.
+//!
+//! Refusals: every bad input (wrong dtype, Fortran order, truncated or malformed .npy, wrong
+//! magic, x/dy shape mismatch, per-channel vectors of the wrong length, rank outside 2..=5,
+//! zero-sized dimensions, bad eps or momentum, training with one value per channel) must exit
+//! non-zero but never 101 (a Rust panic), print exactly one stderr line starting with
+//! `error:`, and leave no file in `--out`. Clap's own usage errors (missing or conflicting
+//! flags) may print several lines but must still start with `error:`, exit non-zero (not 101)
+//! and leave nothing behind. Every case runs on `--device cpu`; a representative subset also
+//! on `--device gpu`.
+//!
+//! File contract: each mode writes exactly its set of files, every array keeps the input's
+//! shape (or is one value per channel) and reads back as `'<f4'`, and
+//! `num_batches_tracked.txt` holds K+1 after one training step from `--num-batches-tracked K`.
+//!
+//! All bad .npy files are built here by hand. Within each test every case runs, and the
+//! failures are reported together in one assertion message.
+//!
+//! Run: `cargo test --release --test cli`
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use wgpu_batchnorm::npy;
+
+const BIN: &str = env!("CARGO_BIN_EXE_batchnorm");
+/// A single CLI run taking longer than this is killed and reported.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// .npy builders
+
+fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [] => "()".to_string(),
+        [n] => format!("({n},)"),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A version `major`.0 .npy file with this exact header text (padded with spaces and ended
+/// with '\n' so the data starts at a multiple of 64 bytes, as numpy does) followed by `data`.
+fn npy_raw(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
+    let len_size = if major == 1 { 2 } else { 4 };
+    let mut h = header.to_string();
+    while !(8 + len_size + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut out = b"\x93NUMPY".to_vec();
+    out.extend_from_slice(&[major, 0]);
+    if len_size == 2 {
+        out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// A v1.0 .npy with the given descr, fortran_order and shape, followed by `data_bytes` bytes
+/// of data (which need not match the shape).
+fn npy_file(descr: &str, fortran: bool, shape: &[usize], data_bytes: usize) -> Vec<u8> {
+    let header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {}, }}",
+        if fortran { "True" } else { "False" },
+        shape_text(shape)
+    );
+    let data: Vec<u8> = (0..data_bytes).map(|i| (i * 37 % 251) as u8).collect();
+    npy_raw(1, &header, &data)
+}
+
+/// A valid little-endian float32 C-order file holding `values`.
+fn f32_values(shape: &[usize], values: &[f32]) -> Vec<u8> {
+    assert_eq!(shape.iter().product::<usize>(), values.len());
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': {}, }}",
+        shape_text(shape)
+    );
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy_raw(1, &header, &data)
+}
+
+/// A valid float32 file of this shape with varied, deterministic values.
+fn f32_npy(shape: &[usize]) -> Vec<u8> {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 + 13) % 23) as f32 * 0.25 - 2.5)
+        .collect();
+    f32_values(shape, &values)
+}
+
+/// A valid per-channel vector of length `c` with positive values (fit for running_var too).
+fn vec_npy(c: usize) -> Vec<u8> {
+    let values: Vec<f32> = (0..c).map(|i| 0.5 + 0.25 * i as f32).collect();
+    f32_values(&[c], &values)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch directories and running the CLI
+
+/// A unique directory under the system temp dir, removed on drop.
+struct Scratch {
+    dir: PathBuf,
+    outs: AtomicUsize,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("batchnorm-cli-{}-{tag}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        Self {
+            dir,
+            outs: AtomicUsize::new(0),
+        }
+    }
+
+    /// Writes `bytes` to `name` in the scratch dir and returns its path as a string.
+    fn file(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.dir.join(name);
+        fs::write(&path, bytes).expect("write input");
+        path.display().to_string()
+    }
+
+    /// A path in the scratch dir, not created.
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// A fresh, non-existent output directory.
+    fn fresh_out(&self, label: &str) -> PathBuf {
+        let n = self.outs.fetch_add(1, Ordering::Relaxed);
+        let clean: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.dir.join(format!("out-{n}-{clean}"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the CLI; `Err` when it cannot be spawned or overruns `CHILD_TIMEOUT`.
+fn run(args: &[String]) -> Result<Output, String> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Mesa prints "XDG_RUNTIME_DIR is invalid" without one: environment noise, not the CLI's.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let xdg = std::env::temp_dir().join(format!("batchnorm-cli-xdg-{}", std::process::id()));
+        let _ = fs::create_dir_all(&xdg);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&xdg, fs::Permissions::from_mode(0o700));
+        }
+        cmd.env("XDG_RUNTIME_DIR", xdg);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn {BIN}: {e}"))?;
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("piped");
+    let mut se = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut so, &mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut se, &mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() > CHILD_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("timed out after {CHILD_TIMEOUT:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("wait failed: {e}")),
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
+}
+
+fn shell_line(args: &[String]) -> String {
+    let mut s = "batchnorm".to_string();
+    for a in args {
+        s.push(' ');
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"\\$".contains(c)) {
+            s.push_str(&format!("{a:?}"));
+        } else {
+            s.push_str(a);
+        }
+    }
+    s
+}
+
+/// The names of what `dir` holds; empty when it does not exist.
+fn listing(dir: &Path) -> Result<BTreeSet<String>, String> {
+    if !dir.exists() {
+        return Ok(BTreeSet::new());
+    }
+    if !dir.is_dir() {
+        return Err(format!("{} exists but is not a directory", dir.display()));
+    }
+    let entries = fs::read_dir(dir).map_err(|e| format!("read_dir {}: {e}", dir.display()))?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect())
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals
+
+/// Whether a case's error comes from the CLI (one line) or from clap's usage checks.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    OneLine,
+    Clap,
+}
+
+struct Refusal {
+    name: String,
+    kind: Kind,
+    args: Vec<String>,
+    out: PathBuf,
+}
+
+struct Refusals<'a> {
+    scratch: &'a Scratch,
+    device: &'static str,
+    cases: Vec<Refusal>,
+}
+
+impl<'a> Refusals<'a> {
+    fn new(scratch: &'a Scratch, device: &'static str) -> Self {
+        Self {
+            scratch,
+            device,
+            cases: Vec::new(),
+        }
+    }
+
+    /// A case: `args` is everything but `--device` and `--out`, which are appended.
+    fn add(&mut self, name: &str, kind: Kind, args: Vec<String>) {
+        let out = self.scratch.fresh_out(name);
+        let mut args = args;
+        args.extend(strs(&["--device", self.device, "--out"]));
+        args.push(out.display().to_string());
+        self.cases.push(Refusal {
+            name: format!("{name} [{}]", self.device),
+            kind,
+            args,
+            out,
+        });
+    }
+
+    fn forward(&mut self, name: &str, args: &[&str]) {
+        let mut v = strs(&["forward"]);
+        v.extend(strs(args));
+        self.add(name, Kind::OneLine, v);
+    }
+
+    fn backward(&mut self, name: &str, args: &[&str]) {
+        let mut v = strs(&["backward"]);
+        v.extend(strs(args));
+        self.add(name, Kind::OneLine, v);
+    }
+
+    fn clap(&mut self, name: &str, args: &[&str]) {
+        self.add(name, Kind::Clap, strs(args));
+    }
+
+    /// Runs every case and panics with all the violations together.
+    fn check_all(self) {
+        let total = self.cases.len();
+        let mut failures = Vec::new();
+        for case in &self.cases {
+            if let Some(problem) = check_refusal(case) {
+                failures.push(problem);
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {total} refusal cases broke the contract:\n\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
+        eprintln!("{total} refusal cases on {} held the contract", self.device);
+    }
+}
+
+fn check_refusal(case: &Refusal) -> Option<String> {
+    let repro = shell_line(&case.args);
+    let out = match run(&case.args) {
+        Ok(out) => out,
+        Err(e) => return Some(format!("[{}] {e}\n  $ {repro}", case.name)),
+    };
+    let mut problems = Vec::new();
+    match out.status.code() {
+        Some(0) => problems.push("exited 0 instead of failing".to_string()),
+        Some(101) => problems.push("exited 101 (a Rust panic)".to_string()),
+        Some(_) => {}
+        None => problems.push(format!("killed by a signal ({})", out.status)),
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.starts_with("error:") {
+        problems.push("stderr does not start with \"error:\"".to_string());
+    }
+    if case.kind == Kind::OneLine && stderr.lines().count() != 1 {
+        problems.push(format!(
+            "stderr has {} lines, expected exactly one",
+            stderr.lines().count()
+        ));
+    }
+    match listing(&case.out) {
+        Ok(files) if files.is_empty() => {}
+        Ok(files) => problems.push(format!("left files in --out: {files:?}")),
+        Err(e) => problems.push(e),
+    }
+    if problems.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "[{}] {}\n  $ {repro}\n  exit: {}\n  stderr: {stderr:?}",
+        case.name,
+        problems.join("; "),
+        out.status
+    ))
+}
+
+/// The bad and good input files the refusal cases share.
+struct Inputs {
+    x: String,      // (2, 3, 4): C = 3 in nchw, 4 in nhwc
+    x_nhwc: String, // (2, 4, 3): C = 3 in nhwc
+    dy: String,     // (2, 3, 4)
+    c3: String,     // (3,)
+    c2: String,     // (2,)
+    c4: String,     // (4,)
+}
+
+fn good_inputs(s: &Scratch) -> Inputs {
+    Inputs {
+        x: s.file("x.npy", &f32_npy(&[2, 3, 4])),
+        x_nhwc: s.file("x_nhwc.npy", &f32_npy(&[2, 4, 3])),
+        dy: s.file("dy.npy", &f32_npy(&[2, 3, 4])),
+        c3: s.file("c3.npy", &vec_npy(3)),
+        c2: s.file("c2.npy", &vec_npy(2)),
+        c4: s.file("c4.npy", &vec_npy(4)),
+    }
+}
+
+#[test]
+fn refusals_on_cpu() {
+    let s = Scratch::new("refuse-cpu");
+    let g = good_inputs(&s);
+    let mut r = Refusals::new(&s, "cpu");
+    let shape = [2usize, 3, 4];
+    let full = 24 * 4;
+
+    // Not little-endian float32 C order.
+    for (tag, descr) in [
+        ("f8", "<f8"),
+        ("big_endian_f4", ">f4"),
+        ("i4", "<i4"),
+        ("u1", "|u1"),
+        ("f2", "<f2"),
+    ] {
+        let elem = match descr {
+            "<f8" => 8,
+            "|u1" => 1,
+            "<f2" => 2,
+            _ => 4,
+        };
+        let x = s.file(
+            &format!("x_{tag}.npy"),
+            &npy_file(descr, false, &shape, 24 * elem),
+        );
+        r.forward(&format!("x dtype {descr}"), &["--x", &x]);
+    }
+    let x = s.file("x_fortran.npy", &npy_file("<f4", true, &shape, full));
+    r.forward("x fortran_order True", &["--x", &x]);
+
+    // Truncated, oversized and malformed files.
+    let x = s.file("x_short.npy", &npy_file("<f4", false, &shape, full - 4));
+    r.forward(
+        "x shape larger than the data (one element short)",
+        &["--x", &x],
+    );
+    let x = s.file("x_short1.npy", &npy_file("<f4", false, &shape, full - 1));
+    r.forward("x truncated mid-element", &["--x", &x]);
+    let x = s.file("x_nodata.npy", &npy_file("<f4", false, &shape, 0));
+    r.forward("x header only, no data", &["--x", &x]);
+    let x = s.file("x_trailing.npy", &npy_file("<f4", false, &shape, full + 4));
+    r.forward("x extra trailing bytes", &["--x", &x]);
+    let good = f32_npy(&shape);
+    let x = s.file("x_cut_header.npy", &good[..40]);
+    r.forward("x truncated inside the header", &["--x", &x]);
+    let x = s.file("x_cut_version.npy", &good[..7]);
+    r.forward("x truncated inside the version", &["--x", &x]);
+    let x = s.file("x_empty.npy", b"");
+    r.forward("x empty file", &["--x", &x]);
+    let mut bad_magic = good.clone();
+    bad_magic[1] = b'X';
+    let x = s.file("x_magic.npy", &bad_magic);
+    r.forward("x bad magic", &["--x", &x]);
+    let x = s.file(
+        "x_zip.npy",
+        b"PK\x03\x04 this is a zip file, not an npy file",
+    );
+    r.forward("x a zip file", &["--x", &x]);
+    let mut bad_version = good.clone();
+    bad_version[6] = 4;
+    let x = s.file("x_version.npy", &bad_version);
+    r.forward("x format version 4.0", &["--x", &x]);
+    let mut long_header = good.clone();
+    long_header[8] = 0xff;
+    long_header[9] = 0xff;
+    let x = s.file("x_hlen.npy", &long_header);
+    r.forward("x header length past the end of the file", &["--x", &x]);
+    let x = s.file(
+        "x_garbage.npy",
+        &npy_raw(1, "this is not a dict", &good[128..]),
+    );
+    r.forward("x garbage header", &["--x", &x]);
+    let x = s.file(
+        "x_noshape.npy",
+        &npy_raw(1, "{'descr': '<f4', 'fortran_order': False}", &good[128..]),
+    );
+    r.forward("x header without 'shape'", &["--x", &x]);
+    let x = s.file(
+        "x_tuple.npy",
+        &npy_raw(
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (24)}",
+            &good[128..],
+        ),
+    );
+    r.forward("x shape not a tuple", &["--x", &x]);
+    let mut non_ascii = good.clone();
+    non_ascii[12] = 0xff;
+    let x = s.file("x_nonascii.npy", &non_ascii);
+    r.forward("x non-ASCII header", &["--x", &x]);
+    let x = s.file(
+        "x_huge.npy",
+        &npy_file("<f4", false, &[1 << 20, 1 << 20, 1 << 20], 0),
+    );
+    r.forward("x shape far larger than the file", &["--x", &x]);
+    let missing = s.path("does_not_exist.npy");
+    r.forward("x missing file", &["--x", &missing]);
+    let dir_as_x = s.dir.display().to_string();
+    r.forward("x is a directory", &["--x", &dir_as_x]);
+
+    // Bad files in the other inputs.
+    let f8_c3 = s.file("c3_f8.npy", &npy_file("<f8", false, &[3], 24));
+    let be_c3 = s.file("c3_be.npy", &npy_file(">f4", false, &[3], 12));
+    let short_c3 = s.file("c3_short.npy", &npy_file("<f4", false, &[3], 8));
+    let fortran_dy = s.file("dy_fortran.npy", &npy_file("<f4", true, &shape, full));
+    let f8_dy = s.file("dy_f8.npy", &npy_file("<f8", false, &shape, 24 * 8));
+    let short_dy = s.file("dy_short.npy", &npy_file("<f4", false, &shape, full - 4));
+    let (x, c3) = (g.x.as_str(), g.c3.as_str());
+    r.forward(
+        "gamma dtype <f8",
+        &["--x", x, "--gamma", &f8_c3, "--beta", c3],
+    );
+    r.forward(
+        "beta dtype >f4",
+        &["--x", x, "--gamma", c3, "--beta", &be_c3],
+    );
+    r.forward(
+        "running_mean truncated",
+        &["--x", x, "--running-mean", &short_c3, "--running-var", c3],
+    );
+    r.forward(
+        "running_var dtype <f8",
+        &["--x", x, "--running-mean", c3, "--running-var", &f8_c3],
+    );
+    r.backward("dy dtype <f8", &["--x", x, "--dy", &f8_dy]);
+    r.backward("dy fortran_order True", &["--x", x, "--dy", &fortran_dy]);
+    r.backward("dy truncated", &["--x", x, "--dy", &short_dy]);
+    let f8_x = s.path("x_f8.npy");
+    r.backward("backward x dtype <f8", &["--x", &f8_x, "--dy", &g.dy]);
+
+    // x and dy of different shapes.
+    let dy_t = s.file("dy_t.npy", &f32_npy(&[2, 4, 3]));
+    let dy_4d = s.file("dy_4d.npy", &f32_npy(&[2, 3, 4, 1]));
+    let dy_small = s.file("dy_small.npy", &f32_npy(&[2, 3, 3]));
+    r.backward("dy shape (2,4,3) vs x (2,3,4)", &["--x", x, "--dy", &dy_t]);
+    r.backward(
+        "dy shape (2,3,4,1) vs x (2,3,4)",
+        &["--x", x, "--dy", &dy_4d],
+    );
+    r.backward(
+        "dy shape (2,3,3) vs x (2,3,4)",
+        &["--x", x, "--dy", &dy_small],
+    );
+    r.backward(
+        "dy shape mismatch, affine",
+        &["--x", x, "--dy", &dy_t, "--gamma", c3, "--beta", c3],
+    );
+
+    // Per-channel vectors of the wrong length (C = 3).
+    let (c2, c4) = (g.c2.as_str(), g.c4.as_str());
+    r.forward("gamma length 2", &["--x", x, "--gamma", c2, "--beta", c3]);
+    r.forward("gamma length 4", &["--x", x, "--gamma", c4, "--beta", c3]);
+    r.forward("beta length 2", &["--x", x, "--gamma", c3, "--beta", c2]);
+    r.forward(
+        "running_mean length 2",
+        &["--x", x, "--running-mean", c2, "--running-var", c3],
+    );
+    r.forward(
+        "running_var length 4",
+        &["--x", x, "--running-mean", c3, "--running-var", c4],
+    );
+    let empty_vec = s.file("c0.npy", &f32_values(&[0], &[]));
+    r.forward(
+        "gamma length 0",
+        &["--x", x, "--gamma", &empty_vec, "--beta", c3],
+    );
+    r.backward(
+        "backward gamma length 2",
+        &["--x", x, "--dy", &g.dy, "--gamma", c2, "--beta", c3],
+    );
+    // nhwc: C is the last axis (3), so a vector of dims[1] = 4 is wrong.
+    r.forward(
+        "nhwc gamma of length dims[1]",
+        &[
+            "--x", &g.x_nhwc, "--layout", "nhwc", "--gamma", c4, "--beta", c4,
+        ],
+    );
+    // nchw on (2,4,3): C = 4, so length-3 vectors are wrong.
+    r.forward(
+        "nchw running stats of length dims[-1]",
+        &["--x", &g.x_nhwc, "--running-mean", c3, "--running-var", c3],
+    );
+
+    // Clap's own usage errors.
+    r.clap("gamma without beta", &["forward", "--x", x, "--gamma", c3]);
+    r.clap("beta without gamma", &["forward", "--x", x, "--beta", c3]);
+    r.clap(
+        "running-mean without running-var",
+        &["forward", "--x", x, "--running-mean", c3],
+    );
+    r.clap(
+        "running-var without running-mean",
+        &["forward", "--x", x, "--running-var", c3],
+    );
+    r.clap("forward without --x", &["forward"]);
+    r.clap("backward without --dy", &["backward", "--x", x]);
+    r.clap(
+        "momentum not a number",
+        &["forward", "--x", x, "--momentum", "fast"],
+    );
+    r.clap("bad layout", &["forward", "--x", x, "--layout", "nchwc"]);
+
+    // Rank outside 2..=5.
+    for (tag, dims) in [
+        ("rank 0", vec![]),
+        ("rank 1", vec![6]),
+        ("rank 6", vec![2, 3, 1, 1, 1, 2]),
+        ("rank 7", vec![2, 3, 1, 1, 1, 1, 2]),
+    ] {
+        let x = s.file(&format!("x_{}.npy", tag.replace(' ', "_")), &f32_npy(&dims));
+        r.forward(&format!("x {tag}"), &["--x", &x]);
+        r.forward(&format!("x {tag} nhwc"), &["--x", &x, "--layout", "nhwc"]);
+    }
+    let x6 = s.path("x_rank_6.npy");
+    let dy6 = s.file("dy_rank_6.npy", &f32_npy(&[2, 3, 1, 1, 1, 2]));
+    r.backward("backward x rank 6", &["--x", &x6, "--dy", &dy6]);
+
+    // Zero-sized dimensions.
+    for dims in [
+        vec![0, 3],
+        vec![2, 0],
+        vec![2, 0, 4],
+        vec![2, 3, 0],
+        vec![0, 3, 2, 2],
+    ] {
+        let tag = dims
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        let x = s.file(&format!("x_zero_{tag}.npy"), &f32_values(&dims, &[]));
+        r.forward(&format!("x zero-sized {dims:?}"), &["--x", &x]);
+        r.forward(
+            &format!("x zero-sized {dims:?} nhwc"),
+            &["--x", &x, "--layout", "nhwc"],
+        );
+    }
+    let x0 = s.path("x_zero_2x3x0.npy");
+    r.backward(
+        "backward x zero-sized [2, 3, 0]",
+        &["--x", &x0, "--dy", &x0],
+    );
+
+    // eps and momentum.
+    for eps in ["0", "-0", "-1", "-1e-5", "nan", "NaN", "inf", "-inf"] {
+        let flag = format!("--eps={eps}");
+        r.forward(&format!("eps {eps}"), &["--x", x, &flag]);
+    }
+    r.backward("backward eps 0", &["--x", x, "--dy", &g.dy, "--eps", "0"]);
+    for m in ["1.5", "1.0000001", "-0.1", "2", "nan", "inf", "-inf"] {
+        let flag = format!("--momentum={m}");
+        r.forward(
+            &format!("momentum {m}"),
+            &["--x", x, &flag, "--running-mean", c3, "--running-var", c3],
+        );
+    }
+    r.forward("momentum 1.5, untracked", &["--x", x, "--momentum", "1.5"]);
+
+    // Training with one value per channel.
+    let x13 = s.file("x13.npy", &f32_npy(&[1, 3]));
+    let x1311 = s.file("x1311.npy", &f32_npy(&[1, 3, 1, 1]));
+    let x113 = s.file("x113.npy", &f32_npy(&[1, 1, 3]));
+    let x13111 = s.file("x13111.npy", &f32_npy(&[1, 3, 1, 1, 1]));
+    r.forward("train x (1,3)", &["--x", &x13]);
+    r.forward("train x (1,3,1,1)", &["--x", &x1311]);
+    r.forward("train x (1,3,1,1,1)", &["--x", &x13111]);
+    r.forward("train x (1,1,3) nhwc", &["--x", &x113, "--layout", "nhwc"]);
+    r.forward("train x (1,3) nhwc", &["--x", &x13, "--layout", "nhwc"]);
+    r.forward(
+        "train x (1,3,1,1) tracked, affine",
+        &[
+            "--x",
+            &x1311,
+            "--gamma",
+            c3,
+            "--beta",
+            c3,
+            "--running-mean",
+            c3,
+            "--running-var",
+            c3,
+        ],
+    );
+    r.backward("backward train x (1,3)", &["--x", &x13, "--dy", &x13]);
+    r.backward(
+        "backward train x (1,3,1,1)",
+        &["--x", &x1311, "--dy", &x1311],
+    );
+
+    r.check_all();
+}
+
+#[test]
+fn refusals_on_gpu() {
+    let s = Scratch::new("refuse-gpu");
+    let g = good_inputs(&s);
+    let mut r = Refusals::new(&s, "gpu");
+    let shape = [2usize, 3, 4];
+    let (x, c2, c3) = (g.x.as_str(), g.c2.as_str(), g.c3.as_str());
+
+    let f8 = s.file("x_f8.npy", &npy_file("<f8", false, &shape, 24 * 8));
+    let short = s.file("x_short.npy", &npy_file("<f4", false, &shape, 23 * 4));
+    r.forward("x dtype <f8", &["--x", &f8]);
+    r.forward("x truncated", &["--x", &short]);
+    r.backward("dy dtype <f8", &["--x", x, "--dy", &f8]);
+    r.forward("gamma length 2", &["--x", x, "--gamma", c2, "--beta", c3]);
+    r.forward(
+        "running_var length 2",
+        &["--x", x, "--running-mean", c3, "--running-var", c2],
+    );
+    let dy_t = s.file("dy_t.npy", &f32_npy(&[2, 4, 3]));
+    r.backward("dy shape (2,4,3) vs x (2,3,4)", &["--x", x, "--dy", &dy_t]);
+    let x13 = s.file("x13.npy", &f32_npy(&[1, 3]));
+    let x1311 = s.file("x1311.npy", &f32_npy(&[1, 3, 1, 1]));
+    let x113 = s.file("x113.npy", &f32_npy(&[1, 1, 3]));
+    r.forward("train x (1,3)", &["--x", &x13]);
+    r.forward("train x (1,3,1,1)", &["--x", &x1311]);
+    r.forward("train x (1,1,3) nhwc", &["--x", &x113, "--layout", "nhwc"]);
+    r.forward(
+        "train x (1,3,1,1) tracked, affine",
+        &[
+            "--x",
+            &x1311,
+            "--gamma",
+            c3,
+            "--beta",
+            c3,
+            "--running-mean",
+            c3,
+            "--running-var",
+            c3,
+        ],
+    );
+    r.backward(
+        "backward train x (1,3,1,1)",
+        &["--x", &x1311, "--dy", &x1311],
+    );
+
+    r.check_all();
+}
+
+/// Header text that the reader echoes into its error message must not break the one-line
+/// rule: a newline inside a quoted header string is still a refusal on one line.
+#[test]
+fn refusals_echoing_header_text_stay_on_one_line() {
+    let s = Scratch::new("refuse-echo");
+    let data = [0u8; 8];
+    let mut r = Refusals::new(&s, "cpu");
+    let x = s.file(
+        "x_descr_nl.npy",
+        &npy_raw(
+            1,
+            "{'descr': '<f4\n', 'fortran_order': False, 'shape': (2,), }",
+            &data,
+        ),
+    );
+    r.forward("x descr with a newline", &["--x", &x]);
+    let x = s.file(
+        "x_key_nl.npy",
+        &npy_raw(
+            1,
+            "{'de\nscr': '<f4', 'fortran_order': False, 'shape': (2,), }",
+            &data,
+        ),
+    );
+    r.forward("x header key with a newline", &["--x", &x]);
+    r.check_all();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file contract
+
+/// What a successful run must leave in --out: each file and its expected shape
+/// (`None` for num_batches_tracked.txt).
+struct Expect<'a> {
+    name: String,
+    args: Vec<String>,
+    out: PathBuf,
+    files: Vec<(&'a str, Option<Vec<usize>>)>,
+    /// Expected content of num_batches_tracked.txt, when it is written.
+    nbt: Option<u64>,
+}
+
+fn check_success(e: &Expect) -> Option<String> {
+    let repro = shell_line(&e.args);
+    let out = match run(&e.args) {
+        Ok(out) => out,
+        Err(err) => return Some(format!("[{}] {err}\n  $ {repro}", e.name)),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Some(format!(
+            "[{}] failed: {}\n  $ {repro}\n  stderr: {stderr:?}",
+            e.name, out.status
+        ));
+    }
+    let mut problems = Vec::new();
+    let want: BTreeSet<String> = e.files.iter().map(|(f, _)| f.to_string()).collect();
+    match listing(&e.out) {
+        Ok(got) if got == want => {}
+        Ok(got) => problems.push(format!("wrote {got:?}, expected exactly {want:?}")),
+        Err(err) => problems.push(err),
+    }
+    for (file, shape) in &e.files {
+        let path = e.out.join(file);
+        if !path.exists() {
+            continue; // reported by the listing
+        }
+        match shape {
+            Some(shape) => {
+                // Byte-level: a numpy-style '<f4' C-order header.
+                let bytes = fs::read(&path).unwrap_or_default();
+                let head = String::from_utf8_lossy(&bytes[..bytes.len().min(128)]).into_owned();
+                if !head.contains("'descr': '<f4'") || !head.contains("'fortran_order': False") {
+                    problems.push(format!("{file}: header is not '<f4' C order: {head:?}"));
+                }
+                match npy::read_f32(&path) {
+                    Ok(a) => {
+                        if a.shape() != shape.as_slice() {
+                            problems
+                                .push(format!("{file}: shape {:?}, expected {shape:?}", a.shape()));
+                        }
+                        if let Some(v) = a.iter().find(|v| !v.is_finite()) {
+                            problems.push(format!("{file}: holds a non-finite value {v}"));
+                        }
+                    }
+                    Err(err) => problems.push(format!("{file}: does not read as '<f4': {err}")),
+                }
+            }
+            None => {
+                let text = fs::read_to_string(&path).unwrap_or_default();
+                match (text.trim().parse::<u64>(), e.nbt) {
+                    (Ok(n), Some(want)) if n == want => {}
+                    (_, want) => {
+                        problems.push(format!("{file}: holds {text:?}, expected {want:?}"))
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "[{}] {}\n  $ {repro}\n  stderr: {stderr:?}",
+        e.name,
+        problems.join("; ")
+    ))
+}
+
+#[test]
+fn output_file_sets() {
+    let s = Scratch::new("files");
+    // Rank 3, channels last: (N, L, C) = (2, 4, 3).
+    let dims3 = vec![2usize, 4, 3];
+    let (x3, dy3) = (
+        s.file("x3.npy", &f32_npy(&dims3)),
+        s.file("dy3.npy", &f32_npy(&dims3)),
+    );
+    // Rank 4, channels first: (N, C, H, W) = (2, 3, 2, 2).
+    let dims4 = vec![2usize, 3, 2, 2];
+    let (x4, dy4) = (
+        s.file("x4.npy", &f32_npy(&dims4)),
+        s.file("dy4.npy", &f32_npy(&dims4)),
+    );
+    let c3 = s.file("c3.npy", &vec_npy(3));
+    let (x3, dy3, x4, dy4) = (x3.as_str(), dy3.as_str(), x4.as_str(), dy4.as_str());
+    let ch = Some(vec![3usize]);
+    let affine = ["--gamma", c3.as_str(), "--beta", c3.as_str()];
+    let tracked = ["--running-mean", c3.as_str(), "--running-var", c3.as_str()];
+
+    let mut cases = Vec::new();
+    for device in ["cpu", "gpu"] {
+        let mut add = |name: &str,
+                       args: Vec<&str>,
+                       files: Vec<(&'static str, Option<Vec<usize>>)>,
+                       nbt: Option<u64>| {
+            let out = s.fresh_out(&format!("{name}-{device}"));
+            let mut args = strs(&args);
+            args.extend(strs(&["--device", device, "--out"]));
+            args.push(out.display().to_string());
+            cases.push(Expect {
+                name: format!("{name} [{device}]"),
+                args,
+                out,
+                files,
+                nbt,
+            });
+        };
+        let y3 = ("y.npy", Some(dims3.clone()));
+        let stats = |v: &mut Vec<(&'static str, Option<Vec<usize>>)>| {
+            v.extend([
+                ("mean.npy", ch.clone()),
+                ("var.npy", ch.clone()),
+                ("invstd.npy", ch.clone()),
+            ])
+        };
+        let running = |v: &mut Vec<(&'static str, Option<Vec<usize>>)>| {
+            v.extend([
+                ("running_mean.npy", ch.clone()),
+                ("running_var.npy", ch.clone()),
+                ("num_batches_tracked.txt", None),
+            ])
+        };
+
+        // Training with running statistics: every file; the count goes from K to K+1.
+        let mut train_files = vec![y3.clone()];
+        stats(&mut train_files);
+        running(&mut train_files);
+        let mut a = vec!["forward", "--x", x3, "--layout", "nhwc"];
+        a.extend(affine);
+        a.extend(tracked);
+        a.extend(["--num-batches-tracked", "7"]);
+        add(
+            "forward train tracked nhwc rank 3",
+            a,
+            train_files.clone(),
+            Some(8),
+        );
+
+        let mut a = vec!["forward", "--x", x3, "--layout", "nhwc"];
+        a.extend(tracked);
+        a.extend(["--momentum", "none", "--num-batches-tracked", "41"]);
+        add(
+            "forward train tracked momentum none",
+            a,
+            train_files,
+            Some(42),
+        );
+
+        let mut files4 = vec![("y.npy", Some(dims4.clone()))];
+        stats(&mut files4);
+        running(&mut files4);
+        let mut a = vec!["forward", "--x", x4];
+        a.extend(affine);
+        a.extend(tracked);
+        add(
+            "forward train tracked nchw rank 4, default K",
+            a,
+            files4,
+            Some(1),
+        );
+
+        // Eval with running statistics: y only.
+        let mut a = vec!["forward", "--x", x3, "--layout", "nhwc", "--eval"];
+        a.extend(affine);
+        a.extend(tracked);
+        a.extend(["--num-batches-tracked", "7"]);
+        add("forward eval tracked", a, vec![y3.clone()], None);
+
+        // Eval without running statistics: y and the batch statistics.
+        let mut eval_untracked = vec![y3.clone()];
+        stats(&mut eval_untracked);
+        let mut a = vec!["forward", "--x", x3, "--layout", "nhwc", "--eval"];
+        a.extend(affine);
+        add("forward eval untracked", a, eval_untracked, None);
+
+        // Backward: dx (+ dgamma, dbeta when affine).
+        let dx3 = ("dx.npy", Some(dims3.clone()));
+        let mut a = vec!["backward", "--x", x3, "--dy", dy3, "--layout", "nhwc"];
+        a.extend(affine);
+        a.extend(tracked);
+        add(
+            "backward affine",
+            a,
+            vec![
+                dx3.clone(),
+                ("dgamma.npy", ch.clone()),
+                ("dbeta.npy", ch.clone()),
+            ],
+            None,
+        );
+        let a = vec!["backward", "--x", x3, "--dy", dy3, "--layout", "nhwc"];
+        add("backward non-affine", a, vec![dx3.clone()], None);
+
+        let mut a = vec![
+            "backward", "--x", x3, "--dy", dy3, "--layout", "nhwc", "--eval",
+        ];
+        a.extend(tracked);
+        add("backward non-affine eval tracked", a, vec![dx3], None);
+
+        let mut a = vec!["backward", "--x", x4, "--dy", dy4];
+        a.extend(affine);
+        add(
+            "backward affine nchw rank 4",
+            a,
+            vec![
+                ("dx.npy", Some(dims4.clone())),
+                ("dgamma.npy", ch.clone()),
+                ("dbeta.npy", ch.clone()),
+            ],
+            None,
+        );
+    }
+
+    let total = cases.len();
+    let failures: Vec<String> = cases.iter().filter_map(check_success).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} output-set cases broke the contract:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn unwritable_output_dir() {
+    let s = Scratch::new("unwritable");
+    let x = s.file("x.npy", &f32_npy(&[2, 3, 4]));
+    let dy = s.file("dy.npy", &f32_npy(&[2, 3, 4]));
+    let blocker = s.dir.join("regular_file");
+    let content = b"not a directory\n";
+    fs::write(&blocker, content).unwrap();
+    let blocker_str = blocker.display().to_string();
+    let under = blocker.join("sub").display().to_string();
+    let deeper = blocker.join("a/b").display().to_string();
+
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for device in ["cpu", "gpu"] {
+        for (what, out) in [
+            ("forward --out <file>/sub", &under),
+            ("forward --out <file>/a/b", &deeper),
+            ("forward --out <file>", &blocker_str),
+            ("backward --out <file>/sub", &under),
+        ] {
+            total += 1;
+            let sub = what.split(' ').next().unwrap();
+            let mut args = strs(&[sub, "--x", &x]);
+            if sub == "backward" {
+                args.extend(strs(&["--dy", &dy]));
+            }
+            args.extend(strs(&["--device", device, "--out", out]));
+            let repro = shell_line(&args);
+            let name = format!("{what} [{device}]");
+            let outp = match run(&args) {
+                Ok(o) => o,
+                Err(e) => {
+                    failures.push(format!("[{name}] {e}\n  $ {repro}"));
+                    continue;
+                }
+            };
+            let stderr = String::from_utf8_lossy(&outp.stderr);
+            let mut problems = Vec::new();
+            match outp.status.code() {
+                Some(0) => problems.push("exited 0".to_string()),
+                Some(101) => problems.push("exited 101 (a Rust panic)".to_string()),
+                Some(_) => {}
+                None => problems.push(format!("killed by a signal ({})", outp.status)),
+            }
+            if !stderr.starts_with("error:") || stderr.lines().count() != 1 {
+                problems.push("stderr is not exactly one line starting with \"error:\"".into());
+            }
+            if fs::read(&blocker).ok().as_deref() != Some(&content[..]) {
+                problems.push("the regular file in the way was changed or removed".into());
+            }
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "[{name}] {}\n  $ {repro}\n  exit: {}\n  stderr: {stderr:?}",
+                    problems.join("; "),
+                    outp.status
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} unwritable-output cases broke the contract:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn info_prints_the_chosen_adapter() {
+    let out = run(&strs(&["info"])).unwrap_or_else(|e| panic!("batchnorm info: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "batchnorm info failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let chosen: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("chosen:"))
+        .collect();
+    assert_eq!(
+        chosen.len(),
+        1,
+        "expected one \"chosen:\" line\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        chosen[0].len() > "chosen:".len() + 1,
+        "the chosen line names no adapter: {:?}",
+        chosen[0]
+    );
+}
