@@ -11,6 +11,7 @@
 //! # Ok::<(), wgpu_batchnorm::BnError>(())
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod error;

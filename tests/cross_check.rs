@@ -202,6 +202,8 @@ fn large_mean_small_spread_should_match_reference() {
         (&[8, 3, 16, 16], CF, 1e4, 1e-2),
         (&[8, 16, 16, 3], CL, 1e4, 1e-2),
         (&[1000, 4], CF, -1e4, 1e-2),
+        (&[8, 16, 16, 4], CL, 1e4, 1e-2),
+        (&[4, 8, 16, 16], CF, 1e4, 1e-2),
     ]);
 }
 
@@ -212,6 +214,7 @@ fn over_a_million_values_per_channel_should_match_reference() {
         (&[16, 2, 256, 256], CF, 1.0, 2.0),
         (&[16, 256, 256, 2], CL, 1.0, 2.0),
         (&[1 << 20, 1], CF, -2.0, 0.5),
+        (&[1 << 20, 4], CF, -2.0, 0.5),
     ]);
 }
 

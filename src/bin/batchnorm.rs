@@ -32,6 +32,8 @@ enum Command {
     Info,
     /// Forward pass: writes y.npy, batch statistics and updated running statistics.
     Forward(PassArgs),
+    /// Time GPU passes, the CPU reference and a copy kernel (the roof), verified first.
+    Bench(BenchArgs),
     /// Backward pass: writes dx.npy and, when affine, dgamma.npy and dbeta.npy.
     Backward {
         #[command(flatten)]
@@ -48,6 +50,49 @@ enum LayoutArg {
     Nchw,
     /// Channels on the last axis.
     Nhwc,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Shapes, comma separated, like 32x64x56x56,1024x4096 (default: the standard set).
+    #[arg(long, value_name = "NxC[xHxW..][,..]", value_parser = parse_shapes)]
+    shape: Option<Shapes>,
+    #[arg(long, value_enum, default_value = "both")]
+    layout: BenchLayout,
+    /// Timed GPU iterations per pass (the CPU reference runs at most 5).
+    #[arg(long, value_name = "K", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum BenchLayout {
+    Nchw,
+    Nhwc,
+    Both,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+}
+
+#[derive(Clone)]
+struct Shapes(Vec<Vec<usize>>);
+
+fn parse_shapes(s: &str) -> std::result::Result<Shapes, String> {
+    s.split(',')
+        .map(|shape| {
+            shape
+                .split('x')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| format!("`{shape}` is not a shape like 32x64x56x56"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Shapes)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +155,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => demo(),
         Some(Command::Info) => info(),
+        Some(Command::Bench(args)) => bench(&args),
         Some(Command::Forward(args)) => forward(&args),
         Some(Command::Backward { pass, dy }) => backward(&pass, &dy),
     };
@@ -272,6 +318,76 @@ fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
         files.vector("dbeta.npy", dbeta);
     }
     files.write(&args.out)
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    use wgpu_batchnorm::bench::{bench_shape, DEFAULT_SHAPES};
+    let shapes: Vec<Vec<usize>> = match &args.shape {
+        Some(s) => s.0.clone(),
+        None => DEFAULT_SHAPES.iter().map(|s| s.to_vec()).collect(),
+    };
+    let mut runs = Vec::new();
+    for dims in &shapes {
+        wgpu_batchnorm::Shape::new(dims, Layout::ChannelsFirst)?;
+        let layouts: &[Layout] = match args.layout {
+            // Rank 2 is the same memory either way.
+            BenchLayout::Both if dims.len() == 2 => &[Layout::ChannelsFirst],
+            BenchLayout::Both => &[Layout::ChannelsFirst, Layout::ChannelsLast],
+            BenchLayout::Nchw => &[Layout::ChannelsFirst],
+            BenchLayout::Nhwc => &[Layout::ChannelsLast],
+        };
+        runs.extend(layouts.iter().map(|&l| (dims.clone(), l)));
+    }
+    let ctx = GpuContext::new()?;
+    let adapter = ctx
+        .adapter_info()
+        .map(|i| format!("{} ({:?}, {})", i.name, i.backend, i.driver_info))
+        .unwrap_or_default();
+    if args.format == Format::Table {
+        println!("adapter: {adapter}");
+        if !ctx.has_timestamps() {
+            println!("no timestamp queries on this adapter: GPU times are end to end only");
+        }
+        println!(
+            "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10} {:>9} {:>6}",
+            "impl", "shape", "layout", "pass", "timing", "median_ms", "GB/s", "roof"
+        );
+    } else {
+        println!("impl,shape,layout,pass,median_ms,gbps,timing");
+    }
+    let mut progress = |msg: &str| eprint!("\r\x1b[2K{msg}");
+    for (dims, layout) in runs {
+        let rows = bench_shape(&ctx, &dims, layout, args.iters as usize, &mut progress)?;
+        eprint!("\r\x1b[2K");
+        for r in rows {
+            if args.format == Format::Csv {
+                println!(
+                    "{},{},{},{},{:.4},{:.2},{}",
+                    r.implementation,
+                    r.shape,
+                    r.layout,
+                    r.pass,
+                    r.median_ms,
+                    r.gbps,
+                    r.timing.name()
+                );
+            } else {
+                let roof = r.roof.map(|v| format!("{v:.2}")).unwrap_or_default();
+                println!(
+                    "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10.3} {:>9.2} {:>6}",
+                    r.implementation,
+                    r.shape,
+                    r.layout,
+                    r.pass,
+                    r.timing.name(),
+                    r.median_ms,
+                    r.gbps,
+                    roof
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn info() -> Result<()> {

@@ -226,7 +226,7 @@ impl GpuBatchNorm {
 
     fn plan(&mut self, shape: &Shape) -> Result<&mut Plan> {
         if !self.plans.contains_key(shape) {
-            let geometry = Geometry::new(shape, self.ctx.limits())?;
+            let geometry = Geometry::new(shape, self.ctx.limits(), self.ctx.tuning())?;
             let biased = match self.config.running_var {
                 RunningVar::Biased => BIASED_RUNNING_VAR,
                 RunningVar::Unbiased => 0,
@@ -335,7 +335,7 @@ impl GpuBatchNorm {
             timestamp_writes: None,
         });
         if batch_stats {
-            let bind = k.stats_reduce.bind(
+            let bind = k.stats_reduce(g).bind(
                 device,
                 &[
                     params.as_entire_binding(),
@@ -343,7 +343,8 @@ impl GpuBatchNorm {
                     plan.partials.as_entire_binding(),
                 ],
             );
-            k.stats_reduce.dispatch(&mut pass, &bind, g.reduce_groups);
+            k.stats_reduce(g)
+                .dispatch(&mut pass, &bind, g.reduce_groups);
             let bind = k.stats_finalize.bind(
                 device,
                 &[
@@ -376,7 +377,7 @@ impl GpuBatchNorm {
             k.eval_finalize
                 .dispatch(&mut pass, &bind, g.finalize_groups);
         }
-        let bind = k.apply_forward.bind(
+        let bind = k.apply_forward(g).bind(
             device,
             &[
                 params.as_entire_binding(),
@@ -385,7 +386,8 @@ impl GpuBatchNorm {
                 y.binding(),
             ],
         );
-        k.apply_forward.dispatch(&mut pass, &bind, g.apply_groups);
+        k.apply_forward(g)
+            .dispatch(&mut pass, &bind, g.apply_groups);
         drop(pass);
         self.num_batches_tracked = batches_after;
         self.saved_for_backward = Some(Saved {
@@ -425,7 +427,7 @@ impl GpuBatchNorm {
             label: Some("batchnorm backward"),
             timestamp_writes: None,
         });
-        let bind = k.grad_reduce.bind(
+        let bind = k.grad_reduce(g).bind(
             device,
             &[
                 params.as_entire_binding(),
@@ -435,7 +437,7 @@ impl GpuBatchNorm {
                 plan.partials.as_entire_binding(),
             ],
         );
-        k.grad_reduce.dispatch(&mut pass, &bind, g.reduce_groups);
+        k.grad_reduce(g).dispatch(&mut pass, &bind, g.reduce_groups);
         let bind = k.grad_finalize.bind(
             device,
             &[
@@ -450,7 +452,7 @@ impl GpuBatchNorm {
         );
         k.grad_finalize
             .dispatch(&mut pass, &bind, g.finalize_groups);
-        let bind = k.apply_backward.bind(
+        let bind = k.apply_backward(g).bind(
             device,
             &[
                 params.as_entire_binding(),
@@ -460,7 +462,8 @@ impl GpuBatchNorm {
                 dx.binding(),
             ],
         );
-        k.apply_backward.dispatch(&mut pass, &bind, g.apply_groups);
+        k.apply_backward(g)
+            .dispatch(&mut pass, &bind, g.apply_groups);
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{BnError, Result};
-use crate::gpu::kernels::Kernels;
+use crate::gpu::kernels::{Kernels, Tuning};
 
 /// A device, its queue, and every batch-norm pipeline compiled for it.
 pub struct GpuContext {
@@ -65,9 +65,12 @@ impl GpuContext {
                 info.name, info.backend
             )));
         }
+        // Timestamps let the benchmark time kernels rather than submissions.
+        let timestamps =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("batchnorm"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & timestamps,
             required_limits: adapter.limits(),
             ..Default::default()
         }))
@@ -106,6 +109,18 @@ impl GpuContext {
 
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Whether kernels can be timed with timestamps written between commands.
+    pub fn has_timestamps(&self) -> bool {
+        self.device.features().contains(
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+        )
+    }
+
+    /// Work sizes for this kind of device (a caller's device is taken to be a GPU).
+    pub(crate) fn tuning(&self) -> Tuning {
+        Tuning::for_device(self.adapter_info.as_ref().map(|i| i.device_type))
     }
 
     /// None when the context was built on a caller's device.

@@ -26,7 +26,12 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
-    fn new(device: &wgpu::Device, name: &'static str, source: &'static str) -> Result<Self> {
+    fn new(
+        device: &wgpu::Device,
+        name: &'static str,
+        source: &'static str,
+        constants: &[(&str, f64)],
+    ) -> Result<Self> {
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -38,7 +43,10 @@ impl Kernel {
             layout: None,
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
             cache: None,
         });
         let layout = pipeline.get_bind_group_layout(0);
@@ -90,35 +98,89 @@ impl Kernel {
     }
 }
 
-macro_rules! kernels {
-    ($($name:ident),* $(,)?) => {
-        pub(crate) struct Kernels {
-            $(pub(crate) $name: Kernel,)*
-        }
-
-        impl Kernels {
-            pub(crate) fn new(device: &wgpu::Device) -> Result<Self> {
-                Ok(Self {
-                    $($name: Kernel::new(
-                        device,
-                        stringify!($name),
-                        include_str!(concat!("../../shaders/", stringify!($name), ".wgsl")),
-                    )?,)*
-                })
-            }
-        }
+/// Reads `shaders/<name>.wgsl` into the binary.
+macro_rules! shader {
+    ($name:literal) => {
+        (
+            $name,
+            include_str!(concat!("../../shaders/", $name, ".wgsl")),
+        )
     };
 }
 
-kernels!(
-    stats_reduce,
-    stats_finalize,
-    eval_finalize,
-    grad_reduce,
-    grad_finalize,
-    apply_forward,
-    apply_backward,
-);
+pub(crate) struct Kernels {
+    pub(crate) stats_reduce: Kernel,
+    pub(crate) stats_reduce_vec4: Kernel,
+    pub(crate) stats_reduce_vec4_channels: Kernel,
+    pub(crate) stats_finalize: Kernel,
+    pub(crate) eval_finalize: Kernel,
+    pub(crate) grad_reduce: Kernel,
+    pub(crate) grad_reduce_vec4: Kernel,
+    pub(crate) grad_reduce_vec4_channels: Kernel,
+    pub(crate) grad_finalize: Kernel,
+    pub(crate) apply_forward: Kernel,
+    pub(crate) apply_forward_vec4: Kernel,
+    pub(crate) apply_backward: Kernel,
+    pub(crate) apply_backward_vec4: Kernel,
+    pub(crate) copy: Kernel,
+}
+
+impl Kernels {
+    pub(crate) fn new(device: &wgpu::Device) -> Result<Self> {
+        let plain = |(name, source)| Kernel::new(device, name, source, &[]);
+        let channels_in_vec4 =
+            |(name, source)| Kernel::new(device, name, source, &[("CHANNELS_IN_VEC4", 1.0)]);
+        Ok(Self {
+            stats_reduce: plain(shader!("stats_reduce"))?,
+            stats_reduce_vec4: plain(shader!("stats_reduce_vec4"))?,
+            stats_reduce_vec4_channels: channels_in_vec4(shader!("stats_reduce_vec4"))?,
+            stats_finalize: plain(shader!("stats_finalize"))?,
+            eval_finalize: plain(shader!("eval_finalize"))?,
+            grad_reduce: plain(shader!("grad_reduce"))?,
+            grad_reduce_vec4: plain(shader!("grad_reduce_vec4"))?,
+            grad_reduce_vec4_channels: channels_in_vec4(shader!("grad_reduce_vec4"))?,
+            grad_finalize: plain(shader!("grad_finalize"))?,
+            apply_forward: plain(shader!("apply_forward"))?,
+            apply_forward_vec4: plain(shader!("apply_forward_vec4"))?,
+            apply_backward: plain(shader!("apply_backward"))?,
+            apply_backward_vec4: plain(shader!("apply_backward_vec4"))?,
+            copy: plain(shader!("copy"))?,
+        })
+    }
+
+    /// The statistics reduction that suits `geometry`.
+    pub(crate) fn stats_reduce(&self, geometry: &Geometry) -> &Kernel {
+        match geometry.reduce {
+            Reduce::Scalar => &self.stats_reduce,
+            Reduce::Vec4Inner => &self.stats_reduce_vec4,
+            Reduce::Vec4Channels => &self.stats_reduce_vec4_channels,
+        }
+    }
+
+    pub(crate) fn grad_reduce(&self, geometry: &Geometry) -> &Kernel {
+        match geometry.reduce {
+            Reduce::Scalar => &self.grad_reduce,
+            Reduce::Vec4Inner => &self.grad_reduce_vec4,
+            Reduce::Vec4Channels => &self.grad_reduce_vec4_channels,
+        }
+    }
+
+    pub(crate) fn apply_forward(&self, geometry: &Geometry) -> &Kernel {
+        if geometry.apply_vec4 {
+            &self.apply_forward_vec4
+        } else {
+            &self.apply_forward
+        }
+    }
+
+    pub(crate) fn apply_backward(&self, geometry: &Geometry) -> &Kernel {
+        if geometry.apply_vec4 {
+            &self.apply_backward_vec4
+        } else {
+            &self.apply_backward
+        }
+    }
+}
 
 /// The uniform every kernel reads; field order and types match `struct Params` in the shaders.
 #[repr(C)]
@@ -142,10 +204,50 @@ pub(crate) struct Params {
     pub momentum: f32,
 }
 
+/// How much work one reduction workgroup takes on: GPUs want many workgroups in flight, CPU
+/// rasterizers (lavapipe, llvmpipe: a few threads, each running whole workgroups) want few
+/// large ones, since every workgroup pays for its barriers and shared-memory merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tuning {
+    /// Loads each lane of a reduction aims to make before the workgroup merges.
+    pub loads_per_lane: u64,
+    /// Reductions split further while they would have fewer workgroups than this.
+    pub min_groups: u64,
+}
+
+impl Tuning {
+    pub(crate) fn for_device(device_type: Option<wgpu::DeviceType>) -> Self {
+        match device_type {
+            Some(wgpu::DeviceType::Cpu) => Self {
+                loads_per_lane: 512,
+                min_groups: 32,
+            },
+            _ => Self {
+                loads_per_lane: 64,
+                min_groups: 512,
+            },
+        }
+    }
+}
+
+/// Which reduction kernel reads the tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reduce {
+    /// One value per load: any shape.
+    Scalar,
+    /// Four values of one channel per load: inner % 4 == 0.
+    Vec4Inner,
+    /// Four channels per load: inner == 1 and channels % 4 == 0.
+    Vec4Channels,
+}
+
 /// How one shape is cut into workgroups, for every kernel of a pass.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geometry {
     pub params: Params,
+    pub reduce: Reduce,
+    /// Element-wise kernels load four values at a time (the plane divides by four).
+    pub apply_vec4: bool,
     pub reduce_groups: (u32, u32),
     pub finalize_groups: (u32, u32),
     pub apply_groups: (u32, u32),
@@ -156,7 +258,7 @@ impl Geometry {
         self.params.channels as u64 * self.params.splits as u64 * PARTIAL_BYTES
     }
 
-    pub(crate) fn new(shape: &Shape, limits: &wgpu::Limits) -> Result<Self> {
+    pub(crate) fn new(shape: &Shape, limits: &wgpu::Limits, tuning: Tuning) -> Result<Self> {
         let (outer, channels, inner) = shape.view();
         let numel = shape.numel() as u64;
         let max_groups = limits.max_compute_workgroups_per_dimension as u64;
@@ -175,17 +277,27 @@ impl Geometry {
         )?;
         let (outer, channels, inner) = (outer as u32, channels as u32, inner as u32);
 
-        // Reduction: lanes (tile_c, tile_i, tile_o) over channels, inner, outer rows.
-        let tile_i = inner.next_power_of_two().min(WORKGROUP);
-        let tile_c = channels.next_power_of_two().min(WORKGROUP / tile_i);
+        // Reduction: lanes (tile_c, tile_i, tile_o) over channel units, inner units and outer
+        // rows, where a unit is what one lane loads at a time.
+        let (reduce, units_c, units_i) = if inner.is_multiple_of(4) {
+            (Reduce::Vec4Inner, channels, inner / 4)
+        } else if inner == 1 && channels.is_multiple_of(4) {
+            (Reduce::Vec4Channels, channels / 4, 1)
+        } else {
+            (Reduce::Scalar, channels, inner)
+        };
+        let tile_i = units_i.next_power_of_two().min(WORKGROUP);
+        let tile_c = units_c.next_power_of_two().min(WORKGROUP / tile_i);
         let tile_o = WORKGROUP / (tile_i * tile_c);
-        let channel_blocks = channels.div_ceil(tile_c);
+        let channel_blocks = units_c.div_ceil(tile_c);
         limit("channel blocks", channel_blocks as u64, max_groups)?;
-        // About 64 values per lane, but split further while there are too few workgroups.
-        let per_row = inner as u64 * tile_c as u64;
-        let mut rows_per_split = (64 * WORKGROUP as u64).div_ceil(per_row).max(1);
+        // The tuning's loads per lane, but split further while there are too few workgroups.
+        let per_row = units_i as u64 * tile_c as u64;
+        let mut rows_per_split = (tuning.loads_per_lane * WORKGROUP as u64)
+            .div_ceil(per_row)
+            .max(1);
         while rows_per_split > 1
-            && channel_blocks as u64 * (outer as u64).div_ceil(rows_per_split) < 512
+            && channel_blocks as u64 * (outer as u64).div_ceil(rows_per_split) < tuning.min_groups
             && rows_per_split * per_row > 8 * WORKGROUP as u64
         {
             rows_per_split /= 2;
@@ -198,7 +310,13 @@ impl Geometry {
         let planes_per_row = 1024u64.div_ceil(plane).min(outer as u64).max(1);
         let apply_width = plane * planes_per_row;
         let apply_rows = (outer as u64).div_ceil(planes_per_row);
-        let column_groups = apply_width.div_ceil(WORKGROUP as u64);
+        let apply_vec4 = plane.is_multiple_of(4);
+        let lanes_per_row = if apply_vec4 {
+            apply_width / 4
+        } else {
+            apply_width
+        };
+        let column_groups = lanes_per_row.div_ceil(WORKGROUP as u64);
         limit("element-wise column workgroups", column_groups, max_groups)?;
         let apply_rows_per_group = apply_rows.min(16).max(apply_rows.div_ceil(max_groups));
         let row_groups = apply_rows.div_ceil(apply_rows_per_group);
@@ -223,6 +341,8 @@ impl Geometry {
                 eps: 0.0,
                 momentum: 0.0,
             },
+            reduce,
+            apply_vec4,
             reduce_groups: (splits, channel_blocks),
             finalize_groups: (finalize_groups, 1),
             apply_groups: (column_groups as u32, row_groups as u32),

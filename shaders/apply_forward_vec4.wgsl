@@ -1,0 +1,55 @@
+// Forward, element-wise, four values per load: the vec4 twin of apply_forward for shapes
+// whose [channels][inner] plane divides by four. The four components may belong to different
+// channels; each lane works out its four channels once, as its column never changes.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+// (center, scale, shift, 0)
+@group(0) @binding(2) var<storage, read> coeff: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let col = gid.x;
+    let width = p.apply_width / 4u;
+    if col >= width {
+        return;
+    }
+    var center: vec4<f32>;
+    var scale: vec4<f32>;
+    var shift: vec4<f32>;
+    for (var k = 0u; k < 4u; k++) {
+        let c = coeff[((4u * col + k) / p.inner) % p.channels];
+        center[k] = c.x;
+        scale[k] = c.y;
+        shift[k] = c.z;
+    }
+    let total = p.total / 4u;
+    let r_begin = wid.y * p.apply_rows_per_group;
+    let r_end = min(r_begin + p.apply_rows_per_group, p.apply_rows);
+    for (var r = r_begin; r < r_end; r++) {
+        let idx = r * width + col;
+        if idx < total {
+            y[idx] = (x[idx] - center) * scale + shift;
+        }
+    }
+}

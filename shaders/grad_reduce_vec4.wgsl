@@ -1,0 +1,105 @@
+// Backward, stage 1, four values per load: the vec4 twin of grad_reduce, with the same two
+// modes as stats_reduce_vec4 (CHANNELS_IN_VEC4: four channels per vec4, or four values of one
+// channel).
+
+override CHANNELS_IN_VEC4: bool = false;
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct GradPartial {
+    sum_dy: f32,
+    sum_dy_xmu: f32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+// (center, offset, invstd, var), mean = center + offset
+@group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+
+var<workgroup> wg_sum_dy: array<vec4<f32>, WG>;
+var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, WG>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    var units_c = p.channels;
+    var units_i = p.inner / 4u;
+    if CHANNELS_IN_VEC4 {
+        units_c = p.channels / 4u;
+        units_i = 1u;
+    }
+    let split = wid.x;
+    let lane_c = lid % p.tile_c;
+    let lane_r = lid / p.tile_c;
+    let lane_i = lane_r % p.tile_i;
+    let lane_o = lane_r / p.tile_i;
+    let u = wid.y * p.tile_c + lane_c;
+
+    var sum_dy = vec4<f32>(0.0);
+    var sum_dy_xmu = vec4<f32>(0.0);
+    if u < units_c {
+        var center = vec4<f32>(saved[u].x);
+        var offset = vec4<f32>(saved[u].y);
+        if CHANNELS_IN_VEC4 {
+            for (var k = 0u; k < 4u; k++) {
+                center[k] = saved[4u * u + k].x;
+                offset[k] = saved[4u * u + k].y;
+            }
+        }
+        let row_stride = units_c * units_i;
+        let o_begin = split * p.rows_per_split;
+        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+            let base = o * row_stride + u * units_i;
+            for (var i = lane_i; i < units_i; i += p.tile_i) {
+                let g = dy[base + i];
+                sum_dy += g;
+                sum_dy_xmu += g * ((x[base + i] - center) - offset);
+            }
+        }
+    }
+    wg_sum_dy[lid] = sum_dy;
+    wg_sum_dy_xmu[lid] = sum_dy_xmu;
+
+    for (var stride = (WG / p.tile_c) / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if lane_r < stride {
+            let b = lid + stride * p.tile_c;
+            wg_sum_dy[lid] += wg_sum_dy[b];
+            wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
+        }
+    }
+
+    if lane_r == 0u && u < units_c {
+        let s = wg_sum_dy[lid];
+        let sx = wg_sum_dy_xmu[lid];
+        if CHANNELS_IN_VEC4 {
+            for (var k = 0u; k < 4u; k++) {
+                partials[(4u * u + k) * p.splits + split] = GradPartial(s[k], sx[k]);
+            }
+        } else {
+            let ones = vec4<f32>(1.0);
+            partials[u * p.splits + split] = GradPartial(dot(s, ones), dot(sx, ones));
+        }
+    }
+}

@@ -1,0 +1,131 @@
+// Batch statistics, stage 1, four values per load: the vec4 twin of stats_reduce for shapes
+// whose contiguous axis divides by four. Fewer, wider loads are what both GPUs and CPU
+// rasterizers (lavapipe runs each lane's load as its own scalar access) move fastest.
+//
+// CHANNELS_IN_VEC4 = false (channels-first, inner % 4 == 0): a vec4 holds four neighbouring
+// values of one channel; each component keeps its own Welford state over its quarter of the
+// values, and the four are merged at the end.
+// CHANNELS_IN_VEC4 = true (inner == 1, channels % 4 == 0): a vec4 holds four channels of one
+// row, and each component is that channel's Welford state.
+// Either way the four states share one count, so a vec4 costs one reciprocal. As in
+// stats_reduce, values are shifted by their channel's first value before accumulating.
+
+override CHANNELS_IN_VEC4: bool = false;
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct StatsPartial {
+    count: u32,
+    mean: f32,
+    m2: f32,
+    shift: f32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
+
+var<workgroup> wg_count: array<u32, WG>;
+var<workgroup> wg_mean: array<vec4<f32>, WG>;
+var<workgroup> wg_m2: array<vec4<f32>, WG>;
+
+fn merge_into(a: u32, b: u32) {
+    let nb = wg_count[b];
+    if nb == 0u {
+        return;
+    }
+    let na = wg_count[a];
+    let n = na + nb;
+    let fb = f32(nb) / f32(n);
+    let delta = wg_mean[b] - wg_mean[a];
+    wg_mean[a] = wg_mean[a] + delta * fb;
+    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
+    wg_count[a] = n;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    // Units: what one lane loads at a time, along channels and along inner.
+    var units_c = p.channels;
+    var units_i = p.inner / 4u;
+    if CHANNELS_IN_VEC4 {
+        units_c = p.channels / 4u;
+        units_i = 1u;
+    }
+    let split = wid.x;
+    let lane_c = lid % p.tile_c;
+    let lane_r = lid / p.tile_c;
+    let lane_i = lane_r % p.tile_i;
+    let lane_o = lane_r / p.tile_i;
+    let u = wid.y * p.tile_c + lane_c;
+
+    var n = 0.0;
+    var mean = vec4<f32>(0.0);
+    var m2 = vec4<f32>(0.0);
+    var shift = vec4<f32>(0.0);
+    if u < units_c {
+        shift = x[u * units_i];
+        if !CHANNELS_IN_VEC4 {
+            shift = vec4<f32>(shift.x);
+        }
+        let row_stride = units_c * units_i;
+        let o_begin = split * p.rows_per_split;
+        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+            let base = o * row_stride + u * units_i;
+            for (var i = lane_i; i < units_i; i += p.tile_i) {
+                let d = x[base + i] - shift;
+                n += 1.0;
+                let delta = d - mean;
+                mean += delta * (1.0 / n);
+                m2 += delta * (d - mean);
+            }
+        }
+    }
+    wg_count[lid] = u32(n);
+    wg_mean[lid] = mean;
+    wg_m2[lid] = m2;
+
+    for (var stride = (WG / p.tile_c) / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if lane_r < stride {
+            merge_into(lid, lid + stride * p.tile_c);
+        }
+    }
+
+    if lane_r == 0u && u < units_c {
+        let count = wg_count[lid];
+        let means = wg_mean[lid];
+        let m2s = wg_m2[lid];
+        if CHANNELS_IN_VEC4 {
+            for (var k = 0u; k < 4u; k++) {
+                partials[(4u * u + k) * p.splits + split] = StatsPartial(count, means[k], m2s[k], shift[k]);
+            }
+        } else {
+            // Four equal-count states of one channel: Chan's merge in closed form.
+            let m = (means.x + means.y + means.z + means.w) * 0.25;
+            let dev = means - vec4<f32>(m);
+            let m2_all = m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev);
+            partials[u * p.splits + split] = StatsPartial(4u * count, m, m2_all, shift.x);
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! `batchnorm bench`: GPU passes, the CPU reference and a plain copy kernel (the roof), on
+//! the same shapes, verified before they are timed.
+//!
+//! Bytes counted are the minimal ones: forward and eval read x and write y (8 per element),
+//! backward reads x and dy and writes dx (12), the copy reads and writes (8). Kernel times
+//! come from timestamps written around the recorded commands where the adapter has them;
+//! end-to-end times run from submit to the work being done, measured on the host.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::ArrayD;
+
+use crate::config::{BatchNormConfig, Layout};
+use crate::error::{BnError, Result};
+use crate::gpu::{GpuBatchNorm, GpuContext, GpuTensor};
+use crate::layer::{BatchNorm, Device};
+use crate::shape::Shape;
+
+/// The shapes `batchnorm bench` runs by default.
+pub const DEFAULT_SHAPES: &[&[usize]] = &[
+    &[8, 64, 56, 56],
+    &[32, 64, 56, 56],
+    &[64, 256, 14, 14],
+    &[16, 2048, 7, 7],
+    &[1024, 4096],
+];
+
+/// Relative L2 error a kernel may show against the reference before it is refused.
+const TOLERANCE: f64 = 1e-5;
+/// Inputs rotate over enough buffers to hold at least this many bytes, so that repeated runs
+/// read memory rather than a cache.
+const ROTATION_BYTES: u64 = 256 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// GPU timestamps around the kernels.
+    Kernel,
+    /// Host clock from submit to done (GPU) or around the call (CPU).
+    EndToEnd,
+}
+
+impl Timing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Timing::Kernel => "kernel",
+            Timing::EndToEnd => "end_to_end",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// `gpu`, `cpu` or `copy`.
+    pub implementation: &'static str,
+    pub shape: String,
+    pub layout: &'static str,
+    /// `forward`, `eval`, `backward` or `copy`.
+    pub pass: &'static str,
+    pub timing: Timing,
+    pub median_ms: f64,
+    pub gbps: f64,
+    /// gbps over the copy kernel's, same shape, same timing.
+    pub roof: Option<f64>,
+}
+
+fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::ChannelsFirst => "nchw",
+        Layout::ChannelsLast => "nhwc",
+    }
+}
+
+/// `32x64x56x56`
+pub fn shape_name(dims: &[usize]) -> String {
+    dims.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        num += (g as f64 - w as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    if got.len() != want.len() || num.is_nan() {
+        return f64::INFINITY;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// A deterministic input roughly N(mean, std²) (SplitMix64, sum of four uniforms).
+pub fn input(dims: &[usize], seed: u64, mean: f32, std: f32) -> ArrayD<f32> {
+    let mut state = seed;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let n: usize = dims.iter().product();
+    let values = (0..n)
+        .map(|_| mean + std * ((0..4).map(|_| uniform()).sum::<f32>() - 2.0) * 1.732)
+        .collect();
+    ArrayD::from_shape_vec(dims, values).expect("numel matches")
+}
+
+/// Runs the GPU and CPU layers on the same input, train then eval, forward and backward, and
+/// fails unless every output agrees within the tolerance.
+fn verify(ctx: &Arc<GpuContext>, x: &ArrayD<f32>, dy: &ArrayD<f32>, layout: Layout) -> Result<()> {
+    let channels = Shape::new(x.shape(), layout)?.channels();
+    let mut gpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Gpu(ctx.clone()))?;
+    let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu)?;
+    let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
+    for training in [true, false] {
+        gpu.set_training(training);
+        cpu.set_training(training);
+        let (g, c) = (
+            gpu.forward(x.view(), layout)?,
+            cpu.forward(x.view(), layout)?,
+        );
+        let (gb, cb) = (
+            gpu.backward(x.view(), dy.view(), layout)?,
+            cpu.backward(x.view(), dy.view(), layout)?,
+        );
+        let mode = if training { "forward" } else { "eval" };
+        let checks = [
+            ("y", rel_l2(&flat(&g.y), &flat(&c.y))),
+            (
+                "running_var",
+                rel_l2(&gpu.running_var()?, &cpu.running_var()?),
+            ),
+            ("dx", rel_l2(&flat(&gb.dx), &flat(&cb.dx))),
+            (
+                "dgamma",
+                rel_l2(
+                    gb.dgamma.as_deref().unwrap_or(&[]),
+                    cb.dgamma.as_deref().unwrap_or(&[]),
+                ),
+            ),
+            (
+                "dbeta",
+                rel_l2(
+                    gb.dbeta.as_deref().unwrap_or(&[]),
+                    cb.dbeta.as_deref().unwrap_or(&[]),
+                ),
+            ),
+        ];
+        for (name, err) in checks {
+            if err > TOLERANCE {
+                return Err(BnError::Wgpu {
+                    kernel: format!("{mode} on {}", shape_name(x.shape())),
+                    message: format!(
+                        "{name} differs from the CPU reference by {err:.2e} (> {TOLERANCE:e}): not timed"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Times `record` over `iters` submissions: the median kernel time (when the adapter has
+/// timestamps) and the median end-to-end time, in milliseconds.
+fn time_gpu(
+    ctx: &GpuContext,
+    iters: usize,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder, usize) -> Result<()>,
+) -> Result<(Option<f64>, f64)> {
+    let device = &ctx.device;
+    let timestamps = ctx.has_timestamps().then(|| {
+        let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("bench timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamp resolve"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamp read"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        (set, resolve, read)
+    });
+    let period_ns = ctx.queue.get_timestamp_period() as f64;
+    let (mut kernel, mut end_to_end) = (Vec::new(), Vec::new());
+    let warmup = 2;
+    for i in 0..warmup + iters {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        if let Some((set, _, _)) = &timestamps {
+            encoder.write_timestamp(set, 0);
+        }
+        record(&mut encoder, i)?;
+        if let Some((set, resolve, read)) = &timestamps {
+            encoder.write_timestamp(set, 1);
+            encoder.resolve_query_set(set, 0..2, resolve, 0);
+            encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+        }
+        let start = Instant::now();
+        ctx.submit(encoder, "bench")?;
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| BnError::Readback(e.to_string()))?;
+        let elapsed = start.elapsed().as_secs_f64() * 1e3;
+        let ticks = match &timestamps {
+            Some((_, _, read)) => Some(read_ticks(ctx, read)?),
+            None => None,
+        };
+        if i >= warmup {
+            end_to_end.push(elapsed);
+            if let Some([t0, t1]) = ticks {
+                kernel.push(t1.saturating_sub(t0) as f64 * period_ns / 1e6);
+            }
+        }
+    }
+    Ok((
+        (!kernel.is_empty()).then(|| median(kernel)),
+        median(end_to_end),
+    ))
+}
+
+fn read_ticks(ctx: &GpuContext, read: &wgpu::Buffer) -> Result<[u64; 2]> {
+    let slice = read.slice(..);
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = sender.send(r);
+    });
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| BnError::Readback(e.to_string()))?;
+    pollster::block_on(receiver.receive())
+        .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
+        .map_err(|e| BnError::Readback(e.to_string()))?;
+    let ticks = {
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| BnError::Readback(e.to_string()))?;
+        let t: &[u64] = bytemuck::cast_slice(&view);
+        [t[0], t[1]]
+    };
+    read.unmap();
+    Ok(ticks)
+}
+
+fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    run()?;
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(times))
+}
+
+/// Benchmarks one shape in one layout; `progress` hears what is running.
+pub fn bench_shape(
+    ctx: &Arc<GpuContext>,
+    dims: &[usize],
+    layout: Layout,
+    iters: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Row>> {
+    let shape = Shape::new(dims, layout)?;
+    let (numel, channels) = (shape.numel(), shape.channels());
+    let name = shape_name(dims);
+    let lname = layout_name(layout);
+    progress(&format!(
+        "{name} {lname}: verifying against the CPU reference"
+    ));
+    let x = input(dims, 1, 0.5, 2.0);
+    let dy = input(dims, 2, 0.0, 1.0);
+    verify(ctx, &x, &dy, layout)?;
+
+    let bytes = numel as u64 * 4;
+    let copies = ROTATION_BYTES.div_ceil(bytes).clamp(2, 8) as usize;
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    let upload = |label: &str, data: &ArrayD<f32>| -> Result<wgpu::Buffer> {
+        let buffer = ctx.create_buffer(label, bytes, usage)?;
+        ctx.queue.write_buffer(
+            &buffer,
+            0,
+            bytemuck::cast_slice(data.as_slice().expect("standard layout")),
+        );
+        Ok(buffer)
+    };
+    let xs = (0..copies)
+        .map(|i| upload("bench x", &input(dims, 10 + i as u64, 0.5, 2.0)))
+        .collect::<Result<Vec<_>>>()?;
+    let dys = (0..copies)
+        .map(|i| upload("bench dy", &input(dims, 20 + i as u64, 0.0, 1.0)))
+        .collect::<Result<Vec<_>>>()?;
+    let out = ctx.create_buffer("bench out", bytes, usage)?;
+    let tensor = |b| GpuTensor::new(b, dims, layout);
+
+    let mut layer = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(channels))?;
+    let mut rows = Vec::new();
+    let mut push = |implementation, pass, timing: Timing, ms: f64, per_element: u64| {
+        rows.push(Row {
+            implementation,
+            shape: name.clone(),
+            layout: lname,
+            pass,
+            timing,
+            median_ms: ms,
+            gbps: (numel as u64 * per_element) as f64 / (ms * 1e-3) / 1e9,
+            roof: None,
+        })
+    };
+
+    progress(&format!("{name} {lname}: copy roof"));
+    let len4 = ctx.create_buffer(
+        "bench len4",
+        16,
+        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+    )?;
+    ctx.queue
+        .write_buffer(&len4, 0, bytemuck::bytes_of(&[(numel / 4) as u32, 0, 0, 0]));
+    let copy = &ctx.kernels.copy;
+    let groups = ((numel / 4) as u32).div_ceil(256).min(4096);
+    let (k, e) = time_gpu(ctx, iters, |encoder, i| {
+        let bind = copy.bind(
+            &ctx.device,
+            &[
+                len4.as_entire_binding(),
+                xs[i % copies].as_entire_binding(),
+                out.as_entire_binding(),
+            ],
+        );
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        copy.dispatch(&mut pass, &bind, (groups, 1));
+        Ok(())
+    })?;
+    if let Some(k) = k {
+        push("copy", "copy", Timing::Kernel, k, 8);
+    }
+    push("copy", "copy", Timing::EndToEnd, e, 8);
+
+    for (pass, training) in [("forward", true), ("eval", false)] {
+        progress(&format!("{name} {lname}: gpu {pass}"));
+        layer.set_training(training);
+        let (k, e) = time_gpu(ctx, iters, |encoder, i| {
+            layer.forward(encoder, &tensor(&xs[i % copies])?, &tensor(&out)?)
+        })?;
+        if let Some(k) = k {
+            push("gpu", pass, Timing::Kernel, k, 8);
+        }
+        push("gpu", pass, Timing::EndToEnd, e, 8);
+    }
+    progress(&format!("{name} {lname}: gpu backward"));
+    layer.set_training(true);
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    layer.forward(&mut encoder, &tensor(&xs[0])?, &tensor(&out)?)?;
+    ctx.submit(encoder, "bench forward")?;
+    let (k, e) = time_gpu(ctx, iters, |encoder, i| {
+        let j = i % copies;
+        layer.backward(encoder, &tensor(&xs[j])?, &tensor(&dys[j])?, &tensor(&out)?)
+    })?;
+    if let Some(k) = k {
+        push("gpu", "backward", Timing::Kernel, k, 12);
+    }
+    push("gpu", "backward", Timing::EndToEnd, e, 12);
+
+    let cpu_iters = iters.clamp(1, 5);
+    let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu)?;
+    for (pass, training) in [("forward", true), ("eval", false)] {
+        progress(&format!("{name} {lname}: cpu {pass}"));
+        cpu.set_training(training);
+        let ms = time_cpu(cpu_iters, || cpu.forward(x.view(), layout).map(|_| ()))?;
+        push("cpu", pass, Timing::EndToEnd, ms, 8);
+    }
+    progress(&format!("{name} {lname}: cpu backward"));
+    cpu.set_training(true);
+    cpu.forward(x.view(), layout)?;
+    let ms = time_cpu(cpu_iters, || {
+        cpu.backward(x.view(), dy.view(), layout).map(|_| ())
+    })?;
+    push("cpu", "backward", Timing::EndToEnd, ms, 12);
+
+    let roof = |timing| {
+        rows.iter()
+            .find(|r| r.implementation == "copy" && r.timing == timing)
+            .map(|r| r.gbps)
+    };
+    let (roof_kernel, roof_e2e) = (roof(Timing::Kernel), roof(Timing::EndToEnd));
+    for r in rows.iter_mut().filter(|r| r.implementation != "cpu") {
+        r.roof = match r.timing {
+            Timing::Kernel => roof_kernel,
+            Timing::EndToEnd => roof_e2e,
+        }
+        .map(|g| r.gbps / g);
+    }
+    Ok(rows)
+}
