@@ -68,13 +68,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     wg_sum_dy[lid] = sum_dy;
     wg_sum_dy_xmu[lid] = sum_dy_xmu;
 
-    for (var stride = (WG / p.tile_c) / 2u; stride > 0u; stride /= 2u) {
+    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
+    var lanes = WG / p.tile_c;
+    while lanes > 1u {
+        let fold = min(lanes, 16u);
+        let next = lanes / fold;
         workgroupBarrier();
-        if lane_r < stride {
-            let b = lid + stride * p.tile_c;
-            wg_sum_dy[lid] += wg_sum_dy[b];
-            wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
+        if lane_r < next {
+            for (var j = 1u; j < fold; j++) {
+                let b = lid + j * next * p.tile_c;
+                wg_sum_dy[lid] += wg_sum_dy[b];
+                wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
+            }
         }
+        lanes = next;
     }
 
     if lane_r == 0u && c < p.channels {

@@ -105,11 +105,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     wg_mean[lid] = mean;
     wg_m2[lid] = m2;
 
-    for (var stride = (WG / p.tile_c) / 2u; stride > 0u; stride /= 2u) {
+    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
+    var lanes = WG / p.tile_c;
+    while lanes > 1u {
+        let fold = min(lanes, 16u);
+        let next = lanes / fold;
         workgroupBarrier();
-        if lane_r < stride {
-            merge_into(lid, lid + stride * p.tile_c);
+        if lane_r < next {
+            for (var j = 1u; j < fold; j++) {
+                merge_into(lid, lid + j * next * p.tile_c);
+            }
         }
+        lanes = next;
     }
 
     if lane_r == 0u && u < units_c {

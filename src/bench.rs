@@ -6,6 +6,7 @@
 //! come from timestamps written around the recorded commands where the adapter has them;
 //! end-to-end times run from submit to the work being done, measured on the host.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -173,13 +174,18 @@ fn verify(ctx: &Arc<GpuContext>, x: &ArrayD<f32>, dy: &ArrayD<f32>, layout: Layo
     Ok(())
 }
 
-/// Times `record` over `iters` submissions: the median kernel time (when the adapter has
-/// timestamps) and the median end-to-end time, in milliseconds.
+/// A recorder of one timed command sequence; its argument counts the iterations.
+type Recorder<'a> = Box<dyn FnMut(&mut wgpu::CommandEncoder, usize) -> Result<()> + 'a>;
+
+/// Times each recorder over `iters` submissions, taking turns so that a change in the
+/// machine's load (other processes, clock speed) falls on all of them alike. Returns per
+/// recorder the median kernel time (when the adapter has timestamps) and the median
+/// end-to-end time, in milliseconds.
 fn time_gpu(
     ctx: &GpuContext,
     iters: usize,
-    mut record: impl FnMut(&mut wgpu::CommandEncoder, usize) -> Result<()>,
-) -> Result<(Option<f64>, f64)> {
+    recorders: &mut [Recorder<'_>],
+) -> Result<Vec<(Option<f64>, f64)>> {
     let device = &ctx.device;
     let timestamps = ctx.has_timestamps().then(|| {
         let set = device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -202,40 +208,44 @@ fn time_gpu(
         (set, resolve, read)
     });
     let period_ns = ctx.queue.get_timestamp_period() as f64;
-    let (mut kernel, mut end_to_end) = (Vec::new(), Vec::new());
+    let mut kernel = vec![Vec::new(); recorders.len()];
+    let mut end_to_end = vec![Vec::new(); recorders.len()];
     let warmup = 2;
     for i in 0..warmup + iters {
-        let mut encoder = device.create_command_encoder(&Default::default());
-        if let Some((set, _, _)) = &timestamps {
-            encoder.write_timestamp(set, 0);
-        }
-        record(&mut encoder, i)?;
-        if let Some((set, resolve, read)) = &timestamps {
-            encoder.write_timestamp(set, 1);
-            encoder.resolve_query_set(set, 0..2, resolve, 0);
-            encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
-        }
-        let start = Instant::now();
-        ctx.submit(encoder, "bench")?;
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| BnError::Readback(e.to_string()))?;
-        let elapsed = start.elapsed().as_secs_f64() * 1e3;
-        let ticks = match &timestamps {
-            Some((_, _, read)) => Some(read_ticks(ctx, read)?),
-            None => None,
-        };
-        if i >= warmup {
-            end_to_end.push(elapsed);
-            if let Some([t0, t1]) = ticks {
-                kernel.push(t1.saturating_sub(t0) as f64 * period_ns / 1e6);
+        for (r, record) in recorders.iter_mut().enumerate() {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            if let Some((set, _, _)) = &timestamps {
+                encoder.write_timestamp(set, 0);
+            }
+            record(&mut encoder, i)?;
+            if let Some((set, resolve, read)) = &timestamps {
+                encoder.write_timestamp(set, 1);
+                encoder.resolve_query_set(set, 0..2, resolve, 0);
+                encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+            }
+            let start = Instant::now();
+            ctx.submit(encoder, "bench")?;
+            device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| BnError::Readback(e.to_string()))?;
+            let elapsed = start.elapsed().as_secs_f64() * 1e3;
+            let ticks = match &timestamps {
+                Some((_, _, read)) => Some(read_ticks(ctx, read)?),
+                None => None,
+            };
+            if i >= warmup {
+                end_to_end[r].push(elapsed);
+                if let Some([t0, t1]) = ticks {
+                    kernel[r].push(t1.saturating_sub(t0) as f64 * period_ns / 1e6);
+                }
             }
         }
     }
-    Ok((
-        (!kernel.is_empty()).then(|| median(kernel)),
-        median(end_to_end),
-    ))
+    Ok(kernel
+        .into_iter()
+        .zip(end_to_end)
+        .map(|(k, e)| ((!k.is_empty()).then(|| median(k)), median(e)))
+        .collect())
 }
 
 fn read_ticks(ctx: &GpuContext, read: &wgpu::Buffer) -> Result<[u64; 2]> {
@@ -272,17 +282,34 @@ fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(times))
 }
 
-/// Benchmarks one shape in one layout; `progress` hears what is running.
+/// The dims of the (N, C, ...) tensor `logical` as laid out in memory: (N, ..., C) for
+/// channels-last.
+pub fn memory_dims(logical: &[usize], layout: Layout) -> Vec<usize> {
+    match layout {
+        Layout::ChannelsFirst => logical.to_vec(),
+        Layout::ChannelsLast => {
+            let mut dims = vec![logical[0]];
+            dims.extend_from_slice(&logical[2..]);
+            dims.push(logical[1]);
+            dims
+        }
+    }
+}
+
+/// Benchmarks the (N, C, ...) shape `logical` stored in `layout`; `progress` hears what is
+/// running.
 pub fn bench_shape(
     ctx: &Arc<GpuContext>,
-    dims: &[usize],
+    logical: &[usize],
     layout: Layout,
     iters: usize,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Row>> {
+    let memory = memory_dims(logical, layout);
+    let dims = memory.as_slice();
     let shape = Shape::new(dims, layout)?;
     let (numel, channels) = (shape.numel(), shape.channels());
-    let name = shape_name(dims);
+    let name = shape_name(logical);
     let lname = layout_name(layout);
     progress(&format!(
         "{name} {lname}: verifying against the CPU reference"
@@ -312,7 +339,6 @@ pub fn bench_shape(
     let out = ctx.create_buffer("bench out", bytes, usage)?;
     let tensor = |b| GpuTensor::new(b, dims, layout);
 
-    let mut layer = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(channels))?;
     let mut rows = Vec::new();
     let mut push = |implementation, pass, timing: Timing, ms: f64, per_element: u64| {
         rows.push(Row {
@@ -327,7 +353,7 @@ pub fn bench_shape(
         })
     };
 
-    progress(&format!("{name} {lname}: copy roof"));
+    progress(&format!("{name} {lname}: gpu passes and copy roof"));
     let len4 = ctx.create_buffer(
         "bench len4",
         16,
@@ -336,49 +362,57 @@ pub fn bench_shape(
     ctx.queue
         .write_buffer(&len4, 0, bytemuck::bytes_of(&[(numel / 4) as u32, 0, 0, 0]));
     let copy = &ctx.kernels.copy;
-    let groups = ((numel / 4) as u32).div_ceil(256).min(4096);
-    let (k, e) = time_gpu(ctx, iters, |encoder, i| {
-        let bind = copy.bind(
-            &ctx.device,
-            &[
-                len4.as_entire_binding(),
-                xs[i % copies].as_entire_binding(),
-                out.as_entire_binding(),
-            ],
-        );
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        copy.dispatch(&mut pass, &bind, (groups, 1));
-        Ok(())
-    })?;
-    if let Some(k) = k {
-        push("copy", "copy", Timing::Kernel, k, 8);
-    }
-    push("copy", "copy", Timing::EndToEnd, e, 8);
-
-    for (pass, training) in [("forward", true), ("eval", false)] {
-        progress(&format!("{name} {lname}: gpu {pass}"));
-        layer.set_training(training);
-        let (k, e) = time_gpu(ctx, iters, |encoder, i| {
-            layer.forward(encoder, &tensor(&xs[i % copies])?, &tensor(&out)?)
-        })?;
+    let copy_groups = ((numel / 4) as u32).div_ceil(256).min(4096);
+    let config = BatchNormConfig::new(channels);
+    // The training layer's forward leaves the statistics its backward uses.
+    let train = RefCell::new(GpuBatchNorm::new(ctx.clone(), config.clone())?);
+    let mut eval = GpuBatchNorm::new(ctx.clone(), config)?;
+    eval.set_training(false);
+    let timed = time_gpu(
+        ctx,
+        iters,
+        &mut [
+            Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
+                let bind = copy.bind(
+                    &ctx.device,
+                    &[
+                        len4.as_entire_binding(),
+                        xs[i % copies].as_entire_binding(),
+                        out.as_entire_binding(),
+                    ],
+                );
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                copy.dispatch(&mut pass, &bind, (copy_groups, 1));
+                Ok(())
+            }),
+            Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
+                let x = tensor(&xs[i % copies])?;
+                train.borrow_mut().forward(encoder, &x, &tensor(&out)?)
+            }),
+            Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
+                eval.forward(encoder, &tensor(&xs[i % copies])?, &tensor(&out)?)
+            }),
+            Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
+                let j = i % copies;
+                let (x, dy) = (tensor(&xs[j])?, tensor(&dys[j])?);
+                train.borrow_mut().backward(encoder, &x, &dy, &tensor(&out)?)
+            }),
+        ],
+    )?;
+    for ((implementation, pass, per_element), (k, e)) in [
+        ("copy", "copy", 8),
+        ("gpu", "forward", 8),
+        ("gpu", "eval", 8),
+        ("gpu", "backward", 12),
+    ]
+    .into_iter()
+    .zip(timed)
+    {
         if let Some(k) = k {
-            push("gpu", pass, Timing::Kernel, k, 8);
+            push(implementation, pass, Timing::Kernel, k, per_element);
         }
-        push("gpu", pass, Timing::EndToEnd, e, 8);
+        push(implementation, pass, Timing::EndToEnd, e, per_element);
     }
-    progress(&format!("{name} {lname}: gpu backward"));
-    layer.set_training(true);
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    layer.forward(&mut encoder, &tensor(&xs[0])?, &tensor(&out)?)?;
-    ctx.submit(encoder, "bench forward")?;
-    let (k, e) = time_gpu(ctx, iters, |encoder, i| {
-        let j = i % copies;
-        layer.backward(encoder, &tensor(&xs[j])?, &tensor(&dys[j])?, &tensor(&out)?)
-    })?;
-    if let Some(k) = k {
-        push("gpu", "backward", Timing::Kernel, k, 12);
-    }
-    push("gpu", "backward", Timing::EndToEnd, e, 12);
 
     let cpu_iters = iters.clamp(1, 5);
     let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu)?;

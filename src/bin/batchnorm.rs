@@ -1,5 +1,6 @@
 //! `batchnorm`: batch normalization on the GPU (wgpu) or the CPU reference, from .npy files.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -54,7 +55,8 @@ enum LayoutArg {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Shapes, comma separated, like 32x64x56x56,1024x4096 (default: the standard set).
+    /// Shapes as (N, C, ...), comma separated, like 32x64x56x56,1024x4096; nhwc runs the same
+    /// tensor stored channels-last (default: the standard set).
     #[arg(long, value_name = "NxC[xHxW..][,..]", value_parser = parse_shapes)]
     shape: Option<Shapes>,
     #[arg(long, value_enum, default_value = "both")]
@@ -355,10 +357,20 @@ fn bench(args: &BenchArgs) -> Result<()> {
     } else {
         println!("impl,shape,layout,pass,median_ms,gbps,timing");
     }
-    let mut progress = |msg: &str| eprint!("\r\x1b[2K{msg}");
+    // One line rewritten in place on a terminal; one line per step in a log.
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |msg: &str| {
+        if terminal {
+            eprint!("\r\x1b[2K{msg}");
+        } else {
+            eprintln!("{msg}");
+        }
+    };
     for (dims, layout) in runs {
         let rows = bench_shape(&ctx, &dims, layout, args.iters as usize, &mut progress)?;
-        eprint!("\r\x1b[2K");
+        if terminal {
+            eprint!("\r\x1b[2K");
+        }
         for r in rows {
             if args.format == Format::Csv {
                 println!(

@@ -213,6 +213,10 @@ pub(crate) struct Tuning {
     pub loads_per_lane: u64,
     /// Reductions split further while they would have fewer workgroups than this.
     pub min_groups: u64,
+    /// At most this many lanes side by side along the inner axis: a GPU wants a whole
+    /// workgroup reading one contiguous run; a CPU rasterizer wants one SIMD register's worth,
+    /// so that a workgroup covers many channels and each lane loops longer.
+    pub max_tile_i: u32,
 }
 
 impl Tuning {
@@ -221,10 +225,12 @@ impl Tuning {
             Some(wgpu::DeviceType::Cpu) => Self {
                 loads_per_lane: 512,
                 min_groups: 32,
+                max_tile_i: 8,
             },
             _ => Self {
                 loads_per_lane: 64,
                 min_groups: 512,
+                max_tile_i: WORKGROUP,
             },
         }
     }
@@ -286,7 +292,7 @@ impl Geometry {
         } else {
             (Reduce::Scalar, channels, inner)
         };
-        let tile_i = units_i.next_power_of_two().min(WORKGROUP);
+        let tile_i = units_i.next_power_of_two().min(tuning.max_tile_i);
         let tile_c = units_c.next_power_of_two().min(WORKGROUP / tile_i);
         let tile_o = WORKGROUP / (tile_i * tile_c);
         let channel_blocks = units_c.div_ceil(tile_c);
