@@ -42,10 +42,12 @@ var<workgroup> wg_sum_dy_xmu: array<f32, WG>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let split = wid.x;
-    let lane_c = lid % p.tile_c;
-    let lane_r = lid / p.tile_c;
-    let lane_i = lane_r % p.tile_i;
-    let lane_o = lane_r / p.tile_i;
+    // Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows.
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    // Each lane's result goes to a slot where the lanes of one channel sit tile_c apart.
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
     let c = wid.y * p.tile_c + lane_c;
 
     var sum_dy = 0.0;
@@ -65,8 +67,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    wg_sum_dy[lid] = sum_dy;
-    wg_sum_dy_xmu[lid] = sum_dy_xmu;
+    wg_sum_dy[slot] = sum_dy;
+    wg_sum_dy_xmu[slot] = sum_dy_xmu;
 
     // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
     var lanes = WG / p.tile_c;
@@ -74,7 +76,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let fold = min(lanes, 16u);
         let next = lanes / fold;
         workgroupBarrier();
-        if lane_r < next {
+        if lid / p.tile_c < next {
             for (var j = 1u; j < fold; j++) {
                 let b = lid + j * next * p.tile_c;
                 wg_sum_dy[lid] += wg_sum_dy[b];
@@ -84,7 +86,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         lanes = next;
     }
 
-    if lane_r == 0u && c < p.channels {
-        partials[c * p.splits + split] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
+    // Slot lid < tile_c now holds channel `writer`.
+    let writer = wid.y * p.tile_c + lid;
+    if lid < p.tile_c && writer < p.channels {
+        partials[writer * p.splits + split] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
     }
 }

@@ -49,10 +49,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         units_i = 1u;
     }
     let split = wid.x;
-    let lane_c = lid % p.tile_c;
-    let lane_r = lid / p.tile_c;
-    let lane_i = lane_r % p.tile_i;
-    let lane_o = lane_r / p.tile_i;
+    // Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows.
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    // Each lane's result goes to a slot where the lanes of one channel sit tile_c apart.
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
     let u = wid.y * p.tile_c + lane_c;
 
     var sum_dy = vec4<f32>(0.0);
@@ -78,8 +80,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    wg_sum_dy[lid] = sum_dy;
-    wg_sum_dy_xmu[lid] = sum_dy_xmu;
+    wg_sum_dy[slot] = sum_dy;
+    wg_sum_dy_xmu[slot] = sum_dy_xmu;
 
     // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
     var lanes = WG / p.tile_c;
@@ -87,7 +89,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let fold = min(lanes, 16u);
         let next = lanes / fold;
         workgroupBarrier();
-        if lane_r < next {
+        if lid / p.tile_c < next {
             for (var j = 1u; j < fold; j++) {
                 let b = lid + j * next * p.tile_c;
                 wg_sum_dy[lid] += wg_sum_dy[b];
@@ -97,16 +99,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         lanes = next;
     }
 
-    if lane_r == 0u && u < units_c {
+    // Slot lid < tile_c now holds unit `writer`.
+    let writer = wid.y * p.tile_c + lid;
+    if lid < p.tile_c && writer < units_c {
         let s = wg_sum_dy[lid];
         let sx = wg_sum_dy_xmu[lid];
         if CHANNELS_IN_VEC4 {
             for (var k = 0u; k < 4u; k++) {
-                partials[(4u * u + k) * p.splits + split] = GradPartial(s[k], sx[k]);
+                partials[(4u * writer + k) * p.splits + split] = GradPartial(s[k], sx[k]);
             }
         } else {
             let ones = vec4<f32>(1.0);
-            partials[u * p.splits + split] = GradPartial(dot(s, ones), dot(sx, ones));
+            partials[writer * p.splits + split] = GradPartial(dot(s, ones), dot(sx, ones));
         }
     }
 }

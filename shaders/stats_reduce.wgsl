@@ -63,10 +63,12 @@ fn merge_into(a: u32, b: u32) {
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let split = wid.x;
-    let lane_c = lid % p.tile_c;
-    let lane_r = lid / p.tile_c;
-    let lane_i = lane_r % p.tile_i;
-    let lane_o = lane_r / p.tile_i;
+    // Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows.
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    // Each lane's result goes to a slot where the lanes of one channel sit tile_c apart.
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
     let c = wid.y * p.tile_c + lane_c;
 
     var n = 0.0;
@@ -89,9 +91,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    wg_count[lid] = u32(n);
-    wg_mean[lid] = mean;
-    wg_m2[lid] = m2;
+    wg_count[slot] = u32(n);
+    wg_mean[slot] = mean;
+    wg_m2[slot] = m2;
 
     // Lanes of one channel sit tile_c apart. Fold them sixteen at a time: two barriers for
     // 256 lanes instead of eight, which matters where a barrier is expensive (lavapipe).
@@ -100,7 +102,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let fold = min(lanes, 16u);
         let next = lanes / fold;
         workgroupBarrier();
-        if lane_r < next {
+        if lid / p.tile_c < next {
             for (var j = 1u; j < fold; j++) {
                 merge_into(lid, lid + j * next * p.tile_c);
             }
@@ -108,7 +110,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         lanes = next;
     }
 
-    if lane_r == 0u && c < p.channels {
-        partials[c * p.splits + split] = StatsPartial(wg_count[lid], wg_mean[lid], wg_m2[lid], shift);
+    // Slot lid < tile_c now holds channel `writer`.
+    let writer = wid.y * p.tile_c + lid;
+    if lid < p.tile_c && writer < p.channels {
+        let first = x[writer * p.inner];
+        partials[writer * p.splits + split] = StatsPartial(wg_count[lid], wg_mean[lid], wg_m2[lid], first);
     }
 }

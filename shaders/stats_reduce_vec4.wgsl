@@ -72,10 +72,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         units_i = 1u;
     }
     let split = wid.x;
-    let lane_c = lid % p.tile_c;
-    let lane_r = lid / p.tile_c;
-    let lane_i = lane_r % p.tile_i;
-    let lane_o = lane_r / p.tile_i;
+    // Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows.
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    // Each lane's result goes to a slot where the lanes of one channel sit tile_c apart.
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
     let u = wid.y * p.tile_c + lane_c;
 
     var n = 0.0;
@@ -101,9 +103,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    wg_count[lid] = u32(n);
-    wg_mean[lid] = mean;
-    wg_m2[lid] = m2;
+    wg_count[slot] = u32(n);
+    wg_mean[slot] = mean;
+    wg_m2[slot] = m2;
 
     // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
     var lanes = WG / p.tile_c;
@@ -111,7 +113,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let fold = min(lanes, 16u);
         let next = lanes / fold;
         workgroupBarrier();
-        if lane_r < next {
+        if lid / p.tile_c < next {
             for (var j = 1u; j < fold; j++) {
                 merge_into(lid, lid + j * next * p.tile_c);
             }
@@ -119,20 +121,23 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         lanes = next;
     }
 
-    if lane_r == 0u && u < units_c {
+    // Slot lid < tile_c now holds unit `writer`.
+    let writer = wid.y * p.tile_c + lid;
+    if lid < p.tile_c && writer < units_c {
+        let first = x[writer * units_i];
         let count = wg_count[lid];
         let means = wg_mean[lid];
         let m2s = wg_m2[lid];
         if CHANNELS_IN_VEC4 {
             for (var k = 0u; k < 4u; k++) {
-                partials[(4u * u + k) * p.splits + split] = StatsPartial(count, means[k], m2s[k], shift[k]);
+                partials[(4u * writer + k) * p.splits + split] = StatsPartial(count, means[k], m2s[k], first[k]);
             }
         } else {
             // Four equal-count states of one channel: Chan's merge in closed form.
             let m = (means.x + means.y + means.z + means.w) * 0.25;
             let dev = means - vec4<f32>(m);
             let m2_all = m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev);
-            partials[u * p.splits + split] = StatsPartial(4u * count, m, m2_all, shift.x);
+            partials[writer * p.splits + split] = StatsPartial(4u * count, m, m2_all, first.x);
         }
     }
 }

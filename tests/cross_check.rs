@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{gpu, rel_l2, Rng};
 use ndarray::ArrayD;
-use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, GpuContext, Layout};
 
 const TOL: f64 = 1e-5;
 
@@ -40,7 +42,12 @@ fn flat(a: &ArrayD<f32>) -> Vec<f32> {
 }
 
 /// A GPU and a CPU layer with the same random parameters and running statistics.
-fn layers(channels: usize, config: &BatchNormConfig, rng: &mut Rng) -> [BatchNorm; 2] {
+fn layers(
+    gpu: Arc<GpuContext>,
+    channels: usize,
+    config: &BatchNormConfig,
+    rng: &mut Rng,
+) -> [BatchNorm; 2] {
     let gamma: Vec<f32> = (0..channels)
         .map(|_| (0.5 + rng.uniform()) as f32)
         .collect();
@@ -49,7 +56,7 @@ fn layers(channels: usize, config: &BatchNormConfig, rng: &mut Rng) -> [BatchNor
     let rv: Vec<f32> = (0..channels)
         .map(|_| (0.5 + 1.5 * rng.uniform()) as f32)
         .collect();
-    [Device::Gpu(gpu()), Device::Cpu].map(|device| {
+    [Device::Gpu(gpu), Device::Cpu].map(|device| {
         let mut l = BatchNorm::new(config.clone(), device).unwrap();
         l.set_gamma(&gamma).unwrap();
         l.set_beta(&beta).unwrap();
@@ -61,7 +68,14 @@ fn layers(channels: usize, config: &BatchNormConfig, rng: &mut Rng) -> [BatchNor
 
 /// Runs training forward + backward, then eval forward + backward, on both layers and
 /// returns every comparison that failed.
-fn cross_check(dims: &[usize], layout: Layout, seed: u64, mean: f64, std: f64) -> Vec<String> {
+fn cross_check(
+    gpu: Arc<GpuContext>,
+    dims: &[usize],
+    layout: Layout,
+    seed: u64,
+    mean: f64,
+    std: f64,
+) -> Vec<String> {
     let mut rng = Rng::new(seed);
     let channels = match layout {
         Layout::ChannelsFirst => dims[1],
@@ -69,9 +83,13 @@ fn cross_check(dims: &[usize], layout: Layout, seed: u64, mean: f64, std: f64) -
     };
     let x = rng.array(dims, mean, std);
     let dy = rng.array(dims, 0.0, 1.0);
-    let [mut g, mut c] = layers(channels, &BatchNormConfig::new(channels), &mut rng);
+    let two_pass = !Arc::ptr_eq(&gpu, &common::gpu());
+    let [mut g, mut c] = layers(gpu, channels, &BatchNormConfig::new(channels), &mut rng);
     let mut errors = Vec::new();
-    let tag = format!("{dims:?} {layout:?}");
+    let tag = format!(
+        "{dims:?} {layout:?}{}",
+        if two_pass { " two-pass" } else { "" }
+    );
     for training in [true, false] {
         g.set_training(training);
         c.set_training(training);
@@ -147,10 +165,13 @@ fn cross_check(dims: &[usize], layout: Layout, seed: u64, mean: f64, std: f64) -
     errors
 }
 
+/// Every case on the default context and on one whose forward always takes two passes.
 fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
     let mut errors = Vec::new();
     for (i, &(dims, layout, mean, std)) in cases.iter().enumerate() {
-        errors.extend(cross_check(dims, layout, 100 + i as u64, mean, std));
+        for ctx in [gpu(), common::gpu_two_pass()] {
+            errors.extend(cross_check(ctx, dims, layout, 100 + i as u64, mean, std));
+        }
     }
     assert!(
         errors.is_empty(),

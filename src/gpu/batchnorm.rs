@@ -9,7 +9,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::config::{BatchNormConfig, Layout, RunningVar};
 use crate::error::{BnError, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::{Geometry, BIASED_RUNNING_VAR, FROZEN_STATS, UPDATE_RUNNING};
+use crate::gpu::kernels::{Geometry, Params, BIASED_RUNNING_VAR, FROZEN_STATS, UPDATE_RUNNING};
 use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
     check_batch_count, next_batch_count, BackwardOutput, BatchStatistics, ForwardOutput,
@@ -28,6 +28,8 @@ struct Plan {
     /// Uniforms for passes recorded in training and in eval mode (they differ in flags).
     params_train: wgpu::Buffer,
     params_eval: wgpu::Buffer,
+    /// forward_fused's uniform, when the shape allows a single-read forward.
+    params_fused: Option<wgpu::Buffer>,
     partials: wgpu::Buffer,
     /// Buffers for the ndarray path, made on its first use.
     io: Option<IoBuffers>,
@@ -232,8 +234,8 @@ impl GpuBatchNorm {
                 RunningVar::Unbiased => 0,
             };
             let tracked = self.config.track_running_stats;
-            let uniform = |flags: u32| -> Result<wgpu::Buffer> {
-                let mut params = geometry.params;
+            let uniform = |params: Params, flags: u32| -> Result<wgpu::Buffer> {
+                let mut params = params;
                 params.flags = flags | biased;
                 params.eps = self.config.eps;
                 params.momentum = self.config.momentum.unwrap_or(-1.0);
@@ -248,8 +250,12 @@ impl GpuBatchNorm {
                 Ok(buffer)
             };
             let plan = Plan {
-                params_train: uniform(if tracked { UPDATE_RUNNING } else { 0 })?,
-                params_eval: uniform(if tracked { FROZEN_STATS } else { 0 })?,
+                params_train: uniform(geometry.params, if tracked { UPDATE_RUNNING } else { 0 })?,
+                params_eval: uniform(geometry.params, if tracked { FROZEN_STATS } else { 0 })?,
+                params_fused: match geometry.fused_params() {
+                    Some(params) => Some(uniform(params, 0)?),
+                    None => None,
+                },
                 partials: self.ctx.create_buffer(
                     "partials",
                     geometry.partials_bytes(),
@@ -334,7 +340,22 @@ impl GpuBatchNorm {
             label: Some("batchnorm forward"),
             timestamp_writes: None,
         });
-        if batch_stats {
+        // Which kernel writes y: forward_fused as it reads x, or apply_forward after.
+        let fused = plan.params_fused.as_ref().filter(|_| batch_stats);
+        if let (Some(fused_params), Some(f)) = (fused, g.fused) {
+            let bind = k.forward_fused(g).bind(
+                device,
+                &[
+                    fused_params.as_entire_binding(),
+                    x.binding(),
+                    self.gamma.as_entire_binding(),
+                    self.beta.as_entire_binding(),
+                    plan.partials.as_entire_binding(),
+                    y.binding(),
+                ],
+            );
+            k.forward_fused(g).dispatch(&mut pass, &bind, (f.groups, 1));
+        } else if batch_stats {
             let bind = k.stats_reduce(g).bind(
                 device,
                 &[
@@ -345,6 +366,8 @@ impl GpuBatchNorm {
             );
             k.stats_reduce(g)
                 .dispatch(&mut pass, &bind, g.reduce_groups);
+        }
+        if batch_stats {
             let bind = k.stats_finalize.bind(
                 device,
                 &[
@@ -377,17 +400,19 @@ impl GpuBatchNorm {
             k.eval_finalize
                 .dispatch(&mut pass, &bind, g.finalize_groups);
         }
-        let bind = k.apply_forward(g).bind(
-            device,
-            &[
-                params.as_entire_binding(),
-                x.binding(),
-                self.coeff.as_entire_binding(),
-                y.binding(),
-            ],
-        );
-        k.apply_forward(g)
-            .dispatch(&mut pass, &bind, g.apply_groups);
+        if fused.is_none() {
+            let bind = k.apply_forward(g).bind(
+                device,
+                &[
+                    params.as_entire_binding(),
+                    x.binding(),
+                    self.coeff.as_entire_binding(),
+                    y.binding(),
+                ],
+            );
+            k.apply_forward(g)
+                .dispatch(&mut pass, &bind, g.apply_groups);
+        }
         drop(pass);
         self.num_batches_tracked = batches_after;
         self.saved_for_backward = Some(Saved {

@@ -1,7 +1,7 @@
 //! Adapter, device and queue (our own or the caller's), their limits, and the pipelines,
 //! built once per context.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::error::{BnError, Result};
@@ -15,7 +15,13 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     adapter_info: Option<wgpu::AdapterInfo>,
     buffers_created: AtomicU64,
+    /// SINGLE_READ_AUTO, or a choice made by set_single_read_forward.
+    single_read: AtomicU8,
 }
+
+const SINGLE_READ_AUTO: u8 = 0;
+const SINGLE_READ_ON: u8 = 1;
+const SINGLE_READ_OFF: u8 = 2;
 
 /// One adapter as `batchnorm info` reports it.
 #[derive(Clone, Debug)]
@@ -96,6 +102,7 @@ impl GpuContext {
             kernels,
             adapter_info,
             buffers_created: AtomicU64::new(0),
+            single_read: AtomicU8::new(SINGLE_READ_AUTO),
         })
     }
 
@@ -120,7 +127,28 @@ impl GpuContext {
 
     /// Work sizes for this kind of device (a caller's device is taken to be a GPU).
     pub(crate) fn tuning(&self) -> Tuning {
-        Tuning::for_device(self.adapter_info.as_ref().map(|i| i.device_type))
+        let tuning = Tuning::for_device(self.adapter_info.as_ref().map(|i| i.device_type));
+        Tuning {
+            single_read: match self.single_read.load(Ordering::Relaxed) {
+                SINGLE_READ_ON => true,
+                SINGLE_READ_OFF => false,
+                _ => tuning.single_read,
+            },
+            ..tuning
+        }
+    }
+
+    /// Makes the training forward read x once where a workgroup can hold whole channels
+    /// (`true`), or always in two passes, statistics then normalize (`false`), instead of
+    /// what suits the device (single read on GPUs, two passes on CPU rasterizers). For tests
+    /// and comparisons; it applies to input shapes that layers meet from then on.
+    pub fn set_single_read_forward(&self, enabled: bool) {
+        let choice = if enabled {
+            SINGLE_READ_ON
+        } else {
+            SINGLE_READ_OFF
+        };
+        self.single_read.store(choice, Ordering::Relaxed);
     }
 
     /// None when the context was built on a caller's device.

@@ -114,6 +114,9 @@ pub(crate) struct Kernels {
     pub(crate) stats_reduce_vec4_channels: Kernel,
     pub(crate) stats_finalize: Kernel,
     pub(crate) eval_finalize: Kernel,
+    pub(crate) forward_fused: Kernel,
+    pub(crate) forward_fused_vec4: Kernel,
+    pub(crate) forward_fused_vec4_channels: Kernel,
     pub(crate) grad_reduce: Kernel,
     pub(crate) grad_reduce_vec4: Kernel,
     pub(crate) grad_reduce_vec4_channels: Kernel,
@@ -136,6 +139,9 @@ impl Kernels {
             stats_reduce_vec4_channels: channels_in_vec4(shader!("stats_reduce_vec4"))?,
             stats_finalize: plain(shader!("stats_finalize"))?,
             eval_finalize: plain(shader!("eval_finalize"))?,
+            forward_fused: plain(shader!("forward_fused"))?,
+            forward_fused_vec4: plain(shader!("forward_fused_vec4"))?,
+            forward_fused_vec4_channels: channels_in_vec4(shader!("forward_fused_vec4"))?,
             grad_reduce: plain(shader!("grad_reduce"))?,
             grad_reduce_vec4: plain(shader!("grad_reduce_vec4"))?,
             grad_reduce_vec4_channels: channels_in_vec4(shader!("grad_reduce_vec4"))?,
@@ -154,6 +160,14 @@ impl Kernels {
             Reduce::Scalar => &self.stats_reduce,
             Reduce::Vec4Inner => &self.stats_reduce_vec4,
             Reduce::Vec4Channels => &self.stats_reduce_vec4_channels,
+        }
+    }
+
+    pub(crate) fn forward_fused(&self, geometry: &Geometry) -> &Kernel {
+        match geometry.reduce {
+            Reduce::Scalar => &self.forward_fused,
+            Reduce::Vec4Inner => &self.forward_fused_vec4,
+            Reduce::Vec4Channels => &self.forward_fused_vec4_channels,
         }
     }
 
@@ -217,6 +231,8 @@ pub(crate) struct Tuning {
     /// workgroup reading one contiguous run; a CPU rasterizer wants one SIMD register's worth,
     /// so that a workgroup covers many channels and each lane loops longer.
     pub max_tile_i: u32,
+    /// Whether the training forward may read x once when channels fit (forward_fused).
+    pub single_read: bool,
 }
 
 impl Tuning {
@@ -226,11 +242,14 @@ impl Tuning {
                 loads_per_lane: 512,
                 min_groups: 32,
                 max_tile_i: 8,
+                // Measured slower there: lavapipe saves every lane's registers at each barrier.
+                single_read: false,
             },
             _ => Self {
                 loads_per_lane: 64,
                 min_groups: 512,
                 max_tile_i: WORKGROUP,
+                single_read: true,
             },
         }
     }
@@ -247,11 +266,66 @@ pub(crate) enum Reduce {
     Vec4Channels,
 }
 
+/// Loads a lane of forward_fused (scalar) and forward_fused_vec4 can hold: their CAPACITY.
+const FUSED_CAPACITY_SCALAR: u64 = 64;
+const FUSED_CAPACITY_VEC4: u64 = 16;
+
+/// The single-read forward's own tiling: whole channels per workgroup.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fused {
+    pub tile_c: u32,
+    pub tile_i: u32,
+    pub tile_o: u32,
+    pub groups: u32,
+}
+
+impl Fused {
+    /// A tiling under which a workgroup's lanes hold all of its channels' values, if any.
+    fn new(
+        reduce: Reduce,
+        units_c: u32,
+        units_i: u32,
+        outer: u32,
+        max_groups: u64,
+    ) -> Option<Self> {
+        let capacity = match reduce {
+            Reduce::Scalar => FUSED_CAPACITY_SCALAR,
+            Reduce::Vec4Inner | Reduce::Vec4Channels => FUSED_CAPACITY_VEC4,
+        };
+        let tile_i = units_i.next_power_of_two().min(WORKGROUP);
+        let loads = |tile_c: u32| {
+            let tile_o = (WORKGROUP / (tile_i * tile_c)) as u64;
+            (outer as u64).div_ceil(tile_o) * (units_i as u64).div_ceil(tile_i as u64)
+        };
+        if loads(1) > capacity {
+            return None;
+        }
+        // More channels per workgroup while they still fit and leave 64 workgroups or more.
+        let mut tile_c = 1;
+        while tile_i * tile_c * 2 <= WORKGROUP
+            && tile_c * 2 <= units_c.next_power_of_two()
+            && loads(tile_c * 2) <= capacity
+            && units_c.div_ceil(tile_c * 2) >= 64
+        {
+            tile_c *= 2;
+        }
+        let groups = units_c.div_ceil(tile_c);
+        (groups as u64 <= max_groups).then_some(Self {
+            tile_c,
+            tile_i,
+            tile_o: WORKGROUP / (tile_i * tile_c),
+            groups,
+        })
+    }
+}
+
 /// How one shape is cut into workgroups, for every kernel of a pass.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geometry {
     pub params: Params,
     pub reduce: Reduce,
+    /// Set when the training forward can read x once (see forward_fused_vec4.wgsl).
+    pub fused: Option<Fused>,
     /// Element-wise kernels load four values at a time (the plane divides by four).
     pub apply_vec4: bool,
     pub reduce_groups: (u32, u32),
@@ -260,6 +334,16 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
+    /// The uniform of forward_fused: the same as `params` but for its own tiling.
+    pub(crate) fn fused_params(&self) -> Option<Params> {
+        self.fused.map(|f| Params {
+            tile_c: f.tile_c,
+            tile_i: f.tile_i,
+            tile_o: f.tile_o,
+            ..self.params
+        })
+    }
+
     pub(crate) fn partials_bytes(&self) -> u64 {
         self.params.channels as u64 * self.params.splits as u64 * PARTIAL_BYTES
     }
@@ -348,6 +432,10 @@ impl Geometry {
                 momentum: 0.0,
             },
             reduce,
+            fused: tuning
+                .single_read
+                .then(|| Fused::new(reduce, units_c, units_i, outer, max_groups))
+                .flatten(),
             apply_vec4,
             reduce_groups: (splits, channel_blocks),
             finalize_groups: (finalize_groups, 1),

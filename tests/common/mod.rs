@@ -20,15 +20,29 @@ pub fn set_runtime_dir() {
     }
 }
 
-/// The one GPU context of this test binary. No adapter is a failure, never a skip.
+/// The GPU context of this test binary, with the single-read forward on wherever shapes
+/// allow it (a GPU's default; a CPU rasterizer's default is off). No adapter is a failure,
+/// never a skip.
 pub fn gpu() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
     CTX.get_or_init(|| {
         set_runtime_dir();
-        match GpuContext::new() {
-            Ok(ctx) => ctx,
-            Err(e) => panic!("GPU tests need an adapter: {e}"),
-        }
+        let ctx = GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        ctx.set_single_read_forward(true);
+        ctx
+    })
+    .clone()
+}
+
+/// A second context whose forward always runs in two passes (statistics, then normalize),
+/// so that the tests cover that path on shapes the single-read forward would take.
+pub fn gpu_two_pass() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        set_runtime_dir();
+        let ctx = GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        ctx.set_single_read_forward(false);
+        ctx
     })
     .clone()
 }

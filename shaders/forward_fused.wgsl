@@ -1,0 +1,150 @@
+// Forward with batch statistics in one read of x, one value per load: the scalar twin of
+// forward_fused_vec4 for shapes whose contiguous axis does not divide by four (7x7 planes,
+// say). See forward_fused_vec4 for how it works.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct StatsPartial {
+    count: u32,
+    mean: f32,
+    m2: f32,
+    shift: f32,
+}
+
+const WG: u32 = 256u;
+// Values a lane keeps; the host picks this path only when a lane needs no more.
+const CAPACITY: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+var<workgroup> wg_count: array<u32, WG>;
+// Welford states while folding; afterwards slot lid < tile_c holds its channel's center,
+// scale and shift.
+var<workgroup> wg_mean: array<f32, WG>;
+var<workgroup> wg_m2: array<f32, WG>;
+var<workgroup> wg_shift: array<f32, WG>;
+
+fn merge_into(a: u32, b: u32) {
+    let nb = wg_count[b];
+    if nb == 0u {
+        return;
+    }
+    let na = wg_count[a];
+    let n = na + nb;
+    let fb = f32(nb) / f32(n);
+    let delta = wg_mean[b] - wg_mean[a];
+    wg_mean[a] = wg_mean[a] + delta * fb;
+    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
+    wg_count[a] = n;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
+    let c = wid.x * p.tile_c + lane_c;
+    let row_stride = p.channels * p.inner;
+
+    // The loop bound is a constant so that compilers unroll it and keep `values` in
+    // registers; the host guarantees that a lane's loads (rows x runs) fit in CAPACITY.
+    let runs = (p.inner + p.tile_i - 1u) / p.tile_i;
+    let loads = runs * ((p.outer + p.tile_o - 1u) / p.tile_o);
+    var values: array<f32, CAPACITY>;
+    var n = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    var shift = 0.0;
+    if c < p.channels {
+        shift = x[c * p.inner];
+    }
+    for (var j = 0u; j < CAPACITY; j++) {
+        if j >= loads {
+            break;
+        }
+        let o = lane_o + p.tile_o * (j / runs);
+        let i = lane_i + p.tile_i * (j % runs);
+        if c < p.channels && o < p.outer && i < p.inner {
+            let v = x[o * row_stride + c * p.inner + i];
+            values[j] = v;
+            let d = v - shift;
+            n += 1.0;
+            let delta = d - mean;
+            mean += delta / n;
+            m2 += delta * (d - mean);
+        }
+    }
+    wg_count[slot] = u32(n);
+    wg_mean[slot] = mean;
+    wg_m2[slot] = m2;
+
+    var lanes = WG / p.tile_c;
+    while lanes > 1u {
+        let fold = min(lanes, 16u);
+        let next = lanes / fold;
+        workgroupBarrier();
+        if lid / p.tile_c < next {
+            for (var j = 1u; j < fold; j++) {
+                merge_into(lid, lid + j * next * p.tile_c);
+            }
+        }
+        lanes = next;
+    }
+    workgroupBarrier();
+
+    let writer = wid.x * p.tile_c + lid;
+    if lid < p.tile_c && writer < p.channels {
+        let center = x[writer * p.inner];
+        let count = wg_count[lid];
+        // As stats_finalize: var, invstd, and the (center, scale, shift) fold.
+        let var_biased = max(wg_m2[lid] / f32(count), 0.0);
+        let invstd = 1.0 / sqrt(var_biased + p.eps);
+        let scale = gamma[writer] * invstd;
+        // The whole channel is in the first split's record; the others are empty.
+        partials[writer * p.splits] = StatsPartial(count, wg_mean[lid], wg_m2[lid], center);
+        for (var s = 1u; s < p.splits; s++) {
+            partials[writer * p.splits + s] = StatsPartial(0u, 0.0, 0.0, 0.0);
+        }
+        wg_shift[lid] = beta[writer] - wg_mean[lid] * scale;
+        wg_mean[lid] = center;
+        wg_m2[lid] = scale;
+    }
+    workgroupBarrier();
+
+    let center = wg_mean[lane_c];
+    let scale = wg_m2[lane_c];
+    let shift_out = wg_shift[lane_c];
+    for (var j = 0u; j < CAPACITY; j++) {
+        if j >= loads {
+            break;
+        }
+        let o = lane_o + p.tile_o * (j / runs);
+        let i = lane_i + p.tile_i * (j % runs);
+        if c < p.channels && o < p.outer && i < p.inner {
+            y[o * row_stride + c * p.inner + i] = (values[j] - center) * scale + shift_out;
+        }
+    }
+}

@@ -1,0 +1,192 @@
+// Forward with batch statistics in one read of x, for channels small enough that a workgroup
+// holds all their values in its lanes' registers (up to CAPACITY vec4 per lane): the
+// statistics are reduced as in stats_reduce_vec4, folded across the workgroup, turned into
+// (center, scale, shift) as stats_finalize would, and applied to the values still in
+// registers. Eight bytes per element instead of twelve.
+//
+// The workgroup also writes its channels' partial (one split), so that stats_finalize, run
+// after it, updates the running statistics and saves mean and invstd for backward with the
+// very same arithmetic that produced y here. `splits` is the plan's (the backward's), so the
+// records of splits after the first are written empty.
+//
+// CHANNELS_IN_VEC4 has the meaning it has in stats_reduce_vec4. tile_c/tile_i/tile_o are
+// this kernel's own tiling (rows_per_split is all of outer).
+
+override CHANNELS_IN_VEC4: bool = false;
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct StatsPartial {
+    count: u32,
+    mean: f32,
+    m2: f32,
+    shift: f32,
+}
+
+const WG: u32 = 256u;
+// vec4 loads a lane keeps; the host picks this path only when a lane needs no more.
+const CAPACITY: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(5) var<storage, read_write> y: array<vec4<f32>>;
+
+var<workgroup> wg_count: array<u32, WG>;
+// Welford states while folding; afterwards slot lid < tile_c holds its unit's center and
+// scale, and wg_shift its shift.
+var<workgroup> wg_mean: array<vec4<f32>, WG>;
+var<workgroup> wg_m2: array<vec4<f32>, WG>;
+var<workgroup> wg_shift: array<vec4<f32>, WG>;
+
+fn merge_into(a: u32, b: u32) {
+    let nb = wg_count[b];
+    if nb == 0u {
+        return;
+    }
+    let na = wg_count[a];
+    let n = na + nb;
+    let fb = f32(nb) / f32(n);
+    let delta = wg_mean[b] - wg_mean[a];
+    wg_mean[a] = wg_mean[a] + delta * fb;
+    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
+    wg_count[a] = n;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    var units_c = p.channels;
+    var units_i = p.inner / 4u;
+    if CHANNELS_IN_VEC4 {
+        units_c = p.channels / 4u;
+        units_i = 1u;
+    }
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
+    let u = wid.x * p.tile_c + lane_c;
+    let row_stride = units_c * units_i;
+
+    // The loop bound is a constant so that compilers unroll it and keep `values` in
+    // registers; the host guarantees that a lane's loads (rows x runs) fit in CAPACITY.
+    let runs = (units_i + p.tile_i - 1u) / p.tile_i;
+    let loads = runs * ((p.outer + p.tile_o - 1u) / p.tile_o);
+    var values: array<vec4<f32>, CAPACITY>;
+    var n = 0.0;
+    var mean = vec4<f32>(0.0);
+    var m2 = vec4<f32>(0.0);
+    var shift = vec4<f32>(0.0);
+    if u < units_c {
+        shift = x[u * units_i];
+        if !CHANNELS_IN_VEC4 {
+            shift = vec4<f32>(shift.x);
+        }
+    }
+    for (var j = 0u; j < CAPACITY; j++) {
+        if j >= loads {
+            break;
+        }
+        let o = lane_o + p.tile_o * (j / runs);
+        let i = lane_i + p.tile_i * (j % runs);
+        if u < units_c && o < p.outer && i < units_i {
+            let v = x[o * row_stride + u * units_i + i];
+            values[j] = v;
+            let d = v - shift;
+            n += 1.0;
+            let delta = d - mean;
+            mean += delta * (1.0 / n);
+            m2 += delta * (d - mean);
+        }
+    }
+    wg_count[slot] = u32(n);
+    wg_mean[slot] = mean;
+    wg_m2[slot] = m2;
+
+    var lanes = WG / p.tile_c;
+    while lanes > 1u {
+        let fold = min(lanes, 16u);
+        let next = lanes / fold;
+        workgroupBarrier();
+        if lid / p.tile_c < next {
+            for (var j = 1u; j < fold; j++) {
+                merge_into(lid, lid + j * next * p.tile_c);
+            }
+        }
+        lanes = next;
+    }
+    workgroupBarrier();
+
+    let writer = wid.x * p.tile_c + lid;
+    if lid < p.tile_c && writer < units_c {
+        let first = x[writer * units_i];
+        var count = wg_count[lid];
+        var means = wg_mean[lid];
+        var m2s = wg_m2[lid];
+        var centers = first;
+        if !CHANNELS_IN_VEC4 {
+            // Four equal-count states of one channel: Chan's merge in closed form.
+            let m = (means.x + means.y + means.z + means.w) * 0.25;
+            let dev = means - vec4<f32>(m);
+            m2s = vec4<f32>(m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev));
+            means = vec4<f32>(m);
+            count = 4u * count;
+            centers = vec4<f32>(first.x);
+        }
+        var scales: vec4<f32>;
+        var shifts: vec4<f32>;
+        let lanes_out = select(1u, 4u, CHANNELS_IN_VEC4);
+        for (var k = 0u; k < 4u; k++) {
+            let c = select(writer, 4u * writer + k, CHANNELS_IN_VEC4);
+            // As stats_finalize: var, invstd, and the (center, scale, shift) fold.
+            let var_biased = max(m2s[k] / f32(count), 0.0);
+            let invstd = 1.0 / sqrt(var_biased + p.eps);
+            scales[k] = gamma[c] * invstd;
+            shifts[k] = beta[c] - means[k] * scales[k];
+            if k < lanes_out {
+                // The whole channel is in the first split's record; the others are empty.
+                partials[c * p.splits] = StatsPartial(count, means[k], m2s[k], centers[k]);
+                for (var s = 1u; s < p.splits; s++) {
+                    partials[c * p.splits + s] = StatsPartial(0u, 0.0, 0.0, 0.0);
+                }
+            }
+        }
+        wg_mean[lid] = centers;
+        wg_m2[lid] = scales;
+        wg_shift[lid] = shifts;
+    }
+    workgroupBarrier();
+
+    let center = wg_mean[lane_c];
+    let scale = wg_m2[lane_c];
+    let shift_out = wg_shift[lane_c];
+    for (var j = 0u; j < CAPACITY; j++) {
+        if j >= loads {
+            break;
+        }
+        let o = lane_o + p.tile_o * (j / runs);
+        let i = lane_i + p.tile_i * (j % runs);
+        if u < units_c && o < p.outer && i < units_i {
+            y[o * row_stride + u * units_i + i] = (values[j] - center) * scale + shift_out;
+        }
+    }
+}
