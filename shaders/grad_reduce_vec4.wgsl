@@ -71,12 +71,22 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let row_stride = units_c * units_i;
         let o_begin = split * p.rows_per_split;
         let o_end = min(o_begin + p.rows_per_split, p.outer);
-        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
-            let base = o * row_stride + u * units_i;
-            for (var i = lane_i; i < units_i; i += p.tile_i) {
-                let g = dy[base + i];
+        if CHANNELS_IN_VEC4 {
+            // One load per row: no inner loop to pay for.
+            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+                let at = o * row_stride + u;
+                let g = dy[at];
                 sum_dy += g;
-                sum_dy_xmu += g * ((x[base + i] - center) - offset);
+                sum_dy_xmu += g * ((x[at] - center) - offset);
+            }
+        } else {
+            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+                let base = o * row_stride + u * units_i;
+                for (var i = lane_i; i < units_i; i += p.tile_i) {
+                    let g = dy[base + i];
+                    sum_dy += g;
+                    sum_dy_xmu += g * ((x[base + i] - center) - offset);
+                }
             }
         }
     }

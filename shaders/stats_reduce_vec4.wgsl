@@ -92,14 +92,25 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let row_stride = units_c * units_i;
         let o_begin = split * p.rows_per_split;
         let o_end = min(o_begin + p.rows_per_split, p.outer);
-        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
-            let base = o * row_stride + u * units_i;
-            for (var i = lane_i; i < units_i; i += p.tile_i) {
-                let d = x[base + i] - shift;
+        if CHANNELS_IN_VEC4 {
+            // One load per row: no inner loop to pay for.
+            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+                let d = x[o * row_stride + u] - shift;
                 n += 1.0;
                 let delta = d - mean;
                 mean += delta * (1.0 / n);
                 m2 += delta * (d - mean);
+            }
+        } else {
+            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+                let base = o * row_stride + u * units_i;
+                for (var i = lane_i; i < units_i; i += p.tile_i) {
+                    let d = x[base + i] - shift;
+                    n += 1.0;
+                    let delta = d - mean;
+                    mean += delta * (1.0 / n);
+                    m2 += delta * (d - mean);
+                }
             }
         }
     }
