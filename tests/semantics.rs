@@ -279,7 +279,10 @@ fn bad_configs_and_shapes_are_refused() {
 fn batch_counter_stays_within_its_u32_range_on_both_devices() {
     for (name, device) in devices() {
         let mut bn = BatchNorm::new(BatchNormConfig::new(1), device).unwrap();
-        assert!(bn.set_num_batches_tracked(u32::MAX as u64 + 1).is_err(), "{name}");
+        assert!(
+            bn.set_num_batches_tracked(u32::MAX as u64 + 1).is_err(),
+            "{name}"
+        );
         bn.set_num_batches_tracked(u32::MAX as u64 - 1).unwrap();
         let x = column(&[1., 2., 3., 4.]);
         bn.forward(x.view(), CF).unwrap();
