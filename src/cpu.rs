@@ -17,6 +17,13 @@ fn for_each_run(shape: &Shape, mut f: impl FnMut(usize, std::ops::Range<usize>))
     }
 }
 
+/// Calls `f(row)` for every row of channels-contiguous data (inner == 1), where runs would be
+/// one value long: a loop over a row's channels vectorizes, a call per value does not.
+fn rows(shape: &Shape) -> Option<(usize, usize)> {
+    let (outer, channels, inner) = shape.view();
+    (inner == 1).then_some((outer, channels))
+}
+
 /// Per-channel mean and biased variance, by two passes in f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stats {
@@ -60,6 +67,15 @@ pub fn normalize(
     beta: &[f32],
 ) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
+    if let Some((_, c)) = rows(shape) {
+        let scale: Vec<f64> = (0..c).map(|k| invstd[k] * gamma[k] as f64).collect();
+        for (out, row) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            for k in 0..c {
+                out[k] = ((row[k] as f64 - mean[k]) * scale[k] + beta[k] as f64) as f32;
+            }
+        }
+        return y;
+    }
     for_each_run(shape, |c, r| {
         let (mu, s, b) = (mean[c], invstd[c] * gamma[c] as f64, beta[c] as f64);
         for (out, &v) in y[r.clone()].iter_mut().zip(&x[r]) {
@@ -74,6 +90,15 @@ pub fn grad_sums(x: &[f32], dy: &[f32], shape: &Shape, mean: &[f64]) -> (Vec<f64
     let channels = shape.channels();
     let mut sum_dy = vec![0.0f64; channels];
     let mut sum_dy_xmu = vec![0.0f64; channels];
+    if let Some((_, c)) = rows(shape) {
+        for (g_row, x_row) in dy.chunks_exact(c).zip(x.chunks_exact(c)) {
+            for k in 0..c {
+                sum_dy[k] += g_row[k] as f64;
+                sum_dy_xmu[k] += g_row[k] as f64 * (x_row[k] as f64 - mean[k]);
+            }
+        }
+        return (sum_dy, sum_dy_xmu);
+    }
     for_each_run(shape, |c, r| {
         for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
             sum_dy[c] += g as f64;
@@ -105,20 +130,39 @@ pub fn backward(
 ) -> Grads {
     let (sum_dy, sum_dy_xmu) = grad_sums(x, dy, shape, mean);
     let m = shape.per_channel() as f64;
+    // dx = g·(dy − a − (x − mean)·b) per channel.
+    let coeffs: Vec<(f64, f64, f64)> = (0..mean.len())
+        .map(|c| {
+            let g = gamma[c] as f64 * invstd[c];
+            if frozen {
+                (g, 0.0, 0.0)
+            } else {
+                (g, sum_dy[c] / m, invstd[c] * invstd[c] * sum_dy_xmu[c] / m)
+            }
+        })
+        .collect();
     let mut dx = vec![0.0f32; x.len()];
-    for_each_run(shape, |c, r| {
-        let g = gamma[c] as f64 * invstd[c];
-        let (mean_dy, mean_dy_xmu) = if frozen {
-            (0.0, 0.0)
-        } else {
-            (sum_dy[c] / m, sum_dy_xmu[c] / m)
-        };
-        let istd2 = invstd[c] * invstd[c];
-        for ((out, &gy), &v) in dx[r.clone()].iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-            let xmu = v as f64 - mean[c];
-            *out = (g * (gy as f64 - mean_dy - xmu * istd2 * mean_dy_xmu)) as f32;
+    let dx_of = |c: usize, gy: f32, v: f32| {
+        let (g, a, b) = coeffs[c];
+        (g * (gy as f64 - a - (v as f64 - mean[c]) * b)) as f32
+    };
+    if let Some((_, c)) = rows(shape) {
+        let runs = dx
+            .chunks_exact_mut(c)
+            .zip(dy.chunks_exact(c))
+            .zip(x.chunks_exact(c));
+        for ((out, g_row), x_row) in runs {
+            for k in 0..c {
+                out[k] = dx_of(k, g_row[k], x_row[k]);
+            }
         }
-    });
+    } else {
+        for_each_run(shape, |c, r| {
+            for ((out, &gy), &v) in dx[r.clone()].iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                *out = dx_of(c, gy, v);
+            }
+        });
+    }
     let dgamma = sum_dy_xmu.iter().zip(invstd).map(|(s, i)| s * i).collect();
     Grads {
         dx,

@@ -1,0 +1,140 @@
+//! CPU reference against GPU kernels, same shapes, same passes (forward, eval, backward).
+//! Device setup, uploads and the first (plan-making) call stay outside the timed code; the GPU
+//! figure is submit-to-done of the recorded pass. Under `cargo test --benches` the shapes
+//! shrink and each benchmark runs a handful of times, so the benches are tested too.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wgpu_batchnorm::bench::{input, memory_dims, shape_name};
+use wgpu_batchnorm::{
+    BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
+};
+
+#[cfg(not(test))]
+const SHAPES: &[&[usize]] = &[&[8, 64, 56, 56], &[64, 256, 14, 14], &[1024, 4096]];
+#[cfg(test)]
+const SHAPES: &[&[usize]] = &[&[4, 8, 6, 6], &[16, 32]];
+
+fn runtime_dir() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join(format!("batchnorm-bench-xdg-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        std::env::set_var("XDG_RUNTIME_DIR", dir);
+    }
+}
+
+/// Times one recorded GPU pass from submit to done, `iters` times.
+fn gpu_pass(
+    ctx: &GpuContext,
+    iters: u64,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        record(&mut encoder);
+        let start = Instant::now();
+        ctx.queue().submit([encoder.finish()]);
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("poll");
+        total += start.elapsed();
+    }
+    total
+}
+
+fn bench(c: &mut Criterion) {
+    runtime_dir();
+    let ctx: Arc<GpuContext> = GpuContext::new().expect("a GPU adapter (mesa-vulkan-drivers)");
+    for &logical in SHAPES {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            if logical.len() == 2 && layout == Layout::ChannelsLast {
+                continue;
+            }
+            let dims = memory_dims(logical, layout);
+            let channels = logical[1];
+            let numel: usize = dims.iter().product();
+            let x = input(&dims, 1, 0.5, 2.0);
+            let dy = input(&dims, 2, 0.0, 1.0);
+            let name = format!(
+                "{}/{}",
+                shape_name(logical),
+                if layout == Layout::ChannelsFirst {
+                    "nchw"
+                } else {
+                    "nhwc"
+                }
+            );
+
+            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+            let buffer = |data: Option<&ndarray::ArrayD<f32>>| {
+                let b = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: numel as u64 * 4,
+                    usage,
+                    mapped_at_creation: false,
+                });
+                if let Some(d) = data {
+                    ctx.queue()
+                        .write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
+                }
+                b
+            };
+            let (xb, dyb, out) = (buffer(Some(&x)), buffer(Some(&dy)), buffer(None));
+            let t = |b| GpuTensor::new(b, &dims, layout).unwrap();
+            let config = BatchNormConfig::new(channels);
+            let mut gpu_train = GpuBatchNorm::new(ctx.clone(), config.clone()).unwrap();
+            let mut gpu_eval = GpuBatchNorm::new(ctx.clone(), config.clone()).unwrap();
+            gpu_eval.set_training(false);
+            let mut cpu = BatchNorm::new(config, Device::Cpu).unwrap();
+
+            let mut group = c.benchmark_group(name);
+            group.throughput(Throughput::Bytes(numel as u64 * 8));
+            #[cfg(test)]
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(1))
+                .measurement_time(Duration::from_millis(20));
+            for (pass, training) in [("forward", true), ("eval", false)] {
+                group.bench_function(BenchmarkId::new("gpu", pass), |b| {
+                    let layer = if training {
+                        &mut gpu_train
+                    } else {
+                        &mut gpu_eval
+                    };
+                    b.iter_custom(|iters| {
+                        gpu_pass(&ctx, iters, |e| {
+                            layer.forward(e, &t(&xb), &t(&out)).unwrap()
+                        })
+                    })
+                });
+                cpu.set_training(training);
+                group.bench_function(BenchmarkId::new("cpu", pass), |b| {
+                    b.iter(|| cpu.forward(x.view(), layout).unwrap())
+                });
+            }
+            group.throughput(Throughput::Bytes(numel as u64 * 12));
+            gpu_pass(&ctx, 1, |e| {
+                gpu_train.forward(e, &t(&xb), &t(&out)).unwrap()
+            });
+            group.bench_function(BenchmarkId::new("gpu", "backward"), |b| {
+                b.iter_custom(|iters| {
+                    gpu_pass(&ctx, iters, |e| {
+                        gpu_train.backward(e, &t(&xb), &t(&dyb), &t(&out)).unwrap()
+                    })
+                })
+            });
+            cpu.set_training(true);
+            cpu.forward(x.view(), layout).unwrap();
+            group.bench_function(BenchmarkId::new("cpu", "backward"), |b| {
+                b.iter(|| cpu.backward(x.view(), dy.view(), layout).unwrap())
+            });
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
