@@ -205,6 +205,19 @@ fn odd_and_small_shapes_should_match_reference() {
     ]);
 }
 
+/// Planes that do not divide by four with channel counts that do: the grouped reductions.
+#[test]
+fn grouped_planes_should_match_reference() {
+    run_all(&[
+        (&[16, 8, 7, 7], CF, 0.5, 2.0),
+        (&[5, 8, 3], CF, -1.0, 1.0),
+        (&[3, 4, 255], CF, 0.0, 1.0),
+        (&[2, 12, 2], CF, 0.0, 1.0),
+        (&[16, 4, 7, 7], CF, 1e4, 1e-2),
+        (&[4096, 4, 7, 7], CF, 1.0, 3.0),
+    ]);
+}
+
 #[test]
 fn wide_channel_counts_should_match_reference() {
     run_all(&[

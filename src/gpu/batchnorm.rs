@@ -341,9 +341,12 @@ impl GpuBatchNorm {
             timestamp_writes: None,
         });
         // Which kernel writes y: forward_fused as it reads x, or apply_forward after.
-        let fused = plan.params_fused.as_ref().filter(|_| batch_stats);
-        if let (Some(fused_params), Some(f)) = (fused, g.fused) {
-            let bind = k.forward_fused(g).bind(
+        let fused = match (&plan.params_fused, g.fused, k.forward_fused(g)) {
+            (Some(params), Some(f), Some(kernel)) if batch_stats => Some((params, f, kernel)),
+            _ => None,
+        };
+        if let Some((fused_params, f, kernel)) = fused {
+            let bind = kernel.bind(
                 device,
                 &[
                     fused_params.as_entire_binding(),
@@ -354,7 +357,7 @@ impl GpuBatchNorm {
                     y.binding(),
                 ],
             );
-            k.forward_fused(g).dispatch(&mut pass, &bind, (f.groups, 1));
+            kernel.dispatch(&mut pass, &bind, (f.groups, 1));
         } else if batch_stats {
             let bind = k.stats_reduce(g).bind(
                 device,

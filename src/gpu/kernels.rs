@@ -112,6 +112,7 @@ pub(crate) struct Kernels {
     pub(crate) stats_reduce: Kernel,
     pub(crate) stats_reduce_vec4: Kernel,
     pub(crate) stats_reduce_vec4_channels: Kernel,
+    pub(crate) stats_reduce_grouped: Kernel,
     pub(crate) stats_finalize: Kernel,
     pub(crate) eval_finalize: Kernel,
     pub(crate) forward_fused: Kernel,
@@ -120,6 +121,7 @@ pub(crate) struct Kernels {
     pub(crate) grad_reduce: Kernel,
     pub(crate) grad_reduce_vec4: Kernel,
     pub(crate) grad_reduce_vec4_channels: Kernel,
+    pub(crate) grad_reduce_grouped: Kernel,
     pub(crate) grad_finalize: Kernel,
     pub(crate) apply_forward: Kernel,
     pub(crate) apply_forward_vec4: Kernel,
@@ -137,6 +139,7 @@ impl Kernels {
             stats_reduce: plain(shader!("stats_reduce"))?,
             stats_reduce_vec4: plain(shader!("stats_reduce_vec4"))?,
             stats_reduce_vec4_channels: channels_in_vec4(shader!("stats_reduce_vec4"))?,
+            stats_reduce_grouped: plain(shader!("stats_reduce_grouped"))?,
             stats_finalize: plain(shader!("stats_finalize"))?,
             eval_finalize: plain(shader!("eval_finalize"))?,
             forward_fused: plain(shader!("forward_fused"))?,
@@ -145,6 +148,7 @@ impl Kernels {
             grad_reduce: plain(shader!("grad_reduce"))?,
             grad_reduce_vec4: plain(shader!("grad_reduce_vec4"))?,
             grad_reduce_vec4_channels: channels_in_vec4(shader!("grad_reduce_vec4"))?,
+            grad_reduce_grouped: plain(shader!("grad_reduce_grouped"))?,
             grad_finalize: plain(shader!("grad_finalize"))?,
             apply_forward: plain(shader!("apply_forward"))?,
             apply_forward_vec4: plain(shader!("apply_forward_vec4"))?,
@@ -160,14 +164,17 @@ impl Kernels {
             Reduce::Scalar => &self.stats_reduce,
             Reduce::Vec4Inner => &self.stats_reduce_vec4,
             Reduce::Vec4Channels => &self.stats_reduce_vec4_channels,
+            Reduce::Vec4Grouped => &self.stats_reduce_grouped,
         }
     }
 
-    pub(crate) fn forward_fused(&self, geometry: &Geometry) -> &Kernel {
+    /// The single-read forward for `geometry`'s layout of loads, where there is one.
+    pub(crate) fn forward_fused(&self, geometry: &Geometry) -> Option<&Kernel> {
         match geometry.reduce {
-            Reduce::Scalar => &self.forward_fused,
-            Reduce::Vec4Inner => &self.forward_fused_vec4,
-            Reduce::Vec4Channels => &self.forward_fused_vec4_channels,
+            Reduce::Scalar => Some(&self.forward_fused),
+            Reduce::Vec4Inner => Some(&self.forward_fused_vec4),
+            Reduce::Vec4Channels => Some(&self.forward_fused_vec4_channels),
+            Reduce::Vec4Grouped => None,
         }
     }
 
@@ -176,6 +183,7 @@ impl Kernels {
             Reduce::Scalar => &self.grad_reduce,
             Reduce::Vec4Inner => &self.grad_reduce_vec4,
             Reduce::Vec4Channels => &self.grad_reduce_vec4_channels,
+            Reduce::Vec4Grouped => &self.grad_reduce_grouped,
         }
     }
 
@@ -264,6 +272,9 @@ pub(crate) enum Reduce {
     Vec4Inner,
     /// Four channels per load: inner == 1 and channels % 4 == 0.
     Vec4Channels,
+    /// Four channels' worth of a plane per group of `inner` loads: 1 < inner <= 256 with
+    /// inner % 4 != 0, and channels % 4 == 0 (see stats_reduce_grouped.wgsl).
+    Vec4Grouped,
 }
 
 /// Loads a lane of forward_fused (scalar) and forward_fused_vec4 can hold: their CAPACITY.
@@ -291,6 +302,7 @@ impl Fused {
         let capacity = match reduce {
             Reduce::Scalar => FUSED_CAPACITY_SCALAR,
             Reduce::Vec4Inner | Reduce::Vec4Channels => FUSED_CAPACITY_VEC4,
+            Reduce::Vec4Grouped => return None,
         };
         let tile_i = units_i.next_power_of_two().min(WORKGROUP);
         let loads = |tile_c: u32| {
@@ -373,11 +385,23 @@ impl Geometry {
             (Reduce::Vec4Inner, channels, inner / 4)
         } else if inner == 1 && channels.is_multiple_of(4) {
             (Reduce::Vec4Channels, channels / 4, 1)
+        } else if inner <= WORKGROUP && channels.is_multiple_of(4) {
+            (Reduce::Vec4Grouped, channels / 4, inner)
         } else {
             (Reduce::Scalar, channels, inner)
         };
-        let tile_i = units_i.next_power_of_two().min(tuning.max_tile_i);
-        let tile_c = units_c.next_power_of_two().min(WORKGROUP / tile_i);
+        let (tile_i, max_tile_c) = match reduce {
+            // A lane keeps to one position of the group; four writer lanes per group.
+            Reduce::Vec4Grouped => (units_i.next_power_of_two(), WORKGROUP / 4),
+            _ => (
+                units_i.next_power_of_two().min(tuning.max_tile_i),
+                WORKGROUP,
+            ),
+        };
+        let tile_c = units_c
+            .next_power_of_two()
+            .min(WORKGROUP / tile_i)
+            .min(max_tile_c);
         let tile_o = WORKGROUP / (tile_i * tile_c);
         let channel_blocks = units_c.div_ceil(tile_c);
         limit("channel blocks", channel_blocks as u64, max_groups)?;

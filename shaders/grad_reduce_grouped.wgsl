@@ -1,0 +1,106 @@
+// Backward, stage 1, for the shapes of stats_reduce_grouped (channels-first, inner % 4 != 0,
+// channels % 4 == 0), laid out the same way: a lane keeps to one vec4 position of a group of
+// four channels, so each component's channel is fixed; lanes are summed over rows only, then
+// four lanes per group add up, each for one channel, the components that belong to it.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct GradPartial {
+    sum_dy: f32,
+    sum_dy_xmu: f32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+// (center, offset, invstd, var), mean = center + offset
+@group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+
+var<workgroup> wg_sum_dy: array<vec4<f32>, WG>;
+var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, WG>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let groups = p.channels / 4u;
+    let units_i = p.inner;
+    let split = wid.x;
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
+    let g = wid.y * p.tile_c + lane_c;
+
+    var sum_dy = vec4<f32>(0.0);
+    var sum_dy_xmu = vec4<f32>(0.0);
+    if g < groups && lane_i < units_i {
+        var center: vec4<f32>;
+        var offset: vec4<f32>;
+        for (var k = 0u; k < 4u; k++) {
+            let stats = saved[4u * g + (4u * lane_i + k) / p.inner];
+            center[k] = stats.x;
+            offset[k] = stats.y;
+        }
+        let row_stride = groups * units_i;
+        let o_begin = split * p.rows_per_split;
+        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+            let at = o * row_stride + g * units_i + lane_i;
+            let gy = dy[at];
+            sum_dy += gy;
+            sum_dy_xmu += gy * ((x[at] - center) - offset);
+        }
+    }
+    wg_sum_dy[slot] = sum_dy;
+    wg_sum_dy_xmu[slot] = sum_dy_xmu;
+
+    // Sum over rows only, as stats_reduce_grouped folds.
+    var lanes = WG / p.tile_c;
+    while lanes > p.tile_i {
+        let fold = min(lanes / p.tile_i, 16u);
+        let next = lanes / fold;
+        workgroupBarrier();
+        if lid / p.tile_c < next {
+            for (var j = 1u; j < fold; j++) {
+                let b = lid + j * next * p.tile_c;
+                wg_sum_dy[lid] += wg_sum_dy[b];
+                wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
+            }
+        }
+        lanes = next;
+    }
+    workgroupBarrier();
+
+    let local = lid / 4u;
+    let c = lid % 4u;
+    let writer = wid.y * p.tile_c + local;
+    if local < p.tile_c && writer < groups {
+        var s = 0.0;
+        var sx = 0.0;
+        for (var e = c * p.inner; e < (c + 1u) * p.inner; e++) {
+            let at = local + p.tile_c * (e / 4u);
+            s += wg_sum_dy[at][e % 4u];
+            sx += wg_sum_dy_xmu[at][e % 4u];
+        }
+        partials[(4u * writer + c) * p.splits + split] = GradPartial(s, sx);
+    }
+}

@@ -1,0 +1,141 @@
+// Batch statistics, stage 1, four values per load for channels-first shapes whose plane does
+// not divide by four (7x7, 3x3, ...) but whose channel count does: four channels together
+// hold 4·inner values, which is inner whole vec4. A lane keeps to one vec4 position j of such
+// a group (tile_i >= inner), so each of its components always belongs to the same channel,
+// (4j + k) / inner, and carries that channel's Welford state. Lanes are folded over rows only;
+// then four lanes per group merge, each for one channel, the components that belong to it.
+// Values are shifted by their channel's first value, as in stats_reduce.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+}
+
+struct StatsPartial {
+    count: u32,
+    mean: f32,
+    m2: f32,
+    shift: f32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
+
+var<workgroup> wg_count: array<u32, WG>;
+var<workgroup> wg_mean: array<vec4<f32>, WG>;
+var<workgroup> wg_m2: array<vec4<f32>, WG>;
+
+fn merge_into(a: u32, b: u32) {
+    let nb = wg_count[b];
+    if nb == 0u {
+        return;
+    }
+    let na = wg_count[a];
+    let n = na + nb;
+    let fb = f32(nb) / f32(n);
+    let delta = wg_mean[b] - wg_mean[a];
+    wg_mean[a] = wg_mean[a] + delta * fb;
+    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
+    wg_count[a] = n;
+}
+
+// One value of x, by its index as a float.
+fn value(index: u32) -> f32 {
+    return x[index / 4u][index % 4u];
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let groups = p.channels / 4u;
+    let units_i = p.inner;
+    let split = wid.x;
+    let lane_i = lid % p.tile_i;
+    let lane_c = (lid / p.tile_i) % p.tile_c;
+    let lane_o = lid / (p.tile_i * p.tile_c);
+    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
+    let g = wid.y * p.tile_c + lane_c;
+
+    var n = 0.0;
+    var mean = vec4<f32>(0.0);
+    var m2 = vec4<f32>(0.0);
+    if g < groups && lane_i < units_i {
+        var shift: vec4<f32>;
+        for (var k = 0u; k < 4u; k++) {
+            let channel = 4u * g + (4u * lane_i + k) / p.inner;
+            shift[k] = value(channel * p.inner);
+        }
+        let row_stride = groups * units_i;
+        let o_begin = split * p.rows_per_split;
+        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+            let d = x[o * row_stride + g * units_i + lane_i] - shift;
+            n += 1.0;
+            let delta = d - mean;
+            mean += delta * (1.0 / n);
+            m2 += delta * (d - mean);
+        }
+    }
+    wg_count[slot] = u32(n);
+    wg_mean[slot] = mean;
+    wg_m2[slot] = m2;
+
+    // Fold over rows only: slots r and r + j·next hold the same vec4 position while next is a
+    // multiple of tile_i.
+    var lanes = WG / p.tile_c;
+    while lanes > p.tile_i {
+        let fold = min(lanes / p.tile_i, 16u);
+        let next = lanes / fold;
+        workgroupBarrier();
+        if lid / p.tile_c < next {
+            for (var j = 1u; j < fold; j++) {
+                merge_into(lid, lid + j * next * p.tile_c);
+            }
+        }
+        lanes = next;
+    }
+    workgroupBarrier();
+
+    // Lane 4·group + c merges channel c of its group: the components (j, k) with
+    // (4j + k) / inner == c, i.e. the values c·inner .. (c + 1)·inner of the group.
+    let local = lid / 4u;
+    let c = lid % 4u;
+    let writer = wid.y * p.tile_c + local;
+    if local < p.tile_c && writer < groups {
+        var count = 0u;
+        var m = 0.0;
+        var s2 = 0.0;
+        for (var e = c * p.inner; e < (c + 1u) * p.inner; e++) {
+            let at = local + p.tile_c * (e / 4u);
+            let nb = wg_count[at];
+            if nb == 0u {
+                continue;
+            }
+            // Component e % 4 of that slot: nb values of this channel.
+            let total = count + nb;
+            let fb = f32(nb) / f32(total);
+            let delta = wg_mean[at][e % 4u] - m;
+            m += delta * fb;
+            s2 += wg_m2[at][e % 4u] + delta * delta * f32(count) * fb;
+            count = total;
+        }
+        let channel = 4u * writer + c;
+        partials[channel * p.splits + split] = StatsPartial(count, m, s2, value(channel * p.inner));
+    }
+}
