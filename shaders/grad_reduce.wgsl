@@ -20,6 +20,11 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct GradPartial {
@@ -89,6 +94,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Slot lid < tile_c now holds channel `writer`.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
-        partials[writer * p.splits + split] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
+        partials[writer * p.splits + p.split_offset + split] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
     }
 }

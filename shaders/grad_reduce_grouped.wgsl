@@ -20,6 +20,11 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct GradPartial {
@@ -101,6 +106,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             s += wg_sum_dy[at][e % 4u];
             sx += wg_sum_dy_xmu[at][e % 4u];
         }
-        partials[(4u * writer + c) * p.splits + split] = GradPartial(s, sx);
+        partials[(4u * writer + c) * p.splits + p.split_offset + split] = GradPartial(s, sx);
     }
 }

@@ -21,6 +21,11 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct GradPartial {
@@ -116,11 +121,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let sx = wg_sum_dy_xmu[lid];
         if CHANNELS_IN_VEC4 {
             for (var k = 0u; k < 4u; k++) {
-                partials[(4u * writer + k) * p.splits + split] = GradPartial(s[k], sx[k]);
+                partials[(4u * writer + k) * p.splits + p.split_offset + split] = GradPartial(s[k], sx[k]);
             }
         } else {
             let ones = vec4<f32>(1.0);
-            partials[writer * p.splits + split] = GradPartial(dot(s, ones), dot(sx, ones));
+            partials[writer * p.splits + p.split_offset + split] = GradPartial(dot(s, ones), dot(sx, ones));
         }
     }
 }

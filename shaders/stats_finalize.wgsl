@@ -26,6 +26,11 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct StatsPartial {
@@ -70,7 +75,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         let total = n + b.count;
         let fb = f32(b.count) / f32(total);
-        let delta = b.mean - mean;
+        // Chunks of a large tensor shift by their own first value; both shifts are values
+        // of this channel, so their difference is exact where it matters.
+        let delta = (b.shift - shift) + (b.mean - mean);
         mean += delta * fb;
         m2 += b.m2 + delta * delta * f32(n) * fb;
         n = total;

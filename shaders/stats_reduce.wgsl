@@ -27,6 +27,11 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct StatsPartial {
@@ -114,6 +119,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
         let first = x[writer * p.inner];
-        partials[writer * p.splits + split] = StatsPartial(wg_count[lid], wg_mean[lid], wg_m2[lid], first);
+        partials[writer * p.splits + p.split_offset + split] = StatsPartial(wg_count[lid], wg_mean[lid], wg_m2[lid], first);
     }
 }

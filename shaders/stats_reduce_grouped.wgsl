@@ -23,6 +23,11 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct StatsPartial {
@@ -136,6 +141,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             count = total;
         }
         let channel = 4u * writer + c;
-        partials[channel * p.splits + split] = StatsPartial(count, m, s2, value(channel * p.inner));
+        partials[channel * p.splits + p.split_offset + split] = StatsPartial(count, m, s2, value(channel * p.inner));
     }
 }

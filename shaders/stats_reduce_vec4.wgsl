@@ -29,6 +29,11 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct StatsPartial {
@@ -141,14 +146,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let m2s = wg_m2[lid];
         if CHANNELS_IN_VEC4 {
             for (var k = 0u; k < 4u; k++) {
-                partials[(4u * writer + k) * p.splits + split] = StatsPartial(count, means[k], m2s[k], first[k]);
+                partials[(4u * writer + k) * p.splits + p.split_offset + split] = StatsPartial(count, means[k], m2s[k], first[k]);
             }
         } else {
             // Four equal-count states of one channel: Chan's merge in closed form.
             let m = (means.x + means.y + means.z + means.w) * 0.25;
             let dev = means - vec4<f32>(m);
             let m2_all = m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev);
-            partials[writer * p.splits + split] = StatsPartial(4u * count, m, m2_all, first.x);
+            partials[writer * p.splits + p.split_offset + split] = StatsPartial(4u * count, m, m2_all, first.x);
         }
     }
 }

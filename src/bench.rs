@@ -321,6 +321,15 @@ pub fn bench_shape(
     }
 
     let bytes = numel as u64 * 4;
+    let binding = ctx.limits().max_storage_buffer_binding_size;
+    if bytes > binding {
+        // The copy roof binds the whole tensor at once.
+        return Err(BnError::Limit {
+            what: "bench tensor bytes (one storage binding)",
+            value: bytes,
+            limit: binding,
+        });
+    }
     let copies = ROTATION_BYTES.div_ceil(bytes).clamp(2, 8) as usize;
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
     let upload = |label: &str, data: &ArrayD<f32>| -> Result<wgpu::Buffer> {

@@ -26,13 +26,29 @@ const STAGING: wgpu::BufferUsages =
 struct Plan {
     geometry: Geometry,
     /// Uniforms for passes recorded in training and in eval mode (they differ in flags).
-    params_train: wgpu::Buffer,
-    params_eval: wgpu::Buffer,
+    params_train: Uniforms,
+    params_eval: Uniforms,
     /// forward_fused's uniform, when the shape allows a single-read forward.
     params_fused: Option<wgpu::Buffer>,
     partials: wgpu::Buffer,
     /// Buffers for the ndarray path, made on its first use.
     io: Option<IoBuffers>,
+}
+
+/// One Params per chunk of a shape, `stride` bytes apart.
+struct Uniforms {
+    buffer: wgpu::Buffer,
+    stride: u64,
+}
+
+impl Uniforms {
+    fn slot(&self, chunk: usize) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: chunk as u64 * self.stride,
+            size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
+        })
+    }
 }
 
 struct IoBuffers {
@@ -234,26 +250,47 @@ impl GpuBatchNorm {
                 RunningVar::Unbiased => 0,
             };
             let tracked = self.config.track_running_stats;
-            let uniform = |params: Params, flags: u32| -> Result<wgpu::Buffer> {
-                let mut params = params;
-                params.flags = flags | biased;
-                params.eps = self.config.eps;
-                params.momentum = self.config.momentum.unwrap_or(-1.0);
+            let fill = |params: &Params, flags: u32| Params {
+                flags: flags | biased,
+                eps: self.config.eps,
+                momentum: self.config.momentum.unwrap_or(-1.0),
+                ..*params
+            };
+            // One slot per chunk, at offsets a uniform binding may start at.
+            let stride = (std::mem::size_of::<Params>() as u64)
+                .next_multiple_of(self.ctx.limits().min_uniform_buffer_offset_alignment as u64);
+            let uniforms = |flags: u32| -> Result<Uniforms> {
                 let buffer = self.ctx.create_buffer(
                     "params",
-                    std::mem::size_of_val(&params) as u64,
+                    stride * geometry.chunks.len() as u64,
                     wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 )?;
-                self.ctx
-                    .queue
-                    .write_buffer(&buffer, 0, bytemuck::bytes_of(&params));
-                Ok(buffer)
+                for (i, chunk) in geometry.chunks.iter().enumerate() {
+                    let params = fill(&chunk.params, flags);
+                    self.ctx.queue.write_buffer(
+                        &buffer,
+                        i as u64 * stride,
+                        bytemuck::bytes_of(&params),
+                    );
+                }
+                Ok(Uniforms { buffer, stride })
             };
             let plan = Plan {
-                params_train: uniform(geometry.params, if tracked { UPDATE_RUNNING } else { 0 })?,
-                params_eval: uniform(geometry.params, if tracked { FROZEN_STATS } else { 0 })?,
+                params_train: uniforms(if tracked { UPDATE_RUNNING } else { 0 })?,
+                params_eval: uniforms(if tracked { FROZEN_STATS } else { 0 })?,
                 params_fused: match geometry.fused_params() {
-                    Some(params) => Some(uniform(params, 0)?),
+                    Some(params) => {
+                        let buffer = self.ctx.create_buffer(
+                            "fused params",
+                            stride,
+                            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        )?;
+                        let params = fill(&params, 0);
+                        self.ctx
+                            .queue
+                            .write_buffer(&buffer, 0, bytemuck::bytes_of(&params));
+                        Some(buffer)
+                    }
                     None => None,
                 },
                 partials: self.ctx.create_buffer(
@@ -359,22 +396,24 @@ impl GpuBatchNorm {
             );
             kernel.dispatch(&mut pass, &bind, (f.groups, 1));
         } else if batch_stats {
-            let bind = k.stats_reduce(g).bind(
-                device,
-                &[
-                    params.as_entire_binding(),
-                    x.binding(),
-                    plan.partials.as_entire_binding(),
-                ],
-            );
-            k.stats_reduce(g)
-                .dispatch(&mut pass, &bind, g.reduce_groups);
+            for (i, chunk) in g.chunks.iter().enumerate() {
+                let bind = k.stats_reduce(g).bind(
+                    device,
+                    &[
+                        params.slot(i),
+                        x.chunk_binding(chunk),
+                        plan.partials.as_entire_binding(),
+                    ],
+                );
+                k.stats_reduce(g)
+                    .dispatch(&mut pass, &bind, chunk.reduce_groups);
+            }
         }
         if batch_stats {
             let bind = k.stats_finalize.bind(
                 device,
                 &[
-                    params.as_entire_binding(),
+                    params.slot(0),
                     plan.partials.as_entire_binding(),
                     self.gamma.as_entire_binding(),
                     self.beta.as_entire_binding(),
@@ -391,7 +430,7 @@ impl GpuBatchNorm {
             let bind = k.eval_finalize.bind(
                 device,
                 &[
-                    params.as_entire_binding(),
+                    params.slot(0),
                     self.running_mean.as_entire_binding(),
                     self.running_var.as_entire_binding(),
                     self.gamma.as_entire_binding(),
@@ -404,17 +443,19 @@ impl GpuBatchNorm {
                 .dispatch(&mut pass, &bind, g.finalize_groups);
         }
         if fused.is_none() {
-            let bind = k.apply_forward(g).bind(
-                device,
-                &[
-                    params.as_entire_binding(),
-                    x.binding(),
-                    self.coeff.as_entire_binding(),
-                    y.binding(),
-                ],
-            );
-            k.apply_forward(g)
-                .dispatch(&mut pass, &bind, g.apply_groups);
+            for (i, chunk) in g.chunks.iter().enumerate() {
+                let bind = k.apply_forward(g).bind(
+                    device,
+                    &[
+                        params.slot(i),
+                        x.chunk_binding(chunk),
+                        self.coeff.as_entire_binding(),
+                        y.chunk_binding(chunk),
+                    ],
+                );
+                k.apply_forward(g)
+                    .dispatch(&mut pass, &bind, chunk.apply_groups);
+            }
         }
         drop(pass);
         self.num_batches_tracked = batches_after;
@@ -455,21 +496,24 @@ impl GpuBatchNorm {
             label: Some("batchnorm backward"),
             timestamp_writes: None,
         });
-        let bind = k.grad_reduce(g).bind(
-            device,
-            &[
-                params.as_entire_binding(),
-                x.binding(),
-                dy.binding(),
-                self.saved.as_entire_binding(),
-                plan.partials.as_entire_binding(),
-            ],
-        );
-        k.grad_reduce(g).dispatch(&mut pass, &bind, g.reduce_groups);
+        for (i, chunk) in g.chunks.iter().enumerate() {
+            let bind = k.grad_reduce(g).bind(
+                device,
+                &[
+                    params.slot(i),
+                    x.chunk_binding(chunk),
+                    dy.chunk_binding(chunk),
+                    self.saved.as_entire_binding(),
+                    plan.partials.as_entire_binding(),
+                ],
+            );
+            k.grad_reduce(g)
+                .dispatch(&mut pass, &bind, chunk.reduce_groups);
+        }
         let bind = k.grad_finalize.bind(
             device,
             &[
-                params.as_entire_binding(),
+                params.slot(0),
                 plan.partials.as_entire_binding(),
                 self.saved.as_entire_binding(),
                 self.gamma.as_entire_binding(),
@@ -480,18 +524,20 @@ impl GpuBatchNorm {
         );
         k.grad_finalize
             .dispatch(&mut pass, &bind, g.finalize_groups);
-        let bind = k.apply_backward(g).bind(
-            device,
-            &[
-                params.as_entire_binding(),
-                x.binding(),
-                dy.binding(),
-                self.coeff.as_entire_binding(),
-                dx.binding(),
-            ],
-        );
-        k.apply_backward(g)
-            .dispatch(&mut pass, &bind, g.apply_groups);
+        for (i, chunk) in g.chunks.iter().enumerate() {
+            let bind = k.apply_backward(g).bind(
+                device,
+                &[
+                    params.slot(i),
+                    x.chunk_binding(chunk),
+                    dy.chunk_binding(chunk),
+                    self.coeff.as_entire_binding(),
+                    dx.chunk_binding(chunk),
+                ],
+            );
+            k.apply_backward(g)
+                .dispatch(&mut pass, &bind, chunk.apply_groups);
+        }
         Ok(())
     }
 
@@ -501,6 +547,15 @@ impl GpuBatchNorm {
         let plan = self.plan(shape)?;
         if plan.io.is_none() {
             let bytes = shape.numel() as u64 * 4;
+            // Refused here, before any GPU work, rather than as an allocation failure.
+            let max = ctx.limits().max_buffer_size;
+            if bytes + channels * 16 > max {
+                return Err(BnError::Limit {
+                    what: "tensor bytes in one buffer",
+                    value: bytes + channels * 16,
+                    limit: max,
+                });
+            }
             let tensor = wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC;

@@ -224,6 +224,8 @@ pub(crate) struct Params {
     pub flags: u32,
     pub eps: f32,
     pub momentum: f32,
+    pub split_offset: u32,
+    pub _pad: [u32; 3],
 }
 
 /// How much work one reduction workgroup takes on: GPUs want many workgroups in flight, CPU
@@ -332,37 +334,51 @@ impl Fused {
 }
 
 /// How one shape is cut into workgroups, for every kernel of a pass.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Geometry {
-    pub params: Params,
     pub reduce: Reduce,
-    /// Set when the training forward can read x once (see forward_fused_vec4.wgsl).
+    /// Set when the training forward can read x once (see forward_fused_vec4.wgsl); only for
+    /// tensors that fit one storage binding.
     pub fused: Option<Fused>,
     /// Element-wise kernels load four values at a time (the plane divides by four).
     pub apply_vec4: bool,
-    pub reduce_groups: (u32, u32),
     pub finalize_groups: (u32, u32),
+    /// Partial records per channel, over all chunks.
+    pub splits: u32,
+    /// Runs of whole rows, each within one storage binding; kernels that read the tensor run
+    /// once per chunk, the per-channel kernels once per pass.
+    pub chunks: Vec<Chunk>,
+}
+
+/// Rows of the tensor that one binding covers, and how its kernels are dispatched.
+#[derive(Clone, Debug)]
+pub(crate) struct Chunk {
+    /// This chunk's uniform; flags, eps and momentum are the layer's to fill in.
+    pub params: Params,
+    /// Byte offset and length of the chunk in the tensor.
+    pub offset: u64,
+    pub bytes: u64,
+    pub reduce_groups: (u32, u32),
     pub apply_groups: (u32, u32),
 }
 
 impl Geometry {
-    /// The uniform of forward_fused: the same as `params` but for its own tiling.
+    /// The uniform of forward_fused: the single chunk's, with its own tiling.
     pub(crate) fn fused_params(&self) -> Option<Params> {
         self.fused.map(|f| Params {
             tile_c: f.tile_c,
             tile_i: f.tile_i,
             tile_o: f.tile_o,
-            ..self.params
+            ..self.chunks[0].params
         })
     }
 
     pub(crate) fn partials_bytes(&self) -> u64 {
-        self.params.channels as u64 * self.params.splits as u64 * PARTIAL_BYTES
+        self.chunks[0].params.channels as u64 * self.splits as u64 * PARTIAL_BYTES
     }
 
     pub(crate) fn new(shape: &Shape, limits: &wgpu::Limits, tuning: Tuning) -> Result<Self> {
         let (outer, channels, inner) = shape.view();
-        let numel = shape.numel() as u64;
         let max_groups = limits.max_compute_workgroups_per_dimension as u64;
         let limit = |what, value: u64, limit: u64| {
             if value > limit {
@@ -371,12 +387,37 @@ impl Geometry {
                 Ok(())
             }
         };
-        limit("element count", numel, u32::MAX as u64)?;
         limit(
-            "tensor bytes in one storage binding",
-            numel * 4,
-            limits.max_storage_buffer_binding_size,
+            "values per channel",
+            shape.per_channel() as u64,
+            u32::MAX as u64,
         )?;
+        limit(
+            "channels",
+            channels as u64,
+            max_groups * FINALIZE_WORKGROUP as u64,
+        )?;
+        // Rows per chunk: as many as one binding holds, starting at aligned offsets.
+        let row_bytes = (channels * inner * 4) as u64;
+        let max_binding = limits.max_storage_buffer_binding_size;
+        limit(
+            "bytes of one sample (channels x spatial values) in one storage binding",
+            row_bytes,
+            max_binding,
+        )?;
+        let rows_per_chunk = if outer as u64 * row_bytes <= max_binding {
+            outer as u64
+        } else {
+            let align = limits.min_storage_buffer_offset_alignment as u64;
+            let row_step = align / gcd(row_bytes, align);
+            let rows = max_binding / row_bytes / row_step * row_step;
+            limit(
+                "bytes of the rows that keep a chunk's offset aligned, in one storage binding",
+                row_step * row_bytes,
+                max_binding,
+            )?;
+            rows
+        };
         let (outer, channels, inner) = (outer as u32, channels as u32, inner as u32);
 
         // Reduction: lanes (tile_c, tile_i, tile_o) over channel units, inner units and outer
@@ -410,21 +451,20 @@ impl Geometry {
         let mut rows_per_split = (tuning.loads_per_lane * WORKGROUP as u64)
             .div_ceil(per_row)
             .max(1);
+        let chunk_rows = (outer as u64).min(rows_per_chunk);
         while rows_per_split > 1
-            && channel_blocks as u64 * (outer as u64).div_ceil(rows_per_split) < tuning.min_groups
+            && channel_blocks as u64 * chunk_rows.div_ceil(rows_per_split) < tuning.min_groups
             && rows_per_split * per_row > 8 * WORKGROUP as u64
         {
             rows_per_split /= 2;
         }
-        let rows_per_split = rows_per_split.max((outer as u64).div_ceil(max_groups)) as u32;
-        let splits = outer.div_ceil(rows_per_split);
+        let rows_per_split = rows_per_split.max(chunk_rows.div_ceil(max_groups)) as u32;
 
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
         let plane = channels as u64 * inner as u64;
-        let planes_per_row = 1024u64.div_ceil(plane).min(outer as u64).max(1);
-        let apply_width = plane * planes_per_row;
-        let apply_rows = (outer as u64).div_ceil(planes_per_row);
         let apply_vec4 = plane.is_multiple_of(4);
+        let planes_per_row = 1024u64.div_ceil(plane).min(chunk_rows).max(1);
+        let apply_width = plane * planes_per_row;
         let lanes_per_row = if apply_vec4 {
             apply_width / 4
         } else {
@@ -432,17 +472,21 @@ impl Geometry {
         };
         let column_groups = lanes_per_row.div_ceil(WORKGROUP as u64);
         limit("element-wise column workgroups", column_groups, max_groups)?;
-        let apply_rows_per_group = apply_rows.min(16).max(apply_rows.div_ceil(max_groups));
-        let row_groups = apply_rows.div_ceil(apply_rows_per_group);
 
-        let finalize_groups = channels.div_ceil(FINALIZE_WORKGROUP);
-        Ok(Self {
-            params: Params {
+        let mut chunks = Vec::new();
+        let mut first_row = 0u64;
+        let mut splits = 0u32;
+        while first_row < outer as u64 {
+            let rows = (outer as u64 - first_row).min(rows_per_chunk);
+            let chunk_splits = (rows as u32).div_ceil(rows_per_split);
+            let apply_rows = rows.div_ceil(planes_per_row);
+            let apply_rows_per_group = apply_rows.min(16).max(apply_rows.div_ceil(max_groups));
+            let params = Params {
                 channels,
                 inner,
-                outer,
+                outer: rows as u32,
                 count: shape.per_channel() as u32,
-                splits,
+                splits: 0,
                 rows_per_split,
                 tile_c,
                 tile_i,
@@ -450,20 +494,47 @@ impl Geometry {
                 apply_width: apply_width as u32,
                 apply_rows: apply_rows as u32,
                 apply_rows_per_group: apply_rows_per_group as u32,
-                total: numel as u32,
+                total: (rows * plane) as u32,
                 flags: 0,
                 eps: 0.0,
                 momentum: 0.0,
-            },
+                split_offset: splits,
+                ..Params::zeroed()
+            };
+            chunks.push(Chunk {
+                params,
+                offset: first_row * row_bytes,
+                bytes: rows * row_bytes,
+                reduce_groups: (chunk_splits, channel_blocks),
+                apply_groups: (
+                    column_groups as u32,
+                    apply_rows.div_ceil(apply_rows_per_group) as u32,
+                ),
+            });
+            splits += chunk_splits;
+            first_row += rows;
+        }
+        for chunk in &mut chunks {
+            chunk.params.splits = splits;
+        }
+        let fused = (tuning.single_read && chunks.len() == 1)
+            .then(|| Fused::new(reduce, units_c, units_i, outer, max_groups))
+            .flatten();
+        Ok(Self {
             reduce,
-            fused: tuning
-                .single_read
-                .then(|| Fused::new(reduce, units_c, units_i, outer, max_groups))
-                .flatten(),
+            fused,
             apply_vec4,
-            reduce_groups: (splits, channel_blocks),
-            finalize_groups: (finalize_groups, 1),
-            apply_groups: (column_groups as u32, row_groups as u32),
+            finalize_groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1),
+            splits,
+            chunks,
         })
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::config::Layout;
 use crate::error::{BnError, Result};
+use crate::gpu::kernels::Chunk;
 use crate::shape::Shape;
 
 /// A float32 tensor stored in a caller's buffer from `offset` on, C-contiguous in `layout`.
@@ -54,6 +55,15 @@ impl<'a> GpuTensor<'a> {
 
     pub fn shape(&self) -> &Shape {
         &self.shape
+    }
+
+    /// The bytes of one chunk of rows (see `Geometry::chunks`).
+    pub(crate) fn chunk_binding(&self, chunk: &Chunk) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: self.offset + chunk.offset,
+            size: wgpu::BufferSize::new(chunk.bytes),
+        })
     }
 
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'a> {

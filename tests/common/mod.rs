@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a seeded generator, error measures, the context.
 #![allow(dead_code)]
 
+pub mod check;
+
 use std::sync::{Arc, OnceLock};
 
 use ndarray::ArrayD;

@@ -1,0 +1,164 @@
+//! GPU against the f64 CPU reference on one input: the comparison the cross-check tests share.
+
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, GpuContext, Layout};
+
+use super::{rel_l2, Rng};
+
+pub const TOL: f64 = 1e-5;
+
+pub fn compare(errors: &mut Vec<String>, what: &str, got: &[f32], want: &[f32]) {
+    let e = rel_l2(got, want.iter().map(|&v| v as f64));
+    if e.is_nan() || e > TOL {
+        errors.push(format!("{what}: relative L2 error {e:.3e} > {TOL:e}"));
+    }
+}
+
+/// dx where the three gradient paths nearly cancel (M = 2 makes x̂ = ±1 and dx ≈ 0): each
+/// path is about ‖gamma·invstd·dy‖ in size and carries f32 rounding of that size, so no f32
+/// computation (PyTorch's included) gets dx to 1e-5 of its own tiny norm. The error is then
+/// measured against 5% of the size of the paths, i.e. an absolute error of 5e-7 of them
+/// (a few ulps of the three summed terms); a wrong formula misses by the paths' own size.
+pub fn compare_dx(errors: &mut Vec<String>, what: &str, got: &[f32], want: &[f32], paths: f64) {
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm = want.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
+    let e = diff / norm.max(5e-2 * paths);
+    if e.is_nan() || e > TOL || got.len() != want.len() {
+        errors.push(format!("{what}: relative L2 error {e:.3e} > {TOL:e}"));
+    }
+}
+
+pub fn flat(a: &ArrayD<f32>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
+/// A GPU and a CPU layer with the same random parameters and running statistics.
+pub fn layers(
+    gpu: Arc<GpuContext>,
+    channels: usize,
+    config: &BatchNormConfig,
+    rng: &mut Rng,
+) -> [BatchNorm; 2] {
+    let gamma: Vec<f32> = (0..channels)
+        .map(|_| (0.5 + rng.uniform()) as f32)
+        .collect();
+    let beta = rng.normal_vec(channels, 0.0, 1.0);
+    let rm = rng.normal_vec(channels, 0.0, 1.0);
+    let rv: Vec<f32> = (0..channels)
+        .map(|_| (0.5 + 1.5 * rng.uniform()) as f32)
+        .collect();
+    [Device::Gpu(gpu), Device::Cpu].map(|device| {
+        let mut l = BatchNorm::new(config.clone(), device).unwrap();
+        l.set_gamma(&gamma).unwrap();
+        l.set_beta(&beta).unwrap();
+        l.set_running_mean(&rm).unwrap();
+        l.set_running_var(&rv).unwrap();
+        l
+    })
+}
+
+/// Runs training forward + backward, then eval forward + backward, on both layers and
+/// returns every comparison that failed.
+pub fn cross_check(
+    gpu: Arc<GpuContext>,
+    dims: &[usize],
+    layout: Layout,
+    seed: u64,
+    mean: f64,
+    std: f64,
+) -> Vec<String> {
+    let mut rng = Rng::new(seed);
+    let channels = match layout {
+        Layout::ChannelsFirst => dims[1],
+        Layout::ChannelsLast => dims[dims.len() - 1],
+    };
+    let x = rng.array(dims, mean, std);
+    let dy = rng.array(dims, 0.0, 1.0);
+    let two_pass = !Arc::ptr_eq(&gpu, &super::gpu());
+    let [mut g, mut c] = layers(gpu, channels, &BatchNormConfig::new(channels), &mut rng);
+    let mut errors = Vec::new();
+    let tag = format!(
+        "{dims:?} {layout:?}{}",
+        if two_pass { " two-pass" } else { "" }
+    );
+    for training in [true, false] {
+        g.set_training(training);
+        c.set_training(training);
+        let mode = if training { "train" } else { "eval" };
+        let (gf, cf) = (
+            g.forward(x.view(), layout).unwrap(),
+            c.forward(x.view(), layout).unwrap(),
+        );
+        compare(
+            &mut errors,
+            &format!("{tag} {mode} y"),
+            &flat(&gf.y),
+            &flat(&cf.y),
+        );
+        if let (Some(gs), Some(cs)) = (&gf.stats, &cf.stats) {
+            compare(&mut errors, &format!("{tag} mean"), &gs.mean, &cs.mean);
+            compare(&mut errors, &format!("{tag} var"), &gs.var, &cs.var);
+            compare(
+                &mut errors,
+                &format!("{tag} invstd"),
+                &gs.invstd,
+                &cs.invstd,
+            );
+        }
+        for (name, gv, cv) in [
+            ("running_mean", g.running_mean(), c.running_mean()),
+            ("running_var", g.running_var(), c.running_var()),
+        ] {
+            compare(
+                &mut errors,
+                &format!("{tag} {mode} {name}"),
+                &gv.unwrap(),
+                &cv.unwrap(),
+            );
+        }
+        let (gb, cb) = (
+            g.backward(x.view(), dy.view(), layout).unwrap(),
+            c.backward(x.view(), dy.view(), layout).unwrap(),
+        );
+        let invstd = match &cf.stats {
+            Some(s) => s.invstd.clone(),
+            None => c
+                .running_var()
+                .unwrap()
+                .iter()
+                .map(|v| 1.0 / (v + 1e-5).sqrt())
+                .collect(),
+        };
+        let gain = (c.gamma().unwrap().iter().zip(&invstd))
+            .map(|(g, i)| (g * i).abs() as f64)
+            .fold(0.0, f64::max);
+        let dy_norm = dy.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        compare_dx(
+            &mut errors,
+            &format!("{tag} {mode} dx"),
+            &flat(&gb.dx),
+            &flat(&cb.dx),
+            gain * dy_norm,
+        );
+        compare(
+            &mut errors,
+            &format!("{tag} {mode} dgamma"),
+            gb.dgamma.as_deref().unwrap(),
+            cb.dgamma.as_deref().unwrap(),
+        );
+        compare(
+            &mut errors,
+            &format!("{tag} {mode} dbeta"),
+            gb.dbeta.as_deref().unwrap(),
+            cb.dbeta.as_deref().unwrap(),
+        );
+    }
+    errors
+}

@@ -1,0 +1,118 @@
+//! Tensors past the device's limits: over one storage binding (run in chunks of rows), over
+//! 65535 workgroups in a line, and channels with more than 2^24 values. The tensors over
+//! 128 MiB are `#[ignore]`d (each takes a minute or so on lavapipe); `.ci/run` runs them.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::check::cross_check;
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout};
+
+use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
+
+/// A context on a device that binds at most `binding` bytes of storage at once, so that small
+/// tensors take the chunked path that large ones take on real limits.
+fn small_binding_context(binding: u64) -> Arc<GpuContext> {
+    common::set_runtime_dir();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
+        &instance, None,
+    ))
+    .expect("an adapter (install mesa-vulkan-drivers)");
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: binding,
+        ..wgpu::Limits::default()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .expect("a device with a small binding limit");
+    let ctx = GpuContext::from_device(device, queue).unwrap();
+    assert_eq!(ctx.limits().max_storage_buffer_binding_size, binding);
+    Arc::new(ctx)
+}
+
+fn check_all(ctx: Arc<GpuContext>, cases: &[(&[usize], Layout, f64, f64)]) {
+    let mut errors = Vec::new();
+    for (i, &(dims, layout, mean, std)) in cases.iter().enumerate() {
+        errors.extend(cross_check(
+            ctx.clone(),
+            dims,
+            layout,
+            300 + i as u64,
+            mean,
+            std,
+        ));
+    }
+    assert!(
+        errors.is_empty(),
+        "{} mismatches:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+}
+
+/// Every reduction and element-wise variant, cut into chunks of a 64 KiB binding.
+#[test]
+fn chunked_bindings_should_match_reference() {
+    let ctx = small_binding_context(64 << 10);
+    check_all(
+        ctx,
+        &[
+            (&[40, 8, 12, 12], CF, 0.5, 2.0), // vec4 inner, 4.5 KiB rows
+            (&[40, 12, 12, 8], CL, 0.5, 2.0), // vec4 channels
+            (&[300, 8, 7, 7], CF, 1e4, 1e-2), // grouped, large mean
+            (&[90, 3, 5, 11], CF, -1.0, 1.0), // scalar
+            (&[70, 5, 9, 3], CL, -1.0, 1.0),  // scalar, channels last
+            (&[20000, 3], CF, 2.0, 0.5),      // (N, C), many small rows
+        ],
+    );
+}
+
+/// A sample bigger than one binding cannot be cut into rows: refused, naming the limit.
+#[test]
+fn a_sample_over_one_binding_is_refused() {
+    let ctx = small_binding_context(64 << 10);
+    let mut bn = BatchNorm::new(BatchNormConfig::new(4), Device::Gpu(ctx)).unwrap();
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 64, 65]));
+    match bn.forward(x.view(), CF) {
+        Err(BnError::Limit { value, limit, .. }) => {
+            assert_eq!(value, 4 * 64 * 65 * 4);
+            assert_eq!(limit, 64 << 10);
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
+
+/// (N, C) with N·C > 65535·256: more workgroups than fit one dispatch dimension, were they
+/// laid out in a line; and M > 2^24 values in one channel, where an f32 count would stop
+/// counting.
+#[test]
+#[ignore = "tens of MB per tensor; run by .ci/run with --ignored"]
+fn past_the_dispatch_and_f32_count_limits_should_match_reference() {
+    check_all(
+        common::gpu(),
+        &[
+            (&[40000, 512], CF, 0.5, 2.0),
+            (&[(1 << 24) + 1001, 2], CF, 3.0, 1.5),
+        ],
+    );
+}
+
+/// 64×256×56×56 float32 is 822 MB: seven bindings' worth at lavapipe's 128 MiB.
+#[test]
+#[ignore = "822 MB tensors; run by .ci/run with --ignored"]
+fn resnet_sized_activation_over_the_binding_limit_should_match_reference() {
+    let ctx = common::gpu();
+    assert!(64 * 256 * 56 * 56 * 4 > ctx.limits().max_storage_buffer_binding_size);
+    check_all(
+        ctx,
+        &[
+            (&[64, 256, 56, 56], CF, 0.5, 2.0),
+            (&[64, 56, 56, 256], CL, 0.5, 2.0),
+        ],
+    );
+}
