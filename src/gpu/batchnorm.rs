@@ -112,11 +112,11 @@ impl GpuBatchNorm {
             plans: HashMap::new(),
         };
         let n = layer.config.num_features;
-        layer.write(&layer.gamma, &vec![1.0; n]);
-        layer.write(&layer.beta, &vec![0.0; n]);
-        layer.write(&layer.running_mean, &vec![0.0; n]);
-        layer.write(&layer.running_var, &vec![1.0; n]);
-        layer.write_counts(0);
+        layer.write(&layer.gamma, &vec![1.0; n])?;
+        layer.write(&layer.beta, &vec![0.0; n])?;
+        layer.write(&layer.running_mean, &vec![0.0; n])?;
+        layer.write(&layer.running_var, &vec![1.0; n])?;
+        layer.write_counts(0)?;
         Ok(layer)
     }
 
@@ -145,17 +145,23 @@ impl GpuBatchNorm {
         self.num_batches_tracked
     }
 
-    fn write(&self, buffer: &wgpu::Buffer, values: &[f32]) {
-        self.ctx
-            .queue
-            .write_buffer(buffer, 0, bytemuck::cast_slice(values));
+    fn write(&self, buffer: &wgpu::Buffer, values: &[f32]) -> Result<()> {
+        self.ctx.scoped("parameter upload", || {
+            self.ctx
+                .queue
+                .write_buffer(buffer, 0, bytemuck::cast_slice(values));
+            Ok(())
+        })
     }
 
-    fn write_counts(&self, count: u32) {
+    fn write_counts(&self, count: u32) -> Result<()> {
         let counts = vec![count; self.config.num_features];
-        self.ctx
-            .queue
-            .write_buffer(&self.batches_tracked, 0, bytemuck::cast_slice(&counts));
+        self.ctx.scoped("parameter upload", || {
+            self.ctx
+                .queue
+                .write_buffer(&self.batches_tracked, 0, bytemuck::cast_slice(&counts));
+            Ok(())
+        })
     }
 
     fn check_len(&self, name: &'static str, values: &[f32]) -> Result<()> {
@@ -171,32 +177,28 @@ impl GpuBatchNorm {
 
     pub fn set_gamma(&mut self, values: &[f32]) -> Result<()> {
         self.check_len("gamma", values)?;
-        self.write(&self.gamma, values);
-        Ok(())
+        self.write(&self.gamma, values)
     }
 
     pub fn set_beta(&mut self, values: &[f32]) -> Result<()> {
         self.check_len("beta", values)?;
-        self.write(&self.beta, values);
-        Ok(())
+        self.write(&self.beta, values)
     }
 
     pub fn set_running_mean(&mut self, values: &[f32]) -> Result<()> {
         self.check_len("running_mean", values)?;
-        self.write(&self.running_mean, values);
-        Ok(())
+        self.write(&self.running_mean, values)
     }
 
     pub fn set_running_var(&mut self, values: &[f32]) -> Result<()> {
         self.check_len("running_var", values)?;
-        self.write(&self.running_var, values);
-        Ok(())
+        self.write(&self.running_var, values)
     }
 
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         check_batch_count(count)?;
+        self.write_counts(count as u32)?;
         self.num_batches_tracked = count;
-        self.write_counts(count as u32);
         Ok(())
     }
 
@@ -236,10 +238,12 @@ impl GpuBatchNorm {
     /// Reads `width` f32 per channel from a per-channel buffer.
     fn read_channels(&self, buffer: &wgpu::Buffer, width: u64) -> Result<Vec<f32>> {
         let bytes = self.config.num_features as u64 * 4 * width;
-        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(buffer, 0, &self.channel_staging, 0, bytes);
-        self.ctx.submit(encoder, "read-back copy")?;
-        self.ctx.read_mapped(&self.channel_staging, bytes)
+        self.ctx.scoped("parameter read-back", || {
+            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, 0, &self.channel_staging, 0, bytes);
+            self.ctx.submit(encoder, "read-back copy")?;
+            self.ctx.read_mapped(&self.channel_staging, bytes)
+        })
     }
 
     fn plan(&mut self, shape: &Shape) -> Result<&mut Plan> {
@@ -345,6 +349,16 @@ impl GpuBatchNorm {
     /// Records the forward pass into `encoder`: batch statistics (and the running-statistics
     /// update) in training, running statistics in eval, then y. Nothing is submitted.
     pub fn forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+        y: &GpuTensor,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        ctx.scoped("forward", || self.record_forward(encoder, x, y))
+    }
+
+    fn record_forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         x: &GpuTensor,
@@ -475,6 +489,17 @@ impl GpuBatchNorm {
         dy: &GpuTensor,
         dx: &GpuTensor,
     ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        ctx.scoped("backward", || self.record_backward(encoder, x, dy, dx))
+    }
+
+    fn record_backward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+    ) -> Result<()> {
         self.check_tensors(&[("x", x), ("dy", dy)], dx)?;
         let saved = match &self.saved_for_backward {
             Some(s) if s.shape == x.shape => s.clone(),
@@ -571,6 +596,11 @@ impl GpuBatchNorm {
 
     /// Uploads `x`, runs forward, and reads back y and (when used) the batch statistics.
     pub fn forward_array(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
+        let ctx = self.ctx.clone();
+        ctx.scoped("forward", || self.run_forward(x, layout))
+    }
+
+    fn run_forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         let shape = Shape::new(x.shape(), layout)?;
         shape.expect_channels(self.config.num_features)?;
         self.io(&shape)?;
@@ -608,6 +638,16 @@ impl GpuBatchNorm {
     /// Uploads `x` and `dy`, runs backward with the statistics of the last forward, and reads
     /// back dx and (when affine) dgamma and dbeta.
     pub fn backward_array(
+        &mut self,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<BackwardOutput> {
+        let ctx = self.ctx.clone();
+        ctx.scoped("backward", || self.run_backward(x, dy, layout))
+    }
+
+    fn run_backward(
         &mut self,
         x: ArrayViewD<f32>,
         dy: ArrayViewD<f32>,

@@ -162,20 +162,32 @@ impl GpuContext {
         self.buffers_created.load(Ordering::Relaxed)
     }
 
-    /// Submits `encoder` and returns the first validation or out-of-memory error it raised.
-    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder, what: &str) -> Result<()> {
+    /// Runs `work` inside validation, internal and out-of-memory error scopes, and returns
+    /// the first error wgpu raised in them (naming `what`) instead of leaving it to wgpu's
+    /// panicking default handler.
+    pub(crate) fn scoped<T>(&self, what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue.submit([encoder.finish()]);
+        let result = work();
         let v = pollster::block_on(validation.pop());
+        let i = pollster::block_on(internal.pop());
         let o = pollster::block_on(oom.pop());
-        match v.or(o) {
+        match v.or(i).or(o) {
             Some(e) => Err(BnError::Wgpu {
                 kernel: what.to_string(),
                 message: e.to_string(),
             }),
-            None => Ok(()),
+            None => result,
         }
+    }
+
+    /// Submits `encoder`, returning the errors it raised.
+    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder, what: &str) -> Result<()> {
+        self.scoped(what, || {
+            self.queue.submit([encoder.finish()]);
+            Ok(())
+        })
     }
 
     /// Creates a buffer, turning allocation and validation failures into errors.
@@ -185,24 +197,15 @@ impl GpuContext {
         size: u64,
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer> {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.buffers_created.fetch_add(1, Ordering::Relaxed);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage,
-            mapped_at_creation: false,
-        });
-        let v = pollster::block_on(validation.pop());
-        let o = pollster::block_on(oom.pop());
-        match v.or(o) {
-            Some(e) => Err(BnError::Wgpu {
-                kernel: format!("buffer {label} ({size} bytes)"),
-                message: e.to_string(),
-            }),
-            None => Ok(buffer),
-        }
+        self.scoped(&format!("buffer {label} ({size} bytes)"), || {
+            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            }))
+        })
     }
 
     /// Maps the first `bytes` of a MAP_READ buffer and copies them out as f32.

@@ -1,0 +1,74 @@
+//! Non-finite inputs and a lost device: results or errors as documented, never a panic.
+
+mod common;
+
+use ndarray::{ArrayD, IxDyn};
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, GpuContext, Layout};
+
+/// A NaN or an infinity in one channel makes that channel's y and statistics non-finite, as
+/// in PyTorch, and leaves the other channels exactly as they would be.
+#[test]
+fn non_finite_values_stay_in_their_channel() {
+    let devices = [("gpu", Device::Gpu(common::gpu())), ("cpu", Device::Cpu)];
+    for (name, device) in devices {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut rng = common::Rng::new(9);
+            let mut x = rng.array(&[4, 3, 5], 0.0, 1.0);
+            x[[2, 1, 3]] = bad;
+            let mut clean = x.clone();
+            clean[[2, 1, 3]] = 0.0;
+            let mut bn = BatchNorm::new(BatchNormConfig::new(3), device.clone()).unwrap();
+            let mut reference = BatchNorm::new(BatchNormConfig::new(3), Device::Cpu).unwrap();
+            let out = bn.forward(x.view(), Layout::ChannelsFirst).unwrap();
+            let want = reference
+                .forward(clean.view(), Layout::ChannelsFirst)
+                .unwrap();
+            for ((idx, &y), &w) in out.y.indexed_iter().zip(want.y.iter()) {
+                if idx[1] == 1 {
+                    assert!(y.is_nan(), "{name} {bad}: y{idx:?} = {y}");
+                } else {
+                    assert!(
+                        (y - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{name} {bad}: y{idx:?}"
+                    );
+                }
+            }
+            let stats = out.stats.unwrap();
+            assert!(
+                stats.var[1].is_nan() && !stats.mean[1].is_finite(),
+                "{name} {bad}"
+            );
+            assert!(
+                stats.var[0].is_finite() && stats.var[2].is_finite(),
+                "{name} {bad}"
+            );
+            let running_var = bn.running_var().unwrap();
+            assert!(
+                running_var[1].is_nan() && running_var[0].is_finite(),
+                "{name} {bad}"
+            );
+            let dy = ArrayD::from_elem(IxDyn(&[4, 3, 5]), 1.0f32);
+            let grads = bn
+                .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+                .unwrap();
+            assert!(grads.dgamma.unwrap()[1].is_nan(), "{name} {bad}");
+        }
+    }
+}
+
+/// After the device is destroyed, every call returns an error.
+#[test]
+fn a_lost_device_gives_errors_not_panics() {
+    common::set_runtime_dir();
+    let ctx = GpuContext::new().unwrap();
+    let mut bn = BatchNorm::new(BatchNormConfig::new(2), Device::Gpu(ctx.clone())).unwrap();
+    let x = ArrayD::from_shape_vec(IxDyn(&[3, 2]), vec![1., 2., 3., 4., 5., 7.]).unwrap();
+    bn.forward(x.view(), Layout::ChannelsFirst).unwrap();
+    ctx.device().destroy();
+    assert!(bn.forward(x.view(), Layout::ChannelsFirst).is_err());
+    assert!(bn
+        .backward(x.view(), x.view(), Layout::ChannelsFirst)
+        .is_err());
+    assert!(bn.running_mean().is_err());
+    assert!(BatchNorm::new(BatchNormConfig::new(2), Device::Gpu(ctx)).is_err());
+}
