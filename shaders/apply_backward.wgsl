@@ -1,30 +1,7 @@
 // Backward, element-wise: dx = k1·dy + k2·(x − center) + k0, with per-channel
 // (center, k1, k2, k0) from grad_finalize. Same matrix view as apply_forward.
 
-struct Params {
-    channels: u32,
-    inner: u32,
-    outer: u32,
-    count: u32,
-    splits: u32,
-    rows_per_split: u32,
-    tile_c: u32,
-    tile_i: u32,
-    tile_o: u32,
-    apply_width: u32,
-    apply_rows: u32,
-    apply_rows_per_group: u32,
-    total: u32,
-    flags: u32,
-    eps: f32,
-    momentum: f32,
-    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
-    split_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
+// Params is in shaders/common/params.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;

@@ -2,30 +2,7 @@
 // (center, scale, shift) fold as stats_finalize, so eval forward reuses apply_forward, and the
 // same saved layout, so eval backward reuses grad_reduce.
 
-struct Params {
-    channels: u32,
-    inner: u32,
-    outer: u32,
-    count: u32,
-    splits: u32,
-    rows_per_split: u32,
-    tile_c: u32,
-    tile_i: u32,
-    tile_o: u32,
-    apply_width: u32,
-    apply_rows: u32,
-    apply_rows_per_group: u32,
-    total: u32,
-    flags: u32,
-    eps: f32,
-    momentum: f32,
-    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
-    split_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
+// Params is in shaders/common/params.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> running_mean: array<f32>;
 @group(0) @binding(2) var<storage, read> running_var: array<f32>;

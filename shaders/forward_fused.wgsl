@@ -2,30 +2,6 @@
 // forward_fused_vec4 for shapes whose contiguous axis does not divide by four (7x7 planes,
 // say). See forward_fused_vec4 for how it works.
 
-struct Params {
-    channels: u32,
-    inner: u32,
-    outer: u32,
-    count: u32,
-    splits: u32,
-    rows_per_split: u32,
-    tile_c: u32,
-    tile_i: u32,
-    tile_o: u32,
-    apply_width: u32,
-    apply_rows: u32,
-    apply_rows_per_group: u32,
-    total: u32,
-    flags: u32,
-    eps: f32,
-    momentum: f32,
-    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
-    split_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 struct StatsPartial {
     count: u32,
     mean: f32,
@@ -37,6 +13,7 @@ const WG: u32 = 256u;
 // Values a lane keeps; the host picks this path only when a lane needs no more.
 const CAPACITY: u32 = 64u;
 
+// Params is in shaders/common/params.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;

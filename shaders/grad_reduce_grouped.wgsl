@@ -3,30 +3,6 @@
 // four channels, so each component's channel is fixed; lanes are summed over rows only, then
 // four lanes per group add up, each for one channel, the components that belong to it.
 
-struct Params {
-    channels: u32,
-    inner: u32,
-    outer: u32,
-    count: u32,
-    splits: u32,
-    rows_per_split: u32,
-    tile_c: u32,
-    tile_i: u32,
-    tile_o: u32,
-    apply_width: u32,
-    apply_rows: u32,
-    apply_rows_per_group: u32,
-    total: u32,
-    flags: u32,
-    eps: f32,
-    momentum: f32,
-    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
-    split_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 struct GradPartial {
     sum_dy: f32,
     sum_dy_xmu: f32,
@@ -34,6 +10,7 @@ struct GradPartial {
 
 const WG: u32 = 256u;
 
+// Params is in shaders/common/params.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;

@@ -12,30 +12,6 @@
 
 override CHANNELS_IN_VEC4: bool = false;
 
-struct Params {
-    channels: u32,
-    inner: u32,
-    outer: u32,
-    count: u32,
-    splits: u32,
-    rows_per_split: u32,
-    tile_c: u32,
-    tile_i: u32,
-    tile_o: u32,
-    apply_width: u32,
-    apply_rows: u32,
-    apply_rows_per_group: u32,
-    total: u32,
-    flags: u32,
-    eps: f32,
-    momentum: f32,
-    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
-    split_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 struct StatsPartial {
     count: u32,
     mean: f32,
@@ -45,6 +21,7 @@ struct StatsPartial {
 
 const WG: u32 = 256u;
 
+// Params is in shaders/common/params.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;

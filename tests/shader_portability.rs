@@ -143,6 +143,9 @@ fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// What the host prepends to every shader (see `shader!` in src/gpu/kernels.rs).
+const PRELUDE: &str = include_str!("../shaders/common/params.wgsl");
+
 fn shader_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders")
 }
@@ -186,6 +189,8 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
                 continue;
             }
         };
+        // As the host builds it: the shared Params first.
+        let source = format!("{PRELUDE}{source}");
         match check_wgsl(&name, &source) {
             Ok(entry_points) => {
                 eprintln!("ok   {name}: {}", entry_points.join(", "));

@@ -98,12 +98,15 @@ impl Kernel {
     }
 }
 
-/// Reads `shaders/<name>.wgsl` into the binary.
+/// Reads `shaders/<name>.wgsl` into the binary, after the `Params` every kernel shares.
 macro_rules! shader {
     ($name:literal) => {
         (
             $name,
-            include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            concat!(
+                include_str!("../../shaders/common/params.wgsl"),
+                include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            ),
         )
     };
 }
@@ -204,7 +207,8 @@ impl Kernels {
     }
 }
 
-/// The uniform every kernel reads; field order and types match `struct Params` in the shaders.
+/// The uniform every kernel reads; field order and types match `struct Params` in
+/// `shaders/common/params.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub(crate) struct Params {

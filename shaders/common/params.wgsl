@@ -1,0 +1,30 @@
+// The uniform every kernel reads, prepended to each shader by the host (and by the
+// portability test), so that it is written once here and once in src/gpu/kernels.rs.
+//
+// The tensor is viewed as [outer][channels][inner]; tile_* lay a reduction's lanes out over
+// channel units, inner units and rows; apply_* cut the element-wise kernels' matrix view;
+// total counts the elements of this chunk; count, the values of one channel in the tensor.
+
+struct Params {
+    channels: u32,
+    inner: u32,
+    outer: u32,
+    count: u32,
+    splits: u32,
+    rows_per_split: u32,
+    tile_c: u32,
+    tile_i: u32,
+    tile_o: u32,
+    apply_width: u32,
+    apply_rows: u32,
+    apply_rows_per_group: u32,
+    total: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    split_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
