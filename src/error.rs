@@ -40,6 +40,16 @@ pub enum BnError {
         reason: &'static str,
     },
 
+    #[error("{name} cannot be set: the layer is not affine (it has no gamma or beta)")]
+    NotAffine { name: &'static str },
+
+    #[error("{what} differs from the CPU reference by {error:.2e} (tolerance {tolerance:e})")]
+    Verification {
+        what: String,
+        error: f64,
+        tolerance: f64,
+    },
+
     #[error("expected more than 1 value per channel when training, got input shape {shape:?}")]
     SingleValuePerChannel { shape: Vec<usize> },
 

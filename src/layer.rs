@@ -248,7 +248,9 @@ impl BatchNorm {
         }
     }
 
-    /// Gradients for `dy`, through the statistics saved by the last forward of this shape.
+    /// Gradients for `dy`, through the statistics saved by the most recent forward, which
+    /// must have had this shape: call it after the forward it differentiates, as autograd
+    /// does, before the next forward of the layer.
     pub fn backward(
         &mut self,
         x: ArrayViewD<f32>,
@@ -294,6 +296,10 @@ macro_rules! channel_vectors {
                 pub fn $set(&mut self, values: &[f32]) -> Result<()> {
                     match &mut self.engine {
                         Engine::Cpu(l) => {
+                            let parameter = matches!(stringify!($get), "gamma" | "beta");
+                            if parameter && !l.config.affine {
+                                return Err(BnError::NotAffine { name: stringify!($get) });
+                            }
                             if values.len() != l.config.num_features {
                                 return Err(BnError::Length {
                                     name: stringify!($get),

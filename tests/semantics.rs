@@ -292,3 +292,22 @@ fn batch_counter_stays_within_its_u32_range_on_both_devices() {
         assert_eq!(bn.num_batches_tracked(), u32::MAX as u64, "{name}");
     }
 }
+
+#[test]
+fn a_layer_without_affine_has_no_gamma_or_beta_to_set() {
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(2);
+        config.affine = false;
+        let mut bn = BatchNorm::new(config, device).unwrap();
+        assert!(
+            matches!(bn.set_gamma(&[2.0, 2.0]), Err(BnError::NotAffine { .. })),
+            "{name}"
+        );
+        assert!(
+            matches!(bn.set_beta(&[1.0, 1.0]), Err(BnError::NotAffine { .. })),
+            "{name}"
+        );
+        // Running statistics are no parameters: still settable.
+        bn.set_running_mean(&[1.0, 1.0]).unwrap();
+    }
+}

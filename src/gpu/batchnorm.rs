@@ -164,6 +164,13 @@ impl GpuBatchNorm {
         })
     }
 
+    fn check_affine(&self, name: &'static str) -> Result<()> {
+        if !self.config.affine {
+            return Err(BnError::NotAffine { name });
+        }
+        Ok(())
+    }
+
     fn check_len(&self, name: &'static str, values: &[f32]) -> Result<()> {
         if values.len() != self.config.num_features {
             return Err(BnError::Length {
@@ -176,11 +183,13 @@ impl GpuBatchNorm {
     }
 
     pub fn set_gamma(&mut self, values: &[f32]) -> Result<()> {
+        self.check_affine("gamma")?;
         self.check_len("gamma", values)?;
         self.write(&self.gamma, values)
     }
 
     pub fn set_beta(&mut self, values: &[f32]) -> Result<()> {
+        self.check_affine("beta")?;
         self.check_len("beta", values)?;
         self.write(&self.beta, values)
     }
@@ -355,15 +364,21 @@ impl GpuBatchNorm {
         y: &GpuTensor,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
-        ctx.scoped("forward", || self.record_forward(encoder, x, y))
+        // The layer's own state moves on only once wgpu has accepted everything recorded.
+        let (batches, saved) = ctx.scoped("forward", || self.record_forward(encoder, x, y))?;
+        self.num_batches_tracked = batches;
+        self.saved_for_backward = Some(saved);
+        Ok(())
     }
 
+    /// Records the forward and returns the layer's state after it: num_batches_tracked, and
+    /// what backward will need.
     fn record_forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         x: &GpuTensor,
         y: &GpuTensor,
-    ) -> Result<()> {
+    ) -> Result<(u64, Saved)> {
         self.check_tensors(&[("x", x)], y)?;
         let batch_stats = self.uses_batch_stats();
         if batch_stats && x.shape.per_channel() < 2 {
@@ -472,12 +487,11 @@ impl GpuBatchNorm {
             }
         }
         drop(pass);
-        self.num_batches_tracked = batches_after;
-        self.saved_for_backward = Some(Saved {
+        let saved = Saved {
             shape: x.shape.clone(),
             training,
-        });
-        Ok(())
+        };
+        Ok((batches_after, saved))
     }
 
     /// Records the backward pass into `encoder`, with the statistics saved by the last

@@ -10,6 +10,8 @@ use crate::shape::Shape;
 pub(crate) const WORKGROUP: u32 = 256;
 /// Invocations per workgroup of the per-channel finalize kernels.
 pub(crate) const FINALIZE_WORKGROUP: u32 = 64;
+/// The largest binding the kernels use, whatever the adapter allows.
+pub(crate) const MAX_BINDING_BYTES: u64 = 1 << 31;
 /// Bytes of one partial record (StatsPartial is 16, GradPartial 8).
 pub(crate) const PARTIAL_BYTES: u64 = 16;
 
@@ -337,6 +339,9 @@ impl Fused {
     }
 }
 
+// shaders/common/params.wgsl declares 20 four-byte fields.
+const _: () = assert!(std::mem::size_of::<Params>() == 80);
+
 /// How one shape is cut into workgroups, for every kernel of a pass.
 #[derive(Clone, Debug)]
 pub(crate) struct Geometry {
@@ -403,7 +408,12 @@ impl Geometry {
         )?;
         // Rows per chunk: as many as one binding holds, starting at aligned offsets.
         let row_bytes = (channels * inner * 4) as u64;
-        let max_binding = limits.max_storage_buffer_binding_size;
+        // At most 2 GiB per binding, whatever the adapter allows (Metal reports its whole
+        // buffer length): element indices in the shaders are u32, and a lane then counts at
+        // most 2^21 values of a split, well inside what its f32 Welford count holds exactly.
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(MAX_BINDING_BYTES);
         limit(
             "bytes of one sample (channels x spatial values) in one storage binding",
             row_bytes,

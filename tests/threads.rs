@@ -1,0 +1,200 @@
+//! Thread safety: the public types are Send + Sync, and layers on one shared `GpuContext`
+//! driven from several threads at once compute exactly what one thread computes alone.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use ndarray::ArrayD;
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, Layout};
+
+fn assert_send_sync<T: Send + Sync>() {}
+
+/// A compile-time check: this test does not build if any of the three types loses Send or
+/// Sync.
+#[test]
+fn public_types_are_send_and_sync() {
+    assert_send_sync::<GpuContext>();
+    assert_send_sync::<Arc<GpuContext>>();
+    assert_send_sync::<GpuBatchNorm>();
+    assert_send_sync::<BatchNorm>();
+}
+
+const THREADS: usize = 4;
+const STEPS: usize = 20;
+
+/// Everything one step produced, as raw f32 so it can be compared bit for bit.
+#[derive(Debug, PartialEq)]
+struct StepResult {
+    y: Vec<u32>,
+    stats: Option<[Vec<u32>; 3]>,
+    dx: Vec<u32>,
+    dgamma: Option<Vec<u32>>,
+    dbeta: Option<Vec<u32>>,
+}
+
+#[derive(Debug, PartialEq)]
+struct Run {
+    steps: Vec<StepResult>,
+    running_mean: Vec<u32>,
+    running_var: Vec<u32>,
+    num_batches_tracked: u64,
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn array_bits(a: &ArrayD<f32>) -> Vec<u32> {
+    a.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Worker `id`'s shape and layout: a different channel count and layout per worker, so the
+/// workers also run different pipelines' geometries side by side.
+fn geometry(id: usize) -> (Vec<usize>, Layout, usize) {
+    let c = 3 + id;
+    if id.is_multiple_of(2) {
+        (vec![4, c, 5, 7], Layout::ChannelsFirst, c)
+    } else {
+        (vec![4, 5, 7, c], Layout::ChannelsLast, c)
+    }
+}
+
+fn new_layer(id: usize, ctx: &Arc<GpuContext>) -> BatchNorm {
+    let (_, _, c) = geometry(id);
+    let mut config = BatchNormConfig::new(c);
+    if id == 3 {
+        config.momentum = None;
+    }
+    let mut layer = BatchNorm::new(config, Device::Gpu(ctx.clone())).unwrap();
+    let mut rng = common::Rng::new(1000 + id as u64);
+    layer.set_gamma(&rng.normal_vec(c, 1.0, 0.3)).unwrap();
+    layer.set_beta(&rng.normal_vec(c, 0.0, 1.0)).unwrap();
+    layer
+}
+
+/// Worker `id`'s 20 steps: training forward + backward with its own seeded inputs, an eval
+/// step every fifth step, the running statistics read back along the way.
+fn run_worker(id: usize, mut layer: BatchNorm, start: Option<&Barrier>) -> Run {
+    let (dims, layout, _) = geometry(id);
+    let mut rng = common::Rng::new(id as u64);
+    if let Some(barrier) = start {
+        barrier.wait();
+    }
+    let mut steps = Vec::new();
+    for step in 0..STEPS {
+        layer.set_training(step % 5 != 4);
+        let x = rng.array(&dims, id as f64 - 1.0, 1.0 + id as f64);
+        let dy = rng.array(&dims, 0.0, 1.0);
+        let f = layer.forward(x.view(), layout).unwrap();
+        let b = layer.backward(x.view(), dy.view(), layout).unwrap();
+        if step % 7 == 3 {
+            // Read-backs (map + poll) interleaved with other threads' submissions.
+            layer.running_mean().unwrap();
+            layer.gamma().unwrap();
+        }
+        steps.push(StepResult {
+            y: array_bits(&f.y),
+            stats: f
+                .stats
+                .map(|s| [bits(&s.mean), bits(&s.var), bits(&s.invstd)]),
+            dx: array_bits(&b.dx),
+            dgamma: b.dgamma.as_deref().map(bits),
+            dbeta: b.dbeta.as_deref().map(bits),
+        });
+    }
+    Run {
+        steps,
+        running_mean: bits(&layer.running_mean().unwrap()),
+        running_var: bits(&layer.running_var().unwrap()),
+        num_batches_tracked: layer.num_batches_tracked(),
+    }
+}
+
+#[test]
+fn four_threads_on_one_context_match_one_thread() {
+    let ctx = common::gpu();
+
+    // Layers are made here and moved into the threads (Send), the context shared (Sync).
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|id| {
+            let layer = new_layer(id, &ctx);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || run_worker(id, layer, Some(&barrier)))
+        })
+        .collect();
+    let parallel: Vec<Run> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+    // The same work, one worker after another on this thread.
+    let sequential: Vec<Run> = (0..THREADS)
+        .map(|id| run_worker(id, new_layer(id, &ctx), None))
+        .collect();
+
+    for (id, (p, s)) in parallel.iter().zip(&sequential).enumerate() {
+        assert_eq!(
+            p.num_batches_tracked,
+            (STEPS - STEPS / 5) as u64,
+            "worker {id}"
+        );
+        assert_eq!(p.num_batches_tracked, s.num_batches_tracked, "worker {id}");
+        assert_eq!(p.running_mean, s.running_mean, "worker {id}: running_mean");
+        assert_eq!(p.running_var, s.running_var, "worker {id}: running_var");
+        for (step, (ps, ss)) in p.steps.iter().zip(&s.steps).enumerate() {
+            assert!(
+                ps == ss,
+                "worker {id} step {step}: results differ from one thread's"
+            );
+        }
+        assert_eq!(p.steps.len(), STEPS);
+    }
+    // The workers really did different work (so equal results are not trivially equal).
+    assert_ne!(parallel[0].steps[0].y, parallel[2].steps[0].y);
+}
+
+/// One layer used from several threads in turn, behind a mutex (Send + Sync of `BatchNorm`
+/// put to use), gives what it gives on one thread.
+#[test]
+fn a_layer_behind_a_mutex_is_usable_from_any_thread() {
+    let ctx = common::gpu();
+    let dims = [6usize, 3, 4, 4];
+    let mut rng = common::Rng::new(77);
+    let inputs: Vec<_> = (0..8)
+        .map(|_| (rng.array(&dims, 0.5, 2.0), rng.array(&dims, 0.0, 1.0)))
+        .collect();
+    let inputs = Arc::new(inputs);
+
+    let shared = Arc::new(std::sync::Mutex::new(
+        BatchNorm::new(BatchNormConfig::new(3), Device::Gpu(ctx.clone())).unwrap(),
+    ));
+    for i in 0..inputs.len() {
+        let (shared, inputs) = (shared.clone(), inputs.clone());
+        std::thread::spawn(move || {
+            let (x, dy) = &inputs[i];
+            let mut l = shared.lock().unwrap();
+            l.forward(x.view(), Layout::ChannelsFirst).unwrap();
+            l.backward(x.view(), dy.view(), Layout::ChannelsFirst)
+                .unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    let mut alone = BatchNorm::new(BatchNormConfig::new(3), Device::Gpu(ctx)).unwrap();
+    for (x, dy) in inputs.iter() {
+        alone.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        alone
+            .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+            .unwrap();
+    }
+    let l = shared.lock().unwrap();
+    assert_eq!(l.num_batches_tracked(), 8);
+    assert_eq!(
+        bits(&l.running_mean().unwrap()),
+        bits(&alone.running_mean().unwrap())
+    );
+    assert_eq!(
+        bits(&l.running_var().unwrap()),
+        bits(&alone.running_var().unwrap())
+    );
+}
