@@ -160,7 +160,9 @@ fn records_into_the_callers_encoder_on_the_callers_buffers() {
 
 #[test]
 fn steady_state_creates_no_buffers() {
-    let ctx = common::gpu();
+    // A context of its own: other tests in this binary make buffers on the shared one.
+    common::set_runtime_dir();
+    let ctx = GpuContext::new().unwrap();
     let mut rng = Rng::new(5);
     let x = rng.array(&[8, 4, 6, 6], 0.0, 1.0);
     let mut bn = BatchNorm::new(BatchNormConfig::new(4), Device::Gpu(ctx.clone())).unwrap();
@@ -180,4 +182,35 @@ fn steady_state_creates_no_buffers() {
     let x2 = rng.array(&[2, 4, 6, 6], 0.0, 1.0);
     bn.forward(x2.view(), Layout::ChannelsFirst).unwrap();
     assert!(ctx.buffers_created() > before);
+}
+
+/// More shapes than a layer keeps plans for: the least recent are dropped and made again,
+/// and results stay right.
+#[test]
+fn many_shapes_evict_and_remake_plans() {
+    let ctx = common::gpu();
+    let mut gpu = BatchNorm::new(BatchNormConfig::new(3), Device::Gpu(ctx.clone())).unwrap();
+    let mut cpu = BatchNorm::new(BatchNormConfig::new(3), Device::Cpu).unwrap();
+    let mut rng = Rng::new(11);
+    let before = ctx.buffers_created();
+    for round in 0..2 {
+        for n in 2..14 {
+            let x = rng.array(&[n, 3, 5], 0.0, 1.0);
+            let g = gpu.forward(x.view(), Layout::ChannelsFirst).unwrap();
+            let c = cpu.forward(x.view(), Layout::ChannelsFirst).unwrap();
+            let e = rel_l2(g.y.iter(), c.y.iter().map(|&v| v as f64));
+            assert!(e <= 1e-5, "round {round}, N = {n}: {e}");
+            let dy = rng.array(&[n, 3, 5], 0.0, 1.0);
+            let gb = gpu
+                .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+                .unwrap();
+            let cb = cpu
+                .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+                .unwrap();
+            let e = rel_l2(gb.dx.iter(), cb.dx.iter().map(|&v| v as f64));
+            assert!(e <= 1e-5, "round {round}, N = {n}: dx {e}");
+        }
+    }
+    // Twelve shapes twice: plans (and their buffers) were made again after eviction.
+    assert!(ctx.buffers_created() - before > 12 * 7);
 }

@@ -33,7 +33,13 @@ struct Plan {
     partials: wgpu::Buffer,
     /// Buffers for the ndarray path, made on its first use.
     io: Option<IoBuffers>,
+    /// When the layer last used this plan, for evicting the least recent.
+    last_used: u64,
 }
+
+/// Plans a layer keeps: a training loop meets a few shapes (the last batch is often smaller),
+/// not an unbounded number, and each plan holds buffers.
+const MAX_PLANS: usize = 8;
 
 /// One Params per chunk of a shape, `stride` bytes apart.
 struct Uniforms {
@@ -86,6 +92,8 @@ pub struct GpuBatchNorm {
     channel_staging: wgpu::Buffer,
     saved_for_backward: Option<Saved>,
     plans: HashMap<Shape, Plan>,
+    /// Counts plan lookups, to order plans by recent use.
+    uses: u64,
 }
 
 impl GpuBatchNorm {
@@ -110,6 +118,7 @@ impl GpuBatchNorm {
             num_batches_tracked: 0,
             saved_for_backward: None,
             plans: HashMap::new(),
+            uses: 0,
         };
         let n = layer.config.num_features;
         layer.write(&layer.gamma, &vec![1.0; n])?;
@@ -256,7 +265,9 @@ impl GpuBatchNorm {
     }
 
     fn plan(&mut self, shape: &Shape) -> Result<&mut Plan> {
+        self.uses += 1;
         if !self.plans.contains_key(shape) {
+            self.evict_a_plan_if_full();
             let geometry = Geometry::new(shape, self.ctx.limits(), self.ctx.tuning())?;
             let biased = match self.config.running_var {
                 RunningVar::Biased => BIASED_RUNNING_VAR,
@@ -313,10 +324,30 @@ impl GpuBatchNorm {
                 )?,
                 geometry,
                 io: None,
+                last_used: 0,
             };
             self.plans.insert(shape.clone(), plan);
         }
-        Ok(self.plans.get_mut(shape).expect("inserted above"))
+        let plan = self.plans.get_mut(shape).expect("inserted above");
+        plan.last_used = self.uses;
+        Ok(plan)
+    }
+
+    /// Drops the least recently used plan, but never the one backward still needs.
+    fn evict_a_plan_if_full(&mut self) {
+        if self.plans.len() < MAX_PLANS {
+            return;
+        }
+        let keep = self.saved_for_backward.as_ref().map(|s| &s.shape);
+        let oldest = self
+            .plans
+            .iter()
+            .filter(|(shape, _)| Some(*shape) != keep)
+            .min_by_key(|(_, plan)| plan.last_used)
+            .map(|(shape, _)| shape.clone());
+        if let Some(shape) = oldest {
+            self.plans.remove(&shape);
+        }
     }
 
     /// Checks that the tensors share one shape with num_features channels, sit at bindable
