@@ -53,18 +53,36 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let row_stride = units_c * units_i;
         let o_begin = split * p.rows_per_split;
         let o_end = min(o_begin + p.rows_per_split, p.outer);
+        // Two loads per step, added as a pair: half the serial chain of the sums (see
+        // stats_reduce_vec4).
         if CHANNELS_IN_VEC4 {
-            // One load per row: no inner loop to pay for.
-            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
-                let at = o * row_stride + u;
+            let t = p.tile_o * row_stride;
+            var at = (o_begin + lane_o) * row_stride + u;
+            let end = o_end * row_stride;
+            for (; at + t < end; at += 2u * t) {
+                let g0 = dy[at];
+                let g1 = dy[at + t];
+                sum_dy += g0 + g1;
+                sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
+            }
+            if at < end {
                 let g = dy[at];
                 sum_dy += g;
                 sum_dy_xmu += g * ((x[at] - center) - offset);
             }
         } else {
+            let t = p.tile_i;
             for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
                 let base = o * row_stride + u * units_i;
-                for (var i = lane_i; i < units_i; i += p.tile_i) {
+                var i = lane_i;
+                for (; i + t < units_i; i += 2u * t) {
+                    let at = base + i;
+                    let g0 = dy[at];
+                    let g1 = dy[at + t];
+                    sum_dy += g0 + g1;
+                    sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
+                }
+                if i < units_i {
                     let g = dy[base + i];
                     sum_dy += g;
                     sum_dy_xmu += g * ((x[base + i] - center) - offset);

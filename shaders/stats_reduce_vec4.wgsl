@@ -44,6 +44,29 @@ fn merge_into(a: u32, b: u32) {
     wg_count[a] = n;
 }
 
+// A lane's running state: count, shifted mean and M2 for each of four components.
+struct Welford {
+    n: f32,
+    mean: vec4<f32>,
+    m2: vec4<f32>,
+}
+
+fn add_one(w: Welford, d: vec4<f32>) -> Welford {
+    let n = w.n + 1.0;
+    let delta = d - w.mean;
+    let mean = w.mean + delta * (1.0 / n);
+    return Welford(n, mean, w.m2 + delta * (d - mean));
+}
+
+// Chan's merge of the pair (count 2, mean (a + b) / 2, M2 (a - b)² / 2) into w.
+fn add_pair(w: Welford, a: vec4<f32>, b: vec4<f32>) -> Welford {
+    let n = w.n + 2.0;
+    let half_gap = (a - b) * 0.5;
+    let delta = (a + b) * 0.5 - w.mean;
+    let share = 2.0 / n;
+    return Welford(n, w.mean + delta * share, w.m2 + 2.0 * half_gap * half_gap + delta * delta * (w.n * share));
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     // Units: what one lane loads at a time, along channels and along inner.
@@ -62,9 +85,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
     let u = wid.y * p.tile_c + lane_c;
 
-    var n = 0.0;
-    var mean = vec4<f32>(0.0);
-    var m2 = vec4<f32>(0.0);
+    var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
     var shift = vec4<f32>(0.0);
     if u < units_c {
         shift = x[u * units_i];
@@ -74,28 +95,32 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let row_stride = units_c * units_i;
         let o_begin = split * p.rows_per_split;
         let o_end = min(o_begin + p.rows_per_split, p.outer);
+        // Two loads per step, merged as a pair: half the serial chain of one-at-a-time
+        // Welford, which a CPU rasterizer runs lane group by lane group without overlap.
         if CHANNELS_IN_VEC4 {
-            // One load per row: no inner loop to pay for.
-            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
-                let d = x[o * row_stride + u] - shift;
-                n += 1.0;
-                let delta = d - mean;
-                mean += delta * (1.0 / n);
-                m2 += delta * (d - mean);
+            var o = o_begin + lane_o;
+            for (; o + p.tile_o < o_end; o += 2u * p.tile_o) {
+                w = add_pair(w, x[o * row_stride + u] - shift, x[(o + p.tile_o) * row_stride + u] - shift);
+            }
+            if o < o_end {
+                w = add_one(w, x[o * row_stride + u] - shift);
             }
         } else {
             for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
                 let base = o * row_stride + u * units_i;
-                for (var i = lane_i; i < units_i; i += p.tile_i) {
-                    let d = x[base + i] - shift;
-                    n += 1.0;
-                    let delta = d - mean;
-                    mean += delta * (1.0 / n);
-                    m2 += delta * (d - mean);
+                var i = lane_i;
+                for (; i + p.tile_i < units_i; i += 2u * p.tile_i) {
+                    w = add_pair(w, x[base + i] - shift, x[base + i + p.tile_i] - shift);
+                }
+                if i < units_i {
+                    w = add_one(w, x[base + i] - shift);
                 }
             }
         }
     }
+    let n = w.n;
+    let mean = w.mean;
+    let m2 = w.m2;
     wg_count[slot] = u32(n);
     wg_mean[slot] = mean;
     wg_m2[slot] = m2;
