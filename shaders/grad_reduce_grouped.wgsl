@@ -45,8 +45,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let row_stride = groups * units_i;
         let o_begin = split * p.rows_per_split;
         let o_end = min(o_begin + p.rows_per_split, p.outer);
-        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
-            let at = o * row_stride + g * units_i + lane_i;
+        // Two rows per step, as in grad_reduce_vec4.
+        let t = p.tile_o * row_stride;
+        var at = (o_begin + lane_o) * row_stride + g * units_i + lane_i;
+        let end = o_end * row_stride;
+        for (; at + t < end; at += 2u * t) {
+            let g0 = dy[at];
+            let g1 = dy[at + t];
+            sum_dy += g0 + g1;
+            sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
+        }
+        if at < end {
             let gy = dy[at];
             sum_dy += gy;
             sum_dy_xmu += gy * ((x[at] - center) - offset);

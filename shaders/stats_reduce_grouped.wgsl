@@ -43,6 +43,29 @@ fn value(index: u32) -> f32 {
     return x[index / 4u][index % 4u];
 }
 
+// A lane's running state: count, shifted mean and M2 for each of four components.
+struct Welford {
+    n: f32,
+    mean: vec4<f32>,
+    m2: vec4<f32>,
+}
+
+fn add_one(w: Welford, d: vec4<f32>) -> Welford {
+    let n = w.n + 1.0;
+    let delta = d - w.mean;
+    let mean = w.mean + delta * (1.0 / n);
+    return Welford(n, mean, w.m2 + delta * (d - mean));
+}
+
+// Chan's merge of the pair (count 2, mean (a + b) / 2, M2 (a - b)² / 2) into w.
+fn add_pair(w: Welford, a: vec4<f32>, b: vec4<f32>) -> Welford {
+    let n = w.n + 2.0;
+    let half_gap = (a - b) * 0.5;
+    let delta = (a + b) * 0.5 - w.mean;
+    let share = 2.0 / n;
+    return Welford(n, w.mean + delta * share, w.m2 + 2.0 * half_gap * half_gap + delta * delta * (w.n * share));
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let groups = p.channels / 4u;
@@ -54,9 +77,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
     let g = wid.y * p.tile_c + lane_c;
 
-    var n = 0.0;
-    var mean = vec4<f32>(0.0);
-    var m2 = vec4<f32>(0.0);
+    var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
     if g < groups && lane_i < units_i {
         var shift: vec4<f32>;
         for (var k = 0u; k < 4u; k++) {
@@ -66,14 +87,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let row_stride = groups * units_i;
         let o_begin = split * p.rows_per_split;
         let o_end = min(o_begin + p.rows_per_split, p.outer);
-        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
-            let d = x[o * row_stride + g * units_i + lane_i] - shift;
-            n += 1.0;
-            let delta = d - mean;
-            mean += delta * (1.0 / n);
-            m2 += delta * (d - mean);
+        // Two rows per step, as in stats_reduce_vec4.
+        let t = p.tile_o * row_stride;
+        var at = (o_begin + lane_o) * row_stride + g * units_i + lane_i;
+        let end = o_end * row_stride;
+        for (; at + t < end; at += 2u * t) {
+            w = add_pair(w, x[at] - shift, x[at + t] - shift);
+        }
+        if at < end {
+            w = add_one(w, x[at] - shift);
         }
     }
+    let n = w.n;
+    let mean = w.mean;
+    let m2 = w.m2;
     wg_count[slot] = u32(n);
     wg_mean[slot] = mean;
     wg_m2[slot] = m2;
