@@ -415,7 +415,7 @@ impl Geometry {
             .max_storage_buffer_binding_size
             .min(MAX_BINDING_BYTES);
         limit(
-            "bytes of one sample (channels x spatial values) in one storage binding",
+            "bytes of one row (a sample channels-first, a position channels-last) in one storage binding",
             row_bytes,
             max_binding,
         )?;
