@@ -42,12 +42,6 @@ fn merge_into(a: u32, b: u32) {
     wg_count[a] = n;
 }
 
-// Clamps rounding below zero away but keeps a NaN (max(NaN, 0) is 0), so that a NaN in a
-// channel reaches its variance as it does in PyTorch.
-fn non_negative(v: f32) -> f32 {
-    return select(v, 0.0, v < 0.0);
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let lane_i = lid % p.tile_i;
@@ -108,7 +102,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let center = x[writer * p.inner];
         let count = wg_count[lid];
         // As stats_finalize: var, invstd, and the (center, scale, shift) fold.
-        let var_biased = non_negative(wg_m2[lid] / f32(count));
+        let var_biased = wg_m2[lid] / f32(count);
         let invstd = 1.0 / sqrt(var_biased + p.eps);
         let scale = gamma[writer] * invstd;
         // The whole channel is in the first split's record; the others are empty.

@@ -54,12 +54,6 @@ fn merge_into(a: u32, b: u32) {
     wg_count[a] = n;
 }
 
-// Clamps rounding below zero away but keeps a NaN (max(NaN, 0) is 0), so that a NaN in a
-// channel reaches its variance as it does in PyTorch.
-fn non_negative(v: f32) -> f32 {
-    return select(v, 0.0, v < 0.0);
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     var units_c = p.channels;
@@ -146,7 +140,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var k = 0u; k < 4u; k++) {
             let c = select(writer, 4u * writer + k, CHANNELS_IN_VEC4);
             // As stats_finalize: var, invstd, and the (center, scale, shift) fold.
-            let var_biased = non_negative(m2s[k] / f32(count));
+            let var_biased = m2s[k] / f32(count);
             let invstd = 1.0 / sqrt(var_biased + p.eps);
             scales[k] = gamma[c] * invstd;
             shifts[k] = beta[c] - means[k] * scales[k];

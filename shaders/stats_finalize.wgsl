@@ -34,12 +34,6 @@ const BIASED_RUNNING_VAR: u32 = 2u;
 // (center, scale, shift, 0) for apply_forward.
 @group(0) @binding(8) var<storage, read_write> coeff: array<vec4<f32>>;
 
-// Clamps rounding below zero away but keeps a NaN (max(NaN, 0) is 0), so that a NaN in a
-// channel reaches its variance as it does in PyTorch.
-fn non_negative(v: f32) -> f32 {
-    return select(v, 0.0, v < 0.0);
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
@@ -66,7 +60,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         n = total;
     }
 
-    let var_biased = non_negative(m2 / f32(n));
+    // No clamp at zero: every Welford and Chan step adds a non-negative amount to M2, even
+    // rounded (the new mean lies between the old one and the value), so M2 >= 0 unless it
+    // is NaN, and a NaN must reach the variance as it does in PyTorch (a clamp by max() or
+    // select() lets compilers turn NaN into 0).
+    let var_biased = m2 / f32(n);
     let invstd = 1.0 / sqrt(var_biased + p.eps);
 
     if (p.flags & UPDATE_RUNNING) != 0u {
@@ -77,7 +75,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         if p.momentum < 0.0 {
             factor = 1.0 / f32(batches);
         }
-        var var_running = non_negative(m2 / f32(n - 1u));
+        var var_running = m2 / f32(n - 1u);
         if (p.flags & BIASED_RUNNING_VAR) != 0u {
             var_running = var_biased;
         }
