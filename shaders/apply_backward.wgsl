@@ -1,7 +1,7 @@
 // Backward, element-wise: dx = k1·dy + k2·(x − center) + k0, with per-channel
 // (center, k1, k2, k0) from grad_finalize. Same matrix view as apply_forward.
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;

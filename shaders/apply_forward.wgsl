@@ -5,7 +5,7 @@
 // number of [channels][inner] planes (several when a plane is narrow), so each lane owns
 // one column, works out its channel once, and walks down the rows: no division per element.
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 // (center, scale, shift, 0)

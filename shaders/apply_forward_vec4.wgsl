@@ -2,7 +2,7 @@
 // whose [channels][inner] plane divides by four. The four components may belong to different
 // channels; each lane works out its four channels once, as its column never changes.
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 // (center, scale, shift, 0)

@@ -2,7 +2,7 @@
 // (center, scale, shift) fold as stats_finalize, so eval forward reuses apply_forward, and the
 // same saved layout, so eval backward reuses grad_reduce.
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> running_mean: array<f32>;
 @group(0) @binding(2) var<storage, read> running_var: array<f32>;

@@ -2,18 +2,11 @@
 // forward_fused_vec4 for shapes whose contiguous axis does not divide by four (7x7 planes,
 // say). See forward_fused_vec4 for how it works.
 
-struct StatsPartial {
-    count: u32,
-    mean: f32,
-    m2: f32,
-    shift: f32,
-}
-
 const WG: u32 = 256u;
 // Values a lane keeps; the host picks this path only when a lane needs no more.
 const CAPACITY: u32 = 64u;
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;

@@ -7,15 +7,10 @@
 // mean = center + offset (see stats_finalize).
 // Eval (frozen running statistics): dx = g·dy, so k2 = k0 = 0.
 
-struct GradPartial {
-    sum_dy: f32,
-    sum_dy_xmu: f32,
-}
-
 // flags
 const FROZEN_STATS: u32 = 4u;
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<GradPartial>;
 @group(0) @binding(2) var<storage, read> saved: array<vec4<f32>>;

@@ -3,14 +3,9 @@
 // stats_reduce. x − mean is formed as (x − center) − offset (see stats_finalize) so that it
 // keeps its precision when the mean is large next to the spread.
 
-struct GradPartial {
-    sum_dy: f32,
-    sum_dy_xmu: f32,
-}
-
 const WG: u32 = 256u;
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;

@@ -3,14 +3,9 @@
 // four channels, so each component's channel is fixed; lanes are summed over rows only, then
 // four lanes per group add up, each for one channel, the components that belong to it.
 
-struct GradPartial {
-    sum_dy: f32,
-    sum_dy_xmu: f32,
-}
-
 const WG: u32 = 256u;
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;

@@ -9,18 +9,11 @@
 // x * scale + (beta - mean * scale) would cancel. (A normalized hi/lo pair by TwoSum would
 // need error-free arithmetic that shader compilers may legally simplify away.)
 
-struct StatsPartial {
-    count: u32,
-    mean: f32,
-    m2: f32,
-    shift: f32,
-}
-
 // flags
 const UPDATE_RUNNING: u32 = 1u;
 const BIASED_RUNNING_VAR: u32 = 2u;
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<StatsPartial>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;

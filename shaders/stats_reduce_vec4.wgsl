@@ -12,16 +12,9 @@
 
 override CHANNELS_IN_VEC4: bool = false;
 
-struct StatsPartial {
-    count: u32,
-    mean: f32,
-    m2: f32,
-    shift: f32,
-}
-
 const WG: u32 = 256u;
 
-// Params is in shaders/common/params.wgsl, prepended by the host.
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;

@@ -90,7 +90,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+/// ‖got − want‖₂ / ‖want‖₂ (infinite when the lengths differ or a value is NaN).
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (&g, &w) in got.iter().zip(want) {
         num += (g as f64 - w as f64).powi(2);

@@ -144,7 +144,7 @@ fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
 }
 
 /// What the host prepends to every shader (see `shader!` in src/gpu/kernels.rs).
-const PRELUDE: &str = include_str!("../shaders/common/params.wgsl");
+const PRELUDE: &str = include_str!("../shaders/common/prelude.wgsl");
 
 fn shader_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders")

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{ArrayD, ArrayView1, ArrayViewD};
+use wgpu_batchnorm::bench::{input, rel_l2};
 use wgpu_batchnorm::gpu::list_adapters;
 use wgpu_batchnorm::{
     npy, BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout, Result, RunningVar,
@@ -455,35 +456,6 @@ fn info() -> Result<()> {
     Ok(())
 }
 
-/// Deterministic inputs for the demo (SplitMix64, roughly normal by summing uniforms).
-fn demo_input(dims: &[usize], seed: u64, mean: f32, std: f32) -> ArrayD<f32> {
-    let mut state = seed;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    };
-    let n: usize = dims.iter().product();
-    let values = (0..n)
-        .map(|_| {
-            let s: f32 = (0..4).map(|_| uniform()).sum();
-            mean + std * (s - 2.0) * 1.732
-        })
-        .collect();
-    ArrayD::from_shape_vec(dims, values).expect("numel matches")
-}
-
-fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (y as f64).powi(2);
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 fn demo() -> Result<()> {
     let dims = [32usize, 64, 56, 56];
     let layout = Layout::ChannelsFirst;
@@ -495,8 +467,8 @@ fn demo() -> Result<()> {
         );
     }
     println!("input: {dims:?} float32, channels first; forward (training) + backward\n");
-    let x = demo_input(&dims, 1, 0.5, 2.0);
-    let dy = demo_input(&dims, 2, 0.0, 1.0);
+    let x = input(&dims, 1, 0.5, 2.0);
+    let dy = input(&dims, 2, 0.0, 1.0);
     let mut gpu = BatchNorm::new(BatchNormConfig::new(dims[1]), Device::Gpu(ctx))?;
     let mut cpu = BatchNorm::new(BatchNormConfig::new(dims[1]), Device::Cpu)?;
 
@@ -532,18 +504,18 @@ fn demo() -> Result<()> {
     let (cf, cb) = (c_fwd.expect("ran"), c_bwd.expect("ran"));
     let slice = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
     let errors = [
-        ("y", rel_diff(&slice(&gf.y), &slice(&cf.y))),
-        ("dx", rel_diff(&slice(&gb.dx), &slice(&cb.dx))),
+        ("y", rel_l2(&slice(&gf.y), &slice(&cf.y))),
+        ("dx", rel_l2(&slice(&gb.dx), &slice(&cb.dx))),
         (
             "dgamma",
-            rel_diff(
+            rel_l2(
                 gb.dgamma.as_deref().unwrap_or(&[]),
                 cb.dgamma.as_deref().unwrap_or(&[]),
             ),
         ),
         (
             "dbeta",
-            rel_diff(
+            rel_l2(
                 gb.dbeta.as_deref().unwrap_or(&[]),
                 cb.dbeta.as_deref().unwrap_or(&[]),
             ),

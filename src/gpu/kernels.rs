@@ -100,13 +100,13 @@ impl Kernel {
     }
 }
 
-/// Reads `shaders/<name>.wgsl` into the binary, after the `Params` every kernel shares.
+/// Reads `shaders/<name>.wgsl` into the binary, after the prelude every kernel shares.
 macro_rules! shader {
     ($name:literal) => {
         (
             $name,
             concat!(
-                include_str!("../../shaders/common/params.wgsl"),
+                include_str!("../../shaders/common/prelude.wgsl"),
                 include_str!(concat!("../../shaders/", $name, ".wgsl")),
             ),
         )
@@ -210,7 +210,7 @@ impl Kernels {
 }
 
 /// The uniform every kernel reads; field order and types match `struct Params` in
-/// `shaders/common/params.wgsl`.
+/// `shaders/common/prelude.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub(crate) struct Params {
@@ -339,7 +339,7 @@ impl Fused {
     }
 }
 
-// shaders/common/params.wgsl declares 20 four-byte fields.
+// Params in shaders/common/prelude.wgsl declares 20 four-byte fields.
 const _: () = assert!(std::mem::size_of::<Params>() == 80);
 
 /// How one shape is cut into workgroups, for every kernel of a pass.

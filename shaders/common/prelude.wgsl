@@ -1,5 +1,6 @@
-// The uniform every kernel reads, prepended to each shader by the host (and by the
-// portability test), so that it is written once here and once in src/gpu/kernels.rs.
+// What the kernels share, prepended to each shader by the host (and by the portability
+// test): the uniform every kernel reads, written once here and once in src/gpu/kernels.rs,
+// and the partial records that reductions write and finalize kernels merge.
 //
 // The tensor is viewed as [outer][channels][inner]; tile_* lay a reduction's lanes out over
 // channel units, inner units and rows; apply_* cut the element-wise kernels' matrix view;
@@ -27,4 +28,19 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+}
+
+// One split's statistics of one channel: count, mean and M2 of the values shifted by
+// `shift` (see stats_reduce).
+struct StatsPartial {
+    count: u32,
+    mean: f32,
+    m2: f32,
+    shift: f32,
+}
+
+// One split's gradient sums of one channel.
+struct GradPartial {
+    sum_dy: f32,
+    sum_dy_xmu: f32,
 }
