@@ -1,7 +1,9 @@
 //! CPU reference against GPU kernels, same shapes, same passes (forward, eval, backward).
 //! Device setup, uploads and the first (plan-making) call stay outside the timed code; the GPU
-//! figure is submit-to-done of the recorded pass. Under `cargo test --benches` the shapes
-//! shrink and each benchmark runs a handful of times, so the benches are tested too.
+//! figure is submit-to-done of the recorded pass. Under `cargo test --benches` (no `--bench`
+//! argument, criterion's test mode) the shapes shrink and each benchmark runs once, so the
+//! benches are tested too. (Cargo builds both with cfg(test), so the choice is made at run
+//! time.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +14,13 @@ use wgpu_batchnorm::{
     BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
 };
 
-#[cfg(not(test))]
 const SHAPES: &[&[usize]] = &[&[8, 64, 56, 56], &[64, 256, 14, 14], &[1024, 4096]];
-#[cfg(test)]
-const SHAPES: &[&[usize]] = &[&[4, 8, 6, 6], &[16, 32]];
+const TEST_SHAPES: &[&[usize]] = &[&[4, 8, 6, 6], &[16, 32]];
+
+/// `cargo bench` passes `--bench`; `cargo test --benches` does not.
+fn benchmarking() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
 
 fn runtime_dir() {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
@@ -48,7 +53,8 @@ fn gpu_pass(
 fn bench(c: &mut Criterion) {
     runtime_dir();
     let ctx: Arc<GpuContext> = GpuContext::new().expect("a GPU adapter (mesa-vulkan-drivers)");
-    for &logical in SHAPES {
+    let shapes = if benchmarking() { SHAPES } else { TEST_SHAPES };
+    for &logical in shapes {
         for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
             if logical.len() == 2 && layout == Layout::ChannelsLast {
                 continue;
@@ -92,11 +98,11 @@ fn bench(c: &mut Criterion) {
 
             let mut group = c.benchmark_group(name);
             group.throughput(Throughput::Bytes(numel as u64 * 8));
-            #[cfg(test)]
-            group
-                .sample_size(10)
-                .warm_up_time(Duration::from_millis(1))
-                .measurement_time(Duration::from_millis(20));
+            if benchmarking() {
+                group
+                    .sample_size(20)
+                    .measurement_time(Duration::from_secs(2));
+            }
             for (pass, training) in [("forward", true), ("eval", false)] {
                 group.bench_function(BenchmarkId::new("gpu", pass), |b| {
                     let layer = if training {
