@@ -67,9 +67,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let runs = (units_i + p.tile_i - 1u) / p.tile_i;
     let loads = runs * ((p.outer + p.tile_o - 1u) / p.tile_o);
     var values: array<vec4<f32>, CAPACITY>;
-    var n = 0.0;
-    var mean = vec4<f32>(0.0);
-    var m2 = vec4<f32>(0.0);
+    var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
     var shift = vec4<f32>(0.0);
     if u < units_c {
         shift = x[u * units_i];
@@ -86,16 +84,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if u < units_c && o < p.outer && i < units_i {
             let v = x[o * row_stride + u * units_i + i];
             values[j] = v;
-            let d = v - shift;
-            n += 1.0;
-            let delta = d - mean;
-            mean += delta * (1.0 / n);
-            m2 += delta * (d - mean);
+            w = add_one(w, v - shift);
         }
     }
-    wg_count[slot] = u32(n);
-    wg_mean[slot] = mean;
-    wg_m2[slot] = m2;
+    wg_count[slot] = u32(w.n);
+    wg_mean[slot] = w.mean;
+    wg_m2[slot] = w.m2;
 
     var lanes = WG / p.tile_c;
     while lanes > 1u {

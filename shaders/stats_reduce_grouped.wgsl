@@ -36,29 +36,6 @@ fn value(index: u32) -> f32 {
     return x[index / 4u][index % 4u];
 }
 
-// A lane's running state: count, shifted mean and M2 for each of four components.
-struct Welford {
-    n: f32,
-    mean: vec4<f32>,
-    m2: vec4<f32>,
-}
-
-fn add_one(w: Welford, d: vec4<f32>) -> Welford {
-    let n = w.n + 1.0;
-    let delta = d - w.mean;
-    let mean = w.mean + delta * (1.0 / n);
-    return Welford(n, mean, w.m2 + delta * (d - mean));
-}
-
-// Chan's merge of the pair (count 2, mean (a + b) / 2, M2 (a - b)² / 2) into w.
-fn add_pair(w: Welford, a: vec4<f32>, b: vec4<f32>) -> Welford {
-    let n = w.n + 2.0;
-    let half_gap = (a - b) * 0.5;
-    let delta = (a + b) * 0.5 - w.mean;
-    let share = 2.0 / n;
-    return Welford(n, w.mean + delta * share, w.m2 + 2.0 * half_gap * half_gap + delta * delta * (w.n * share));
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let groups = p.channels / 4u;

@@ -1,6 +1,7 @@
 // What the kernels share, prepended to each shader by the host (and by the portability
 // test): the uniform every kernel reads, written once here and once in src/gpu/kernels.rs,
-// and the partial records that reductions write and finalize kernels merge.
+// the partial records that reductions write and finalize kernels merge, and the vec4
+// Welford steps of the reductions.
 //
 // The tensor is viewed as [outer][channels][inner]; tile_* lay a reduction's lanes out over
 // channel units, inner units and rows; apply_* cut the element-wise kernels' matrix view;
@@ -43,4 +44,27 @@ struct StatsPartial {
 struct GradPartial {
     sum_dy: f32,
     sum_dy_xmu: f32,
+}
+
+// A lane's running state: count, shifted mean and M2 for each of four components.
+struct Welford {
+    n: f32,
+    mean: vec4<f32>,
+    m2: vec4<f32>,
+}
+
+fn add_one(w: Welford, d: vec4<f32>) -> Welford {
+    let n = w.n + 1.0;
+    let delta = d - w.mean;
+    let mean = w.mean + delta * (1.0 / n);
+    return Welford(n, mean, w.m2 + delta * (d - mean));
+}
+
+// Chan's merge of the pair (count 2, mean (a + b) / 2, M2 (a - b)² / 2) into w.
+fn add_pair(w: Welford, a: vec4<f32>, b: vec4<f32>) -> Welford {
+    let n = w.n + 2.0;
+    let half_gap = (a - b) * 0.5;
+    let delta = (a + b) * 0.5 - w.mean;
+    let share = 2.0 / n;
+    return Welford(n, w.mean + delta * share, w.m2 + 2.0 * half_gap * half_gap + delta * delta * (w.n * share));
 }
