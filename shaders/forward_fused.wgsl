@@ -37,10 +37,11 @@ fn merge_into(a: u32, b: u32) {
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lane_i = lid % p.tile_i;
-    let lane_c = (lid / p.tile_i) % p.tile_c;
-    let lane_o = lid / (p.tile_i * p.tile_c);
-    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
+    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let lane_i = lane.i;
+    let lane_c = lane.c;
+    let lane_o = lane.o;
+    let slot = lane.slot;
     let c = wid.x * p.tile_c + lane_c;
     let row_stride = p.channels * p.inner;
 

@@ -19,12 +19,11 @@ var<workgroup> wg_sum_dy_xmu: array<f32, WG>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let split = wid.x;
-    // Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows.
-    let lane_i = lid % p.tile_i;
-    let lane_c = (lid / p.tile_i) % p.tile_c;
-    let lane_o = lid / (p.tile_i * p.tile_c);
-    // Each lane's result goes to a slot where the lanes of one channel sit tile_c apart.
-    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
+    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let lane_i = lane.i;
+    let lane_c = lane.c;
+    let lane_o = lane.o;
+    let slot = lane.slot;
     let c = wid.y * p.tile_c + lane_c;
 
     var sum_dy = 0.0;

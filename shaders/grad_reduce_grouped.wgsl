@@ -21,10 +21,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let groups = p.channels / 4u;
     let units_i = p.inner;
     let split = wid.x;
-    let lane_i = lid % p.tile_i;
-    let lane_c = (lid / p.tile_i) % p.tile_c;
-    let lane_o = lid / (p.tile_i * p.tile_c);
-    let slot = lane_c + p.tile_c * (lane_i + p.tile_i * lane_o);
+    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let lane_i = lane.i;
+    let lane_c = lane.c;
+    let lane_o = lane.o;
+    let slot = lane.slot;
     let g = wid.y * p.tile_c + lane_c;
 
     var sum_dy = vec4<f32>(0.0);

@@ -68,3 +68,20 @@ fn add_pair(w: Welford, a: vec4<f32>, b: vec4<f32>) -> Welford {
     let share = 2.0 / n;
     return Welford(n, w.mean + delta * share, w.m2 + 2.0 * half_gap * half_gap + delta * delta * (w.n * share));
 }
+
+// Where a reduction lane sits in its workgroup's (tile_c, tile_i, tile_o) tiling.
+// Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows;
+// each lane's result goes to `slot`, where the lanes of one channel sit tile_c apart.
+struct Lane {
+    i: u32,
+    c: u32,
+    o: u32,
+    slot: u32,
+}
+
+fn lane_of(lid: u32, tile_c: u32, tile_i: u32) -> Lane {
+    let i = lid % tile_i;
+    let c = (lid / tile_i) % tile_c;
+    let o = lid / (tile_i * tile_c);
+    return Lane(i, c, o, c + tile_c * (i + tile_i * o));
+}
