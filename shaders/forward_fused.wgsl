@@ -37,7 +37,8 @@ fn merge_into(a: u32, b: u32) {
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let span = subgroup_span(p.tile_c, p.tile_i);
+    let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
@@ -73,11 +74,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             m2 += delta * (d - mean);
         }
     }
-    wg_count[slot] = u32(n);
-    wg_mean[slot] = mean;
-    wg_m2[slot] = m2;
+    let w = subgroup_welford(Welford(n, vec4<f32>(mean, 0.0, 0.0, 0.0), vec4<f32>(m2, 0.0, 0.0, 0.0)), p.tile_c, p.tile_i);
+    if lane.rep {
+        wg_count[slot] = u32(w.n);
+        wg_mean[slot] = w.mean.x;
+        wg_m2[slot] = w.m2.x;
+    }
 
-    var lanes = WG / p.tile_c;
+    var lanes = fold_lanes(p.tile_c, span);
     while lanes > 1u {
         let fold = min(lanes, 16u);
         let next = lanes / fold;

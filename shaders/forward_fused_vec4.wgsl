@@ -55,7 +55,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         units_c = p.channels / 4u;
         units_i = 1u;
     }
-    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let span = subgroup_span(p.tile_c, p.tile_i);
+    let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
@@ -88,11 +89,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             w = add_one(w, v - shift);
         }
     }
-    wg_count[slot] = u32(w.n);
-    wg_mean[slot] = w.mean;
-    wg_m2[slot] = w.m2;
+    w = subgroup_welford(w, p.tile_c, p.tile_i);
+    if lane.rep {
+        wg_count[slot] = u32(w.n);
+        wg_mean[slot] = w.mean;
+        wg_m2[slot] = w.m2;
+    }
 
-    var lanes = WG / p.tile_c;
+    var lanes = fold_lanes(p.tile_c, span);
     while lanes > 1u {
         let fold = min(lanes, 16u);
         let next = lanes / fold;

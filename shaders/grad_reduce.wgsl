@@ -19,7 +19,8 @@ var<workgroup> wg_sum_dy_xmu: array<f32, WG>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let split = wid.x;
-    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let span = subgroup_span(p.tile_c, p.tile_i);
+    let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
@@ -43,11 +44,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    wg_sum_dy[slot] = sum_dy;
-    wg_sum_dy_xmu[slot] = sum_dy_xmu;
+    let sums = subgroup_sum(vec4<f32>(sum_dy, sum_dy_xmu, 0.0, 0.0), p.tile_c, p.tile_i);
+    if lane.rep {
+        wg_sum_dy[slot] = sums.x;
+        wg_sum_dy_xmu[slot] = sums.y;
+    }
 
     // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    var lanes = WG / p.tile_c;
+    var lanes = fold_lanes(p.tile_c, span);
     while lanes > 1u {
         let fold = min(lanes, 16u);
         let next = lanes / fold;
@@ -61,6 +65,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         lanes = next;
     }
+    // Where subgroups left no fold to do, slot lid still holds another lane's state.
+    workgroupBarrier();
 
     // Slot lid < tile_c now holds channel `writer`.
     let writer = wid.y * p.tile_c + lid;

@@ -21,7 +21,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let groups = p.channels / 4u;
     let units_i = p.inner;
     let split = wid.x;
-    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    // Lanes of one position are tile_i·tile_c apart: no subgroup merge here.
+    let lane = lane_of(lid, p.tile_c, p.tile_i, vec2<u32>(1u, 1u));
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;

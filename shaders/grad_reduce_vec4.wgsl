@@ -26,7 +26,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         units_i = 1u;
     }
     let split = wid.x;
-    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let span = subgroup_span(p.tile_c, p.tile_i);
+    let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
@@ -84,11 +85,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    wg_sum_dy[slot] = sum_dy;
-    wg_sum_dy_xmu[slot] = sum_dy_xmu;
+    sum_dy = subgroup_sum(sum_dy, p.tile_c, p.tile_i);
+    sum_dy_xmu = subgroup_sum(sum_dy_xmu, p.tile_c, p.tile_i);
+    if lane.rep {
+        wg_sum_dy[slot] = sum_dy;
+        wg_sum_dy_xmu[slot] = sum_dy_xmu;
+    }
 
     // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    var lanes = WG / p.tile_c;
+    var lanes = fold_lanes(p.tile_c, span);
     while lanes > 1u {
         let fold = min(lanes, 16u);
         let next = lanes / fold;
@@ -102,6 +107,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         lanes = next;
     }
+    // Where subgroups left no fold to do, slot lid still holds another lane's state.
+    workgroupBarrier();
 
     // Slot lid < tile_c now holds unit `writer`.
     let writer = wid.y * p.tile_c + lid;

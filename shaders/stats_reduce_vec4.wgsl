@@ -47,7 +47,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         units_i = 1u;
     }
     let split = wid.x;
-    let lane = lane_of(lid, p.tile_c, p.tile_i);
+    let span = subgroup_span(p.tile_c, p.tile_i);
+    let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
@@ -87,15 +88,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    let n = w.n;
-    let mean = w.mean;
-    let m2 = w.m2;
-    wg_count[slot] = u32(n);
-    wg_mean[slot] = mean;
-    wg_m2[slot] = m2;
+    w = subgroup_welford(w, p.tile_c, p.tile_i);
+    if lane.rep {
+        wg_count[slot] = u32(w.n);
+        wg_mean[slot] = w.mean;
+        wg_m2[slot] = w.m2;
+    }
 
     // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    var lanes = WG / p.tile_c;
+    var lanes = fold_lanes(p.tile_c, span);
     while lanes > 1u {
         let fold = min(lanes, 16u);
         let next = lanes / fold;
@@ -107,6 +108,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         lanes = next;
     }
+    // Where subgroups left no fold to do, slot lid still holds another lane's state.
+    workgroupBarrier();
 
     // Slot lid < tile_c now holds unit `writer`.
     let writer = wid.y * p.tile_c + lid;

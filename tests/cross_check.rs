@@ -4,14 +4,20 @@
 mod common;
 
 use common::check::{compare, compare_dx, cross_check, flat};
-use common::{gpu, Rng};
+use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
 
-/// Every case on the default context and on one whose forward always takes two passes.
+/// Every case on the default context, on one whose forward always takes two passes, and on
+/// caller devices (a GPU's tuning) with and without subgroup operations.
 fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
     let mut errors = Vec::new();
     for (i, &(dims, layout, mean, std)) in cases.iter().enumerate() {
-        for ctx in [gpu(), common::gpu_two_pass()] {
+        for ctx in [
+            gpu(),
+            common::gpu_two_pass(),
+            gpu_caller(true),
+            gpu_caller(false),
+        ] {
             errors.extend(cross_check(ctx, dims, layout, 100 + i as u64, mean, std));
         }
     }
@@ -134,4 +140,20 @@ fn cross_check_catches_wrong_results() {
     let mut errors = Vec::new();
     compare_dx(&mut errors, "perturbed dx", &dx, &want, norm as f64);
     assert_eq!(errors.len(), 1, "a perturbed dx passed the comparison");
+}
+
+/// The subgroup reductions above must really run where the CI's adapters offer subgroups
+/// (lavapipe's Vulkan driver does; its GL driver does not), and never on a device that was
+/// made without them.
+#[test]
+fn subgroup_reductions_run_where_offered() {
+    let ctx = gpu();
+    let offered = ctx.device().features().contains(wgpu::Features::SUBGROUP);
+    let info = ctx.adapter_info().expect("our own adapter").clone();
+    if info.name.contains("llvmpipe") && info.backend == wgpu::Backend::Vulkan {
+        assert!(offered, "lavapipe offers subgroups");
+    }
+    assert_eq!(ctx.subgroups(), offered, "{}", info.name);
+    assert_eq!(gpu_caller(true).subgroups(), offered);
+    assert!(!gpu_caller(false).subgroups());
 }

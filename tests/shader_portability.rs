@@ -3,6 +3,11 @@
 //! wgpu uses on Vulkan, Metal and DirectX 12. This catches shaders that work on the machine
 //! they were written on but would fail to build a pipeline on another platform.
 //!
+//! Each kernel is checked as the host builds it: the prelude, then the lane merges with or
+//! without subgroup operations (common/subgroups_on.wgsl, common/subgroups_off.wgsl), then the
+//! kernel. The first must pass with no optional capabilities and the oldest targets; the
+//! second with the subgroup capability and the oldest targets that have subgroup operations.
+//!
 //! Overrides (`override` constants) are resolved the way wgpu does it when a pipeline is
 //! created without constants: `process_overrides` with an empty map, per entry point, so every
 //! override in our shaders must have a default.
@@ -10,20 +15,41 @@
 use std::path::{Path, PathBuf};
 
 use naga::back::{hlsl, msl, pipeline_constants, spv, PipelineConstants};
-use naga::valid::{Capabilities, ValidationFlags, Validator};
+use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 
 /// The fewest shaders the crate ships; an empty or misplaced directory must not pass.
 const MIN_SHADERS: usize = 6;
 
+/// What a check allows and targets.
+#[derive(Clone, Copy)]
+struct Target {
+    subgroups: bool,
+    spv: (u8, u8),
+    msl: (u8, u8),
+    hlsl: hlsl::ShaderModel,
+}
+
 /// The oldest targets wgpu 30 can produce code for, so the check is as strict as it gets:
 /// SPIR-V 1.0 (Vulkan 1.0), MSL 1.0, HLSL shader model 5.1 (DX12 through FXC).
-const SPV_VERSION: (u8, u8) = (1, 0);
-const MSL_VERSION: (u8, u8) = (1, 0);
-const HLSL_SHADER_MODEL: hlsl::ShaderModel = hlsl::ShaderModel::V5_1;
+const PLAIN: Target = Target {
+    subgroups: false,
+    spv: (1, 0),
+    msl: (1, 0),
+    hlsl: hlsl::ShaderModel::V5_1,
+};
+
+/// The oldest that have subgroup operations: SPIR-V 1.3 (GroupNonUniform), MSL 2.1 (SIMD-group
+/// functions), HLSL shader model 6.0 (wave intrinsics, DXC).
+const SUBGROUPS: Target = Target {
+    subgroups: true,
+    spv: (1, 3),
+    msl: (2, 1),
+    hlsl: hlsl::ShaderModel::V6_0,
+};
 
 /// Parses, validates and translates one WGSL source. Returns the entry point names on success
 /// and every problem found (all entry points, all back ends) on failure.
-fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
+fn check_wgsl(name: &str, source: &str, target: Target) -> Result<Vec<String>, String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| {
         format!(
             "WGSL parse error:\n{}",
@@ -31,14 +57,25 @@ fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
         )
     })?;
 
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
-        .validate(&module)
-        .map_err(|e| {
-            format!(
-                "validation error (no optional capabilities):\n{}",
-                e.emit_to_string_with_path(source, name)
-            )
-        })?;
+    let mut validator = if target.subgroups {
+        let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
+        v.subgroup_stages(ShaderStages::COMPUTE)
+            .subgroup_operations(SubgroupOperationSet::all());
+        v
+    } else {
+        Validator::new(ValidationFlags::all(), Capabilities::empty())
+    };
+    let info = validator.validate(&module).map_err(|e| {
+        format!(
+            "validation error ({}):\n{}",
+            if target.subgroups {
+                "subgroups"
+            } else {
+                "no optional capabilities"
+            },
+            e.emit_to_string_with_path(source, name)
+        )
+    })?;
 
     if module.entry_points.is_empty() {
         return Err("the module has no entry points".to_string());
@@ -70,7 +107,7 @@ fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
 
         // SPIR-V (Vulkan).
         let spv_options = spv::Options {
-            lang_version: SPV_VERSION,
+            lang_version: target.spv,
             ..spv::Options::default()
         };
         let spv_pipeline = spv::PipelineOptions {
@@ -88,7 +125,7 @@ fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
 
         // MSL (Metal).
         let msl_options = msl::Options {
-            lang_version: MSL_VERSION,
+            lang_version: target.msl,
             ..msl::Options::default()
         };
         let msl_pipeline = msl::PipelineOptions {
@@ -112,7 +149,7 @@ fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
 
         // HLSL (DirectX 12).
         let hlsl_options = hlsl::Options {
-            shader_model: HLSL_SHADER_MODEL,
+            shader_model: target.hlsl,
             ..hlsl::Options::default()
         };
         let hlsl_pipeline = hlsl::PipelineOptions {
@@ -143,8 +180,12 @@ fn check_wgsl(name: &str, source: &str) -> Result<Vec<String>, String> {
     }
 }
 
-/// What the host prepends to every shader (see `shader!` in src/gpu/kernels.rs).
+/// What the host puts before every kernel (see `Kernel::new` in src/gpu/kernels.rs).
 const PRELUDE: &str = include_str!("../shaders/common/prelude.wgsl");
+const SUBGROUPS_ON: &str = include_str!("../shaders/common/subgroups_on.wgsl");
+const SUBGROUPS_OFF: &str = include_str!("../shaders/common/subgroups_off.wgsl");
+/// Run as it is, on devices with subgroups only (src/gpu/context.rs).
+const PROBE: &str = "subgroup_probe.wgsl";
 
 fn shader_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders")
@@ -189,13 +230,26 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
                 continue;
             }
         };
-        // As the host builds it: the shared Params first.
-        let source = format!("{PRELUDE}{source}");
-        match check_wgsl(&name, &source) {
-            Ok(entry_points) => {
-                eprintln!("ok   {name}: {}", entry_points.join(", "));
+        // As the host builds it.
+        let builds = if name == PROBE {
+            vec![("subgroups", source.clone(), SUBGROUPS)]
+        } else {
+            vec![
+                ("plain", format!("{PRELUDE}{SUBGROUPS_OFF}{source}"), PLAIN),
+                (
+                    "subgroups",
+                    format!("{PRELUDE}{SUBGROUPS_ON}{source}"),
+                    SUBGROUPS,
+                ),
+            ]
+        };
+        for (variant, source, target) in builds {
+            match check_wgsl(&name, &source, target) {
+                Ok(entry_points) => {
+                    eprintln!("ok   {name} ({variant}): {}", entry_points.join(", "));
+                }
+                Err(problem) => failures.push((format!("{name} ({variant})"), problem)),
             }
-            Err(problem) => failures.push((name, problem)),
         }
     }
 
@@ -227,7 +281,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     data[gid.x] = v;
 }
 "#;
-    let err = check_wgsl("broken.wgsl", broken).expect_err("a type error must be caught");
+    let err = check_wgsl("broken.wgsl", broken, PLAIN).expect_err("a type error must be caught");
     assert!(
         err.contains("broken.wgsl"),
         "error should name the file: {err}"
@@ -242,8 +296,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     data[gid.x] = data[gid.x] * 2.0lf;
 }
 "#;
-    let err = check_wgsl("needs_f64.wgsl", needs_f64).expect_err("f64 needs a capability");
+    let err = check_wgsl("needs_f64.wgsl", needs_f64, PLAIN).expect_err("f64 needs a capability");
     assert!(err.contains("FLOAT64"), "{err}");
+
+    // Subgroup operations need the capability: refused in the plain check, taken in the
+    // subgroup one.
+    let needs_subgroups = r#"
+@group(0) @binding(0) var<storage, read_write> data: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    data[gid.x] = subgroupAdd(data[gid.x]);
+}
+"#;
+    let err = check_wgsl("needs_subgroups.wgsl", needs_subgroups, PLAIN)
+        .expect_err("subgroups need a capability");
+    assert!(err.contains("SUBGROUP"), "{err}");
+    assert!(check_wgsl("needs_subgroups.wgsl", needs_subgroups, SUBGROUPS).is_ok());
 
     // An override with no default cannot be resolved without pipeline constants.
     let no_default = r#"
@@ -255,7 +324,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     data[gid.x] = data[gid.x] * SCALE;
 }
 "#;
-    let err = check_wgsl("no_default.wgsl", no_default).expect_err("missing override value");
+    let err = check_wgsl("no_default.wgsl", no_default, PLAIN).expect_err("missing override value");
     assert!(err.contains("overrides"), "{err}");
 
     // And a good shader passes, so the check is not simply always failing.
@@ -270,5 +339,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 "#;
-    assert_eq!(check_wgsl("good.wgsl", good), Ok(vec!["main".to_string()]));
+    assert_eq!(
+        check_wgsl("good.wgsl", good, PLAIN),
+        Ok(vec!["main".to_string()])
+    );
 }

@@ -70,18 +70,39 @@ fn add_pair(w: Welford, a: vec4<f32>, b: vec4<f32>) -> Welford {
 }
 
 // Where a reduction lane sits in its workgroup's (tile_c, tile_i, tile_o) tiling.
-// Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows;
-// each lane's result goes to `slot`, where the lanes of one channel sit tile_c apart.
+// Neighbouring lanes take neighbouring addresses: inner first, then channels, then rows.
+// `span` counts the lanes along inner and along rows whose states subgroup operations have
+// already merged (see common/subgroups_*.wgsl; (1, 1) without them): one lane of each such
+// group, `rep`, carries the merged state into the workgroup fold, at `slot`, where the
+// lanes of one channel sit tile_c apart.
 struct Lane {
     i: u32,
     c: u32,
     o: u32,
     slot: u32,
+    rep: bool,
 }
 
-fn lane_of(lid: u32, tile_c: u32, tile_i: u32) -> Lane {
+fn lane_of(lid: u32, tile_c: u32, tile_i: u32, span: vec2<u32>) -> Lane {
     let i = lid % tile_i;
     let c = (lid / tile_i) % tile_c;
     let o = lid / (tile_i * tile_c);
-    return Lane(i, c, o, c + tile_c * (i + tile_i * o));
+    let rank = i / span.x + (tile_i / span.x) * (o / span.y);
+    return Lane(i, c, o, c + tile_c * rank, i % span.x == 0u && o % span.y == 0u);
+}
+
+// Lanes of one channel left for the workgroup fold.
+fn fold_lanes(tile_c: u32, span: vec2<u32>) -> u32 {
+    return 256u / (tile_c * span.x * span.y);
+}
+
+// Chan's merge of two Welford states; either may be empty.
+fn merge_welford(a: Welford, b: Welford) -> Welford {
+    let n = a.n + b.n;
+    if b.n == 0.0 {
+        return a;
+    }
+    let fb = b.n / n;
+    let delta = b.mean - a.mean;
+    return Welford(n, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * (a.n * fb));
 }

@@ -348,6 +348,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
         .unwrap_or_default();
     if args.format == Format::Table {
         println!("adapter: {adapter}");
+        if ctx.subgroups() {
+            println!("reductions merge lanes with subgroup operations");
+        }
         if !ctx.has_timestamps() {
             println!("no timestamp queries on this adapter: GPU times are end to end only");
         }
@@ -426,6 +429,14 @@ fn info() -> Result<()> {
     if let Some(i) = ctx.adapter_info() {
         println!("chosen: {} ({:?})", i.name, i.backend);
     }
+    println!(
+        "reductions: {}",
+        if ctx.subgroups() {
+            "subgroup operations, then workgroup memory"
+        } else {
+            "workgroup memory (no usable subgroups)"
+        }
+    );
     let l = ctx.limits();
     println!("limits:");
     println!(

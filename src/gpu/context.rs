@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::error::{BnError, Result};
-use crate::gpu::kernels::{Kernels, Tuning};
+use crate::gpu::kernels::{Kernel, Kernels, Tuning};
 
 /// A device, its queue, and every batch-norm pipeline compiled for it.
 pub struct GpuContext {
@@ -71,12 +71,14 @@ impl GpuContext {
                 info.name, info.backend
             )));
         }
-        // Timestamps let the benchmark time kernels rather than submissions.
-        let timestamps =
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        // Timestamps let the benchmark time kernels rather than submissions; subgroups let
+        // the reductions merge lanes without shared memory.
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::SUBGROUP;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("batchnorm"),
-            required_features: adapter.features() & timestamps,
+            required_features: adapter.features() & wanted,
             required_limits: adapter.limits(),
             ..Default::default()
         }))
@@ -84,7 +86,8 @@ impl GpuContext {
         Self::build(device, queue, Some(info)).map(Arc::new)
     }
 
-    /// Uses the caller's device and queue; pipelines are built here, once.
+    /// Uses the caller's device and queue; pipelines are built here, once. The reductions use
+    /// subgroup operations if the device was created with `wgpu::Features::SUBGROUP`.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         Self::build(device, queue, None)
     }
@@ -94,7 +97,9 @@ impl GpuContext {
         queue: wgpu::Queue,
         adapter_info: Option<wgpu::AdapterInfo>,
     ) -> Result<Self> {
-        let kernels = Kernels::new(&device)?;
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
+            && subgroups_are_lane_runs(&device, &queue)?;
+        let kernels = Kernels::new(&device, subgroups)?;
         Ok(Self {
             limits: device.limits(),
             device,
@@ -116,6 +121,12 @@ impl GpuContext {
 
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Whether the reductions merge lanes with subgroup operations: the device offers them
+    /// and its subgroups are runs of consecutive invocations (checked once, at creation).
+    pub fn subgroups(&self) -> bool {
+        self.kernels.subgroups
     }
 
     /// Whether kernels can be timed with timestamps written between commands.
@@ -229,5 +240,123 @@ impl GpuContext {
         };
         staging.unmap();
         Ok(values)
+    }
+}
+
+/// Runs shaders/subgroup_probe.wgsl once and checks what common/subgroups_on.wgsl assumes:
+/// every subgroup of a 256-invocation workgroup is a run of consecutive
+/// local_invocation_index, aligned to its size, a power of two. WGSL does not promise this
+/// layout (drivers do it for one-dimensional workgroups), so it is checked, not assumed; a
+/// device that fails it runs the workgroup-memory reductions.
+fn subgroups_are_lane_runs(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<bool> {
+    const LANES: u64 = 256;
+    let probe = Kernel::from_source(
+        device,
+        "subgroup_probe",
+        include_str!("../../shaders/subgroup_probe.wgsl").to_string(),
+        &[],
+    )?;
+    let bytes = LANES * 16;
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let layout = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("subgroup probe"),
+        size: bytes,
+        usage,
+        mapped_at_creation: false,
+    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("subgroup probe readback"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind = probe.bind(device, &[layout.as_entire_binding()]);
+    let mut encoder = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        probe.dispatch(&mut pass, &bind, (1, 1));
+    }
+    encoder.copy_buffer_to_buffer(&layout, 0, &staging, 0, bytes);
+    queue.submit([encoder.finish()]);
+    let words = read_words(device, &staging)?;
+    Ok(lanes_form_runs(&words))
+}
+
+/// Per lane (id in subgroup, subgroup size, first lane's index, active lanes): the check of
+/// subgroups_are_lane_runs.
+fn lanes_form_runs(words: &[u32]) -> bool {
+    words.chunks_exact(4).enumerate().all(|(lid, w)| {
+        let (id, size, first, active) = (w[0], w[1], w[2], w[3]);
+        let lid = lid as u32;
+        size.is_power_of_two()
+            && 256 % size == 0
+            && active == size
+            && id == lid % size
+            && first == lid - id
+    })
+}
+
+fn read_words(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u32>> {
+    let slice = staging.slice(..);
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = sender.send(r);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| BnError::Readback(e.to_string()))?;
+    pollster::block_on(receiver.receive())
+        .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
+        .map_err(|e| BnError::Readback(e.to_string()))?;
+    let words = {
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| BnError::Readback(e.to_string()))?;
+        bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lanes_form_runs;
+
+    fn layout(size: u32, shuffle: impl Fn(u32) -> u32) -> Vec<u32> {
+        (0..256u32)
+            .flat_map(|lid| {
+                let id = shuffle(lid) % size;
+                [id, size, lid - id, size]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_aligned_subgroups_pass() {
+        for size in [4, 8, 16, 32, 64, 128] {
+            assert!(lanes_form_runs(&layout(size, |l| l)), "size {size}");
+        }
+    }
+
+    #[test]
+    fn other_layouts_fail() {
+        // Lanes reversed within each subgroup of 32.
+        let reversed: Vec<u32> = (0..256u32)
+            .flat_map(|lid| {
+                let id = 31 - lid % 32;
+                [id, 32, lid - lid % 32 + 31, 32]
+            })
+            .collect();
+        assert!(!lanes_form_runs(&reversed));
+        // A size that is not a power of two, and partly filled subgroups.
+        assert!(!lanes_form_runs(&layout(24, |l| l)));
+        let mut partial = layout(32, |l| l);
+        partial[3] = 16;
+        assert!(!lanes_form_runs(&partial));
+        // Subgroups that interleave lanes (lid % 8 picks the subgroup).
+        let interleaved: Vec<u32> = (0..256u32)
+            .flat_map(|lid| [lid / 8, 32, lid % 8, 32])
+            .collect();
+        assert!(!lanes_form_runs(&interleaved));
     }
 }

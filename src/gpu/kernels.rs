@@ -28,10 +28,27 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
+    /// The kernel `shaders/<name>.wgsl` (`source`), after the prelude and one of the two
+    /// subgroup files that every kernel shares.
     fn new(
         device: &wgpu::Device,
+        (name, source): (&'static str, &'static str),
+        subgroups: bool,
+        constants: &[(&str, f64)],
+    ) -> Result<Self> {
+        let source = if subgroups {
+            format!("{PRELUDE}{SUBGROUPS_ON}{source}")
+        } else {
+            format!("{PRELUDE}{SUBGROUPS_OFF}{source}")
+        };
+        Self::from_source(device, name, source, constants)
+    }
+
+    /// A kernel from its whole source; pipeline errors name `shaders/<name>.wgsl`.
+    pub(crate) fn from_source(
+        device: &wgpu::Device,
         name: &'static str,
-        source: &'static str,
+        source: String,
         constants: &[(&str, f64)],
     ) -> Result<Self> {
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
@@ -100,15 +117,18 @@ impl Kernel {
     }
 }
 
-/// Reads `shaders/<name>.wgsl` into the binary, after the prelude every kernel shares.
+/// What every kernel starts with: the uniform, the partial records, the Welford steps.
+const PRELUDE: &str = include_str!("../../shaders/common/prelude.wgsl");
+/// The lane merges before a workgroup fold, with subgroup operations or without.
+const SUBGROUPS_ON: &str = include_str!("../../shaders/common/subgroups_on.wgsl");
+const SUBGROUPS_OFF: &str = include_str!("../../shaders/common/subgroups_off.wgsl");
+
+/// Reads `shaders/<name>.wgsl` into the binary.
 macro_rules! shader {
     ($name:literal) => {
         (
             $name,
-            concat!(
-                include_str!("../../shaders/common/prelude.wgsl"),
-                include_str!(concat!("../../shaders/", $name, ".wgsl")),
-            ),
+            include_str!(concat!("../../shaders/", $name, ".wgsl")),
         )
     };
 }
@@ -133,13 +153,17 @@ pub(crate) struct Kernels {
     pub(crate) apply_backward: Kernel,
     pub(crate) apply_backward_vec4: Kernel,
     pub(crate) copy: Kernel,
+    /// Whether the reductions merge lanes with subgroup operations.
+    pub(crate) subgroups: bool,
 }
 
 impl Kernels {
-    pub(crate) fn new(device: &wgpu::Device) -> Result<Self> {
-        let plain = |(name, source)| Kernel::new(device, name, source, &[]);
+    /// Every pipeline; the reductions use subgroup operations when `subgroups` is set (the
+    /// device has them and the layout check of subgroup_probe.wgsl passed).
+    pub(crate) fn new(device: &wgpu::Device, subgroups: bool) -> Result<Self> {
+        let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
-            |(name, source)| Kernel::new(device, name, source, &[("CHANNELS_IN_VEC4", 1.0)]);
+            |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
         Ok(Self {
             stats_reduce: plain(shader!("stats_reduce"))?,
             stats_reduce_vec4: plain(shader!("stats_reduce_vec4"))?,
@@ -160,6 +184,7 @@ impl Kernels {
             apply_backward: plain(shader!("apply_backward"))?,
             apply_backward_vec4: plain(shader!("apply_backward_vec4"))?,
             copy: plain(shader!("copy"))?,
+            subgroups,
         })
     }
 

@@ -81,13 +81,18 @@ pub fn cross_check(
     };
     let x = rng.array(dims, mean, std);
     let dy = rng.array(dims, 0.0, 1.0);
-    let two_pass = !Arc::ptr_eq(&gpu, &super::gpu());
+    let context = if Arc::ptr_eq(&gpu, &super::gpu()) {
+        ""
+    } else if Arc::ptr_eq(&gpu, &super::gpu_two_pass()) {
+        " two-pass"
+    } else if gpu.subgroups() {
+        " caller device, subgroups"
+    } else {
+        " caller device, no subgroups"
+    };
     let [mut g, mut c] = layers(gpu, channels, &BatchNormConfig::new(channels), &mut rng);
     let mut errors = Vec::new();
-    let tag = format!(
-        "{dims:?} {layout:?}{}",
-        if two_pass { " two-pass" } else { "" }
-    );
+    let tag = format!("{dims:?} {layout:?}{context}");
     for training in [true, false] {
         g.set_training(training);
         c.set_training(training);

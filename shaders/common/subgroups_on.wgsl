@@ -1,0 +1,36 @@
+// Lanes of one channel merged through subgroup shuffles before the workgroup fold: fewer
+// shared-memory rounds and barriers. The host uses this file only where it has checked that
+// a subgroup is a run of consecutive local_invocation_index aligned to its power-of-two
+// size (shaders/subgroup_probe.wgsl), so that the lanes differing from `lid` in one bit are
+// the lanes of the same subgroup differing in that bit of subgroup_invocation_id. Of the lid
+// bits (inner, then channels, then rows, see lane_of), those along inner and along rows
+// belong to one channel; the butterfly exchanges over exactly those and leaves the merged
+// state in every lane of the group. Call from uniform control flow: all lanes active.
+
+fn subgroup_span(tile_c: u32, tile_i: u32) -> vec2<u32> {
+    let size = subgroupAdd(1u);
+    return vec2<u32>(min(tile_i, size), max(size / (tile_i * tile_c), 1u));
+}
+
+fn subgroup_welford(w: Welford, tile_c: u32, tile_i: u32) -> Welford {
+    let size = subgroupAdd(1u);
+    var out = w;
+    for (var bit = 1u; bit < size; bit *= 2u) {
+        if bit < tile_i || bit >= tile_i * tile_c {
+            let other = Welford(subgroupShuffleXor(out.n, bit), subgroupShuffleXor(out.mean, bit), subgroupShuffleXor(out.m2, bit));
+            out = merge_welford(out, other);
+        }
+    }
+    return out;
+}
+
+fn subgroup_sum(v: vec4<f32>, tile_c: u32, tile_i: u32) -> vec4<f32> {
+    let size = subgroupAdd(1u);
+    var out = v;
+    for (var bit = 1u; bit < size; bit *= 2u) {
+        if bit < tile_i || bit >= tile_i * tile_c {
+            out += subgroupShuffleXor(out, bit);
+        }
+    }
+    return out;
+}
