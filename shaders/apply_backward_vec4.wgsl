@@ -20,12 +20,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var k1: vec4<f32>;
     var k2: vec4<f32>;
     var k0: vec4<f32>;
-    for (var k = 0u; k < 4u; k++) {
-        let c = coeff[((4u * col + k) / p.inner) % p.channels];
-        center[k] = c.x;
-        k1[k] = c.y;
-        k2[k] = c.z;
-        k0[k] = c.w;
+    if p.inner % 4u == 0u {
+        // Channel blocks of `inner` values start at multiples of four: one channel per lane.
+        let c = coeff[(4u * col / p.inner) % p.channels];
+        center = vec4<f32>(c.x);
+        k1 = vec4<f32>(c.y);
+        k2 = vec4<f32>(c.z);
+        k0 = vec4<f32>(c.w);
+    } else {
+        for (var k = 0u; k < 4u; k++) {
+            let c = coeff[((4u * col + k) / p.inner) % p.channels];
+            center[k] = c.x;
+            k1[k] = c.y;
+            k2[k] = c.z;
+            k0[k] = c.w;
+        }
     }
     let total = p.total / 4u;
     let r_begin = wid.y * p.apply_rows_per_group;

@@ -19,11 +19,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var center: vec4<f32>;
     var scale: vec4<f32>;
     var shift: vec4<f32>;
-    for (var k = 0u; k < 4u; k++) {
-        let c = coeff[((4u * col + k) / p.inner) % p.channels];
-        center[k] = c.x;
-        scale[k] = c.y;
-        shift[k] = c.z;
+    if p.inner % 4u == 0u {
+        // Channel blocks of `inner` values start at multiples of four: one channel per lane.
+        let c = coeff[(4u * col / p.inner) % p.channels];
+        center = vec4<f32>(c.x);
+        scale = vec4<f32>(c.y);
+        shift = vec4<f32>(c.z);
+    } else {
+        for (var k = 0u; k < 4u; k++) {
+            let c = coeff[((4u * col + k) / p.inner) % p.channels];
+            center[k] = c.x;
+            scale[k] = c.y;
+            shift[k] = c.z;
+        }
     }
     let total = p.total / 4u;
     let r_begin = wid.y * p.apply_rows_per_group;
