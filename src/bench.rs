@@ -14,6 +14,7 @@ use ndarray::ArrayD;
 
 use crate::config::{BatchNormConfig, Layout};
 use crate::error::{BnError, Result};
+use crate::gpu::context::read_staging;
 use crate::gpu::{GpuBatchNorm, GpuContext, GpuTensor};
 use crate::layer::{BatchNorm, Device};
 use crate::shape::Shape;
@@ -249,26 +250,8 @@ fn time_gpu(
 }
 
 fn read_ticks(ctx: &GpuContext, read: &wgpu::Buffer) -> Result<[u64; 2]> {
-    let slice = read.slice(..);
-    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = sender.send(r);
-    });
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| BnError::Readback(e.to_string()))?;
-    pollster::block_on(receiver.receive())
-        .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
-        .map_err(|e| BnError::Readback(e.to_string()))?;
-    let ticks = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| BnError::Readback(e.to_string()))?;
-        let t: &[u64] = bytemuck::cast_slice(&view);
-        [t[0], t[1]]
-    };
-    read.unmap();
-    Ok(ticks)
+    let t: Vec<u64> = read_staging(&ctx.device, read, 16)?;
+    Ok([t[0], t[1]])
 }
 
 fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {

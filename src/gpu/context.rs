@@ -177,20 +177,7 @@ impl GpuContext {
     /// the first error wgpu raised in them (naming `what`) instead of leaving it to wgpu's
     /// panicking default handler.
     pub(crate) fn scoped<T>(&self, what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = work();
-        let v = pollster::block_on(validation.pop());
-        let i = pollster::block_on(internal.pop());
-        let o = pollster::block_on(oom.pop());
-        match v.or(i).or(o) {
-            Some(e) => Err(BnError::Wgpu {
-                kernel: what.to_string(),
-                message: e.to_string(),
-            }),
-            None => result,
-        }
+        scoped(&self.device, what, work)
     }
 
     /// Submits `encoder`, returning the errors it raised.
@@ -221,26 +208,53 @@ impl GpuContext {
 
     /// Maps the first `bytes` of a MAP_READ buffer and copies them out as f32.
     pub(crate) fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
-        let slice = staging.slice(..bytes);
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| BnError::Readback(e.to_string()))?;
-        pollster::block_on(receiver.receive())
-            .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
-            .map_err(|e| BnError::Readback(e.to_string()))?;
-        let values = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| BnError::Readback(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        staging.unmap();
-        Ok(values)
+        read_staging(&self.device, staging, bytes)
     }
+}
+
+/// GpuContext::scoped, for work on a device before its context exists.
+fn scoped<T>(device: &wgpu::Device, what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = work();
+    let v = pollster::block_on(validation.pop());
+    let i = pollster::block_on(internal.pop());
+    let o = pollster::block_on(oom.pop());
+    match v.or(i).or(o) {
+        Some(e) => Err(BnError::Wgpu {
+            kernel: what.to_string(),
+            message: e.to_string(),
+        }),
+        None => result,
+    }
+}
+
+/// Maps the first `bytes` of a MAP_READ buffer, waits for the device, and copies them out.
+pub(crate) fn read_staging<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    staging: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<T>> {
+    let slice = staging.slice(..bytes);
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = sender.send(r);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| BnError::Readback(e.to_string()))?;
+    pollster::block_on(receiver.receive())
+        .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
+        .map_err(|e| BnError::Readback(e.to_string()))?;
+    let values = {
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| BnError::Readback(e.to_string()))?;
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(values)
 }
 
 /// Runs shaders/subgroup_probe.wgsl once and checks what common/subgroups_on.wgsl assumes:
@@ -249,37 +263,43 @@ impl GpuContext {
 /// layout (drivers do it for one-dimensional workgroups), so it is checked, not assumed; a
 /// device that fails it runs the workgroup-memory reductions.
 fn subgroups_are_lane_runs(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<bool> {
-    const LANES: u64 = 256;
+    const BYTES: u64 = 256 * 16;
     let probe = Kernel::from_source(
         device,
         "subgroup_probe",
         include_str!("../../shaders/subgroup_probe.wgsl").to_string(),
         &[],
     )?;
-    let bytes = LANES * 16;
-    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-    let layout = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("subgroup probe"),
-        size: bytes,
-        usage,
-        mapped_at_creation: false,
-    });
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("subgroup probe readback"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let bind = probe.bind(device, &[layout.as_entire_binding()]);
-    let mut encoder = device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        probe.dispatch(&mut pass, &bind, (1, 1));
-    }
-    encoder.copy_buffer_to_buffer(&layout, 0, &staging, 0, bytes);
-    queue.submit([encoder.finish()]);
-    let words = read_words(device, &staging)?;
-    Ok(lanes_form_runs(&words))
+    let staging = scoped(device, "subgroup probe", || {
+        let buffer = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: BYTES,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let lanes = buffer(
+            "subgroup probe",
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let staging = buffer(
+            "subgroup probe readback",
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let bind = probe.bind(device, &[lanes.as_entire_binding()]);
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            probe.dispatch(&mut pass, &bind, (1, 1));
+        }
+        encoder.copy_buffer_to_buffer(&lanes, 0, &staging, 0, BYTES);
+        queue.submit([encoder.finish()]);
+        Ok(staging)
+    })?;
+    Ok(lanes_form_runs(&read_staging::<u32>(
+        device, &staging, BYTES,
+    )?))
 }
 
 /// Per lane (id in subgroup, subgroup size, first lane's index, active lanes): the check of
@@ -294,28 +314,6 @@ fn lanes_form_runs(words: &[u32]) -> bool {
             && id == lid % size
             && first == lid - id
     })
-}
-
-fn read_words(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u32>> {
-    let slice = staging.slice(..);
-    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = sender.send(r);
-    });
-    device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| BnError::Readback(e.to_string()))?;
-    pollster::block_on(receiver.receive())
-        .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
-        .map_err(|e| BnError::Readback(e.to_string()))?;
-    let words = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| BnError::Readback(e.to_string()))?;
-        bytemuck::cast_slice::<u8, u32>(&view).to_vec()
-    };
-    staging.unmap();
-    Ok(words)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The wgpu side: context, kernels, tensors over caller buffers, and the GPU layer.
 
 mod batchnorm;
-mod context;
+pub(crate) mod context;
 pub(crate) mod kernels;
 mod tensor;
 
