@@ -1085,3 +1085,30 @@ fn info_prints_the_chosen_adapter() {
         chosen[0]
     );
 }
+
+/// `batchnorm bench | head -1`: once the reader has gone, the CLI stops quietly (exit 0, no
+/// panic), as Unix tools do.
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["bench", "--shape", "8x8x4x4", "--iters", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let xdg = std::env::temp_dir().join(format!("batchnorm-cli-xdg-{}", std::process::id()));
+        let _ = fs::create_dir_all(&xdg);
+        cmd.env("XDG_RUNTIME_DIR", xdg);
+    }
+    let mut child = cmd.spawn().expect("spawn batchnorm");
+    // Close the read end before the first line: the adapter takes far longer to open.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for batchnorm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {}, stderr: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}

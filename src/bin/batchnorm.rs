@@ -13,6 +13,21 @@ use wgpu_batchnorm::{
     npy, BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout, Result, RunningVar,
 };
 
+/// println!, but a closed stdout (`batchnorm bench | head`) ends the process quietly, as Unix
+/// tools do, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "batchnorm",
@@ -347,19 +362,26 @@ fn bench(args: &BenchArgs) -> Result<()> {
         .map(|i| format!("{} ({:?}, {})", i.name, i.backend, i.driver_info))
         .unwrap_or_default();
     if args.format == Format::Table {
-        println!("adapter: {adapter}");
+        out!("adapter: {adapter}");
         if ctx.subgroups() {
-            println!("reductions merge lanes with subgroup operations");
+            out!("reductions merge lanes with subgroup operations");
         }
         if !ctx.has_timestamps() {
-            println!("no timestamp queries on this adapter: GPU times are end to end only");
+            out!("no timestamp queries on this adapter: GPU times are end to end only");
         }
-        println!(
+        out!(
             "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10} {:>9} {:>6}",
-            "impl", "shape", "layout", "pass", "timing", "median_ms", "GB/s", "roof"
+            "impl",
+            "shape",
+            "layout",
+            "pass",
+            "timing",
+            "median_ms",
+            "GB/s",
+            "roof"
         );
     } else {
-        println!("impl,shape,layout,pass,median_ms,gbps,timing");
+        out!("impl,shape,layout,pass,median_ms,gbps,timing");
     }
     // One line rewritten in place on a terminal; one line per step in a log.
     let terminal = std::io::stderr().is_terminal();
@@ -377,7 +399,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         }
         for r in rows {
             if args.format == Format::Csv {
-                println!(
+                out!(
                     "{},{},{},{},{:.4},{:.2},{}",
                     r.implementation,
                     r.shape,
@@ -389,7 +411,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 );
             } else {
                 let roof = r.roof.map(|v| format!("{v:.2}")).unwrap_or_default();
-                println!(
+                out!(
                     "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10.3} {:>9.2} {:>6}",
                     r.implementation,
                     r.shape,
@@ -408,10 +430,10 @@ fn bench(args: &BenchArgs) -> Result<()> {
 
 fn info() -> Result<()> {
     let adapters = list_adapters();
-    println!("adapters found: {}", adapters.len());
+    out!("adapters found: {}", adapters.len());
     for a in &adapters {
         let i = &a.info;
-        println!(
+        out!(
             "  {} | backend {:?} | type {:?} | driver {} {}{}",
             i.name,
             i.backend,
@@ -427,9 +449,9 @@ fn info() -> Result<()> {
     }
     let ctx = GpuContext::new()?;
     if let Some(i) = ctx.adapter_info() {
-        println!("chosen: {} ({:?})", i.name, i.backend);
+        out!("chosen: {} ({:?})", i.name, i.backend);
     }
-    println!(
+    out!(
         "reductions: {}",
         if ctx.subgroups() {
             "subgroup operations, then workgroup memory"
@@ -438,29 +460,29 @@ fn info() -> Result<()> {
         }
     );
     let l = ctx.limits();
-    println!("limits:");
-    println!(
+    out!("limits:");
+    out!(
         "  max_storage_buffer_binding_size   {}",
         l.max_storage_buffer_binding_size
     );
-    println!("  max_buffer_size                   {}", l.max_buffer_size);
-    println!(
+    out!("  max_buffer_size                   {}", l.max_buffer_size);
+    out!(
         "  max_compute_workgroups_per_dim    {}",
         l.max_compute_workgroups_per_dimension
     );
-    println!(
+    out!(
         "  max_compute_invocations_per_group {}",
         l.max_compute_invocations_per_workgroup
     );
-    println!(
+    out!(
         "  max_compute_workgroup_storage     {}",
         l.max_compute_workgroup_storage_size
     );
-    println!(
+    out!(
         "  max_storage_buffers_per_stage     {}",
         l.max_storage_buffers_per_shader_stage
     );
-    println!(
+    out!(
         "  min_storage_buffer_offset_align   {}",
         l.min_storage_buffer_offset_alignment
     );
@@ -472,12 +494,15 @@ fn demo() -> Result<()> {
     let layout = Layout::ChannelsFirst;
     let ctx = GpuContext::new()?;
     if let Some(i) = ctx.adapter_info() {
-        println!(
+        out!(
             "adapter: {} ({:?}, {:?}, {})",
-            i.name, i.backend, i.device_type, i.driver_info
+            i.name,
+            i.backend,
+            i.device_type,
+            i.driver_info
         );
     }
-    println!("input: {dims:?} float32, channels first; forward (training) + backward\n");
+    out!("input: {dims:?} float32, channels first; forward (training) + backward\n");
     let x = input(&dims, 1, 0.5, 2.0);
     let dy = input(&dims, 2, 0.0, 1.0);
     let mut gpu = BatchNorm::new(BatchNormConfig::new(dims[1]), Device::Gpu(ctx))?;
@@ -537,10 +562,10 @@ fn demo() -> Result<()> {
             ("", 0.0f64),
             |acc, &(n, e)| if e > acc.1 { (n, e) } else { acc },
         );
-    println!("largest relative L2 difference GPU vs CPU: {worst:.2e} ({worst_name})\n");
-    println!("{:<10} {:>14} {:>14}", "pass", "gpu ms", "cpu ms");
-    println!("{:<10} {:>14.1} {:>14.1}", "forward", t_gpu_f, t_cpu_f);
-    println!("{:<10} {:>14.1} {:>14.1}", "backward", t_gpu_b, t_cpu_b);
-    println!("\ngpu times are end to end: upload, kernels and read back of the ndarray API.");
+    out!("largest relative L2 difference GPU vs CPU: {worst:.2e} ({worst_name})\n");
+    out!("{:<10} {:>14} {:>14}", "pass", "gpu ms", "cpu ms");
+    out!("{:<10} {:>14.1} {:>14.1}", "forward", t_gpu_f, t_cpu_f);
+    out!("{:<10} {:>14.1} {:>14.1}", "backward", t_gpu_b, t_cpu_b);
+    out!("\ngpu times are end to end: upload, kernels and read back of the ndarray API.");
     Ok(())
 }
