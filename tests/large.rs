@@ -12,8 +12,9 @@ use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, GpuContext, La
 use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
 
 /// A context on a device that binds at most `binding` bytes of storage at once, so that small
-/// tensors take the chunked path that large ones take on real limits.
-fn small_binding_context(binding: u64) -> Arc<GpuContext> {
+/// tensors take the chunked path that large ones take on real limits; with subgroups where
+/// the adapter has them and `subgroups` is set.
+fn small_binding_context(binding: u64, subgroups: bool) -> Arc<GpuContext> {
     common::set_runtime_dir();
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -25,7 +26,13 @@ fn small_binding_context(binding: u64) -> Arc<GpuContext> {
         max_storage_buffer_binding_size: binding,
         ..wgpu::Limits::default()
     };
+    let features = if subgroups {
+        adapter.features() & wgpu::Features::SUBGROUP
+    } else {
+        wgpu::Features::empty()
+    };
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: features,
         required_limits: limits,
         ..Default::default()
     }))
@@ -55,10 +62,16 @@ fn check_all(ctx: Arc<GpuContext>, cases: &[(&[usize], Layout, f64, f64)]) {
     );
 }
 
-/// Every reduction and element-wise variant, cut into chunks of a 64 KiB binding.
+/// Every reduction and element-wise variant, cut into chunks of a 64 KiB binding, with and
+/// without subgroup merges.
 #[test]
 fn chunked_bindings_should_match_reference() {
-    let ctx = small_binding_context(64 << 10);
+    for subgroups in [true, false] {
+        chunked_bindings(small_binding_context(64 << 10, subgroups));
+    }
+}
+
+fn chunked_bindings(ctx: Arc<GpuContext>) {
     check_all(
         ctx,
         &[
@@ -75,7 +88,7 @@ fn chunked_bindings_should_match_reference() {
 /// A sample bigger than one binding cannot be cut into rows: refused, naming the limit.
 #[test]
 fn a_sample_over_one_binding_is_refused() {
-    let ctx = small_binding_context(64 << 10);
+    let ctx = small_binding_context(64 << 10, false);
     let mut bn = BatchNorm::new(BatchNormConfig::new(4), Device::Gpu(ctx)).unwrap();
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 64, 65]));
     match bn.forward(x.view(), CF) {
