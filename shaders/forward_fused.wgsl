@@ -74,7 +74,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             m2 += delta * (d - mean);
         }
     }
-    let w = subgroup_welford(Welford(n, vec4<f32>(mean, 0.0, 0.0, 0.0), vec4<f32>(m2, 0.0, 0.0, 0.0)), p.tile_c, p.tile_i);
+    let w = subgroup_welford(Welford(n, vec4<f32>(mean, 0.0, 0.0, 0.0), vec4<f32>(m2, 0.0, 0.0, 0.0)), p.tile_c, p.tile_i, span);
     if lane.rep {
         wg_count[slot] = u32(w.n);
         wg_mean[slot] = w.mean.x;

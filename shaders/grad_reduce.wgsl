@@ -44,7 +44,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    let sums = subgroup_sum(vec4<f32>(sum_dy, sum_dy_xmu, 0.0, 0.0), p.tile_c, p.tile_i);
+    let sums = subgroup_sum(vec4<f32>(sum_dy, sum_dy_xmu, 0.0, 0.0), p.tile_c, p.tile_i, span);
     if lane.rep {
         wg_sum_dy[slot] = sums.x;
         wg_sum_dy_xmu[slot] = sums.y;

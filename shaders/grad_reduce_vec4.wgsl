@@ -85,8 +85,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    sum_dy = subgroup_sum(sum_dy, p.tile_c, p.tile_i);
-    sum_dy_xmu = subgroup_sum(sum_dy_xmu, p.tile_c, p.tile_i);
+    sum_dy = subgroup_sum(sum_dy, p.tile_c, p.tile_i, span);
+    sum_dy_xmu = subgroup_sum(sum_dy_xmu, p.tile_c, p.tile_i, span);
     if lane.rep {
         wg_sum_dy[slot] = sum_dy;
         wg_sum_dy_xmu[slot] = sum_dy_xmu;

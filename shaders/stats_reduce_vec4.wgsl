@@ -88,7 +88,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    w = subgroup_welford(w, p.tile_c, p.tile_i);
+    w = subgroup_welford(w, p.tile_c, p.tile_i, span);
     if lane.rep {
         wg_count[slot] = u32(w.n);
         wg_mean[slot] = w.mean;

@@ -12,25 +12,32 @@ fn subgroup_span(tile_c: u32, tile_i: u32) -> vec2<u32> {
     return vec2<u32>(min(tile_i, size), max(size / (tile_i * tile_c), 1u));
 }
 
-fn subgroup_welford(w: Welford, tile_c: u32, tile_i: u32) -> Welford {
-    let size = subgroupAdd(1u);
+// The butterfly's bits: below span.x along inner, then span.y's worth from tile_i·tile_c on
+// along rows (see subgroup_span; one of the two runs is empty unless tile_i fits).
+fn subgroup_welford(w: Welford, tile_c: u32, tile_i: u32, span: vec2<u32>) -> Welford {
     var out = w;
-    for (var bit = 1u; bit < size; bit *= 2u) {
-        if bit < tile_i || bit >= tile_i * tile_c {
-            let other = Welford(subgroupShuffleXor(out.n, bit), subgroupShuffleXor(out.mean, bit), subgroupShuffleXor(out.m2, bit));
-            out = merge_welford(out, other);
-        }
+    for (var bit = 1u; bit < span.x; bit *= 2u) {
+        out = merge_welford(out, shuffle_welford(out, bit));
+    }
+    let rows = tile_i * tile_c;
+    for (var bit = rows; bit < rows * span.y; bit *= 2u) {
+        out = merge_welford(out, shuffle_welford(out, bit));
     }
     return out;
 }
 
-fn subgroup_sum(v: vec4<f32>, tile_c: u32, tile_i: u32) -> vec4<f32> {
-    let size = subgroupAdd(1u);
+fn shuffle_welford(w: Welford, bit: u32) -> Welford {
+    return Welford(subgroupShuffleXor(w.n, bit), subgroupShuffleXor(w.mean, bit), subgroupShuffleXor(w.m2, bit));
+}
+
+fn subgroup_sum(v: vec4<f32>, tile_c: u32, tile_i: u32, span: vec2<u32>) -> vec4<f32> {
     var out = v;
-    for (var bit = 1u; bit < size; bit *= 2u) {
-        if bit < tile_i || bit >= tile_i * tile_c {
-            out += subgroupShuffleXor(out, bit);
-        }
+    for (var bit = 1u; bit < span.x; bit *= 2u) {
+        out += subgroupShuffleXor(out, bit);
+    }
+    let rows = tile_i * tile_c;
+    for (var bit = rows; bit < rows * span.y; bit *= 2u) {
+        out += subgroupShuffleXor(out, bit);
     }
     return out;
 }
