@@ -7,17 +7,6 @@ use wgpu_batchnorm::{
     BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
 };
 
-fn own_device() -> (wgpu::Device, wgpu::Queue) {
-    common::set_runtime_dir();
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
-        &instance, None,
-    ))
-    .expect("an adapter (install mesa-vulkan-drivers)");
-    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap()
-}
-
 fn read(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
@@ -44,7 +33,7 @@ fn read(
 
 #[test]
 fn records_into_the_callers_encoder_on_the_callers_buffers() {
-    let (device, queue) = own_device();
+    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
     let ctx = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()).unwrap());
     let dims = [4, 6, 5, 3];
     let n: usize = dims.iter().product();

@@ -15,28 +15,11 @@ use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
 /// tensors take the chunked path that large ones take on real limits; with subgroups where
 /// the adapter has them and `subgroups` is set.
 fn small_binding_context(binding: u64, subgroups: bool) -> Arc<GpuContext> {
-    common::set_runtime_dir();
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
-        &instance, None,
-    ))
-    .expect("an adapter (install mesa-vulkan-drivers)");
     let limits = wgpu::Limits {
         max_storage_buffer_binding_size: binding,
         ..wgpu::Limits::default()
     };
-    let features = if subgroups {
-        adapter.features() & wgpu::Features::SUBGROUP
-    } else {
-        wgpu::Features::empty()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: features,
-        required_limits: limits,
-        ..Default::default()
-    }))
-    .expect("a device with a small binding limit");
+    let (device, queue) = common::caller_device(subgroups, Some(limits));
     let ctx = GpuContext::from_device(device, queue).unwrap();
     assert_eq!(ctx.limits().max_storage_buffer_binding_size, binding);
     Arc::new(ctx)

@@ -49,32 +49,38 @@ pub fn gpu_two_pass() -> Arc<GpuContext> {
     .clone()
 }
 
-/// A context on a device made here, as a caller makes one (so with a GPU's tuning whatever
-/// the adapter is), with subgroups requested where the adapter offers them or not at all:
-/// the two ways the reductions merge lanes.
+/// A device made here, as a caller makes one: with subgroups where `subgroups` is set and the
+/// adapter has them, and `limits` (the adapter's own when None).
+pub fn caller_device(subgroups: bool, limits: Option<wgpu::Limits>) -> (wgpu::Device, wgpu::Queue) {
+    set_runtime_dir();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
+        &instance, None,
+    ))
+    .expect("an adapter (install mesa-vulkan-drivers)");
+    let features = if subgroups {
+        adapter.features() & wgpu::Features::SUBGROUP
+    } else {
+        wgpu::Features::empty()
+    };
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: features,
+        required_limits: limits.unwrap_or_else(|| adapter.limits()),
+        ..Default::default()
+    }))
+    .expect("a device")
+}
+
+/// A context on a caller's device (so with a GPU's tuning whatever the adapter is), with
+/// subgroups requested where the adapter offers them or not at all: the two ways the
+/// reductions merge lanes.
 pub fn gpu_caller(subgroups: bool) -> Arc<GpuContext> {
     static WITH: OnceLock<Arc<GpuContext>> = OnceLock::new();
     static WITHOUT: OnceLock<Arc<GpuContext>> = OnceLock::new();
     let cell = if subgroups { &WITH } else { &WITHOUT };
     cell.get_or_init(|| {
-        set_runtime_dir();
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
-            &instance, None,
-        ))
-        .expect("GPU tests need an adapter");
-        let features = if subgroups {
-            adapter.features() & wgpu::Features::SUBGROUP
-        } else {
-            wgpu::Features::empty()
-        };
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            required_features: features,
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .expect("a device");
+        let (device, queue) = caller_device(subgroups, None);
         Arc::new(GpuContext::from_device(device, queue).expect("a context"))
     })
     .clone()
