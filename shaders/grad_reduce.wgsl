@@ -33,11 +33,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let center = saved[c].x;
         let offset = saved[c].y;
         let row_stride = p.channels * p.inner;
-        let o_begin = split * p.rows_per_split;
-        let o_end = min(o_begin + p.rows_per_split, p.outer);
-        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+        let r = split_range(p, split, p.inner);
+        for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
             let base = o * row_stride + c * p.inner;
-            for (var i = lane_i; i < p.inner; i += p.tile_i) {
+            for (var i = r.i_begin + lane_i; i < r.i_end; i += p.tile_i) {
                 let g = dy[base + i];
                 sum_dy += g;
                 sum_dy_xmu += g * ((x[base + i] - center) - offset);

@@ -40,8 +40,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             offset[k] = stats.y;
         }
         let row_stride = groups * units_i;
-        let o_begin = split * p.rows_per_split;
-        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        // Rows are at most 256 units long here: splits never cut them (inner_splits = 1).
+        let r = split_range(p, split, units_i);
+        let o_begin = r.o_begin;
+        let o_end = r.o_end;
         // Two rows per step, as in grad_reduce_vec4.
         let t = p.tile_o * row_stride;
         var at = (o_begin + lane_o) * row_stride + g * units_i + lane_i;

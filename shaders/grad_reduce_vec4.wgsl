@@ -3,6 +3,9 @@
 // channel).
 
 override CHANNELS_IN_VEC4: bool = false;
+// Channels-first only: units one lane reads back to back where p.run says so, 1 or even (see
+// stats_reduce_vec4).
+override RUN: u32 = 1u;
 
 const WG: u32 = 256u;
 
@@ -46,14 +49,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
         let row_stride = units_c * units_i;
-        let o_begin = split * p.rows_per_split;
-        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        let r = split_range(p, split, units_i);
         // Two loads per step, added as a pair: half the serial chain of the sums (see
         // stats_reduce_vec4).
         if CHANNELS_IN_VEC4 {
             let t = p.tile_o * row_stride;
-            var at = (o_begin + lane_o) * row_stride + u;
-            let end = o_end * row_stride;
+            var at = (r.o_begin + lane_o) * row_stride + u;
+            let end = r.o_end * row_stride;
             for (; at + t < end; at += 2u * t) {
                 let g0 = dy[at];
                 let g1 = dy[at + t];
@@ -67,17 +69,35 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         } else {
             let t = p.tile_i;
-            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+            for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
                 let base = o * row_stride + u * units_i;
-                var i = lane_i;
-                for (; i + t < units_i; i += 2u * t) {
-                    let at = base + i;
-                    let g0 = dy[at];
-                    let g1 = dy[at + t];
-                    sum_dy += g0 + g1;
-                    sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
+                let run = select(1u, RUN, p.run > 1u);
+                var i = r.i_begin + lane_i * run;
+                // The units this lane has left after its pairs or runs: i up to `rest`.
+                var rest = i;
+                if run == 1u {
+                    for (; i + t < r.i_end; i += 2u * t) {
+                        let at = base + i;
+                        let g0 = dy[at];
+                        let g1 = dy[at + t];
+                        sum_dy += g0 + g1;
+                        sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
+                    }
+                    rest = min(i + 1u, r.i_end);
+                } else {
+                    for (; i + RUN <= r.i_end; i += t * RUN) {
+                        for (var k = 0u; k < RUN; k += 2u) {
+                            let at = base + i + k;
+                            let g0 = dy[at];
+                            let g1 = dy[at + 1u];
+                            sum_dy += g0 + g1;
+                            sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + 1u] - center) - offset);
+                        }
+                    }
+                    // The run that the split's end cuts short, one lane's.
+                    rest = r.i_end;
                 }
-                if i < units_i {
+                for (; i < rest; i++) {
                     let g = dy[base + i];
                     sum_dy += g;
                     sum_dy_xmu += g * ((x[base + i] - center) - offset);

@@ -53,11 +53,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if c < p.channels {
         shift = x[c * p.inner];
         let row_stride = p.channels * p.inner;
-        let o_begin = split * p.rows_per_split;
-        let o_end = min(o_begin + p.rows_per_split, p.outer);
-        for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+        let r = split_range(p, split, p.inner);
+        for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
             let base = o * row_stride + c * p.inner;
-            for (var i = lane_i; i < p.inner; i += p.tile_i) {
+            for (var i = r.i_begin + lane_i; i < r.i_end; i += p.tile_i) {
                 let d = x[base + i] - shift;
                 n += 1.0;
                 let delta = d - mean;

@@ -11,6 +11,11 @@
 // stats_reduce, values are shifted by their channel's first value before accumulating.
 
 override CHANNELS_IN_VEC4: bool = false;
+// Channels-first only: units one lane reads back to back where p.run says so, 1 or even.
+// GPUs take 1, so that neighbouring lanes read neighbouring units; CPU rasterizers take more
+// on long planes (Tuning::run), as they run each lane's loads one after another and pay
+// less for a run at constant offsets.
+override RUN: u32 = 1u;
 
 const WG: u32 = 256u;
 
@@ -63,27 +68,39 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             shift = vec4<f32>(shift.x);
         }
         let row_stride = units_c * units_i;
-        let o_begin = split * p.rows_per_split;
-        let o_end = min(o_begin + p.rows_per_split, p.outer);
+        let r = split_range(p, split, units_i);
         // Two loads per step, merged as a pair: half the serial chain of one-at-a-time
         // Welford, which a CPU rasterizer runs lane group by lane group without overlap.
         if CHANNELS_IN_VEC4 {
-            var o = o_begin + lane_o;
-            for (; o + p.tile_o < o_end; o += 2u * p.tile_o) {
+            var o = r.o_begin + lane_o;
+            for (; o + p.tile_o < r.o_end; o += 2u * p.tile_o) {
                 w = add_pair(w, x[o * row_stride + u] - shift, x[(o + p.tile_o) * row_stride + u] - shift);
             }
-            if o < o_end {
+            if o < r.o_end {
                 w = add_one(w, x[o * row_stride + u] - shift);
             }
         } else {
-            for (var o = o_begin + lane_o; o < o_end; o += p.tile_o) {
+            for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
                 let base = o * row_stride + u * units_i;
-                var i = lane_i;
-                for (; i + p.tile_i < units_i; i += 2u * p.tile_i) {
-                    w = add_pair(w, x[base + i] - shift, x[base + i + p.tile_i] - shift);
-                }
-                if i < units_i {
-                    w = add_one(w, x[base + i] - shift);
+                if RUN == 1u || p.run == 1u {
+                    var i = r.i_begin + lane_i;
+                    for (; i + p.tile_i < r.i_end; i += 2u * p.tile_i) {
+                        w = add_pair(w, x[base + i] - shift, x[base + i + p.tile_i] - shift);
+                    }
+                    if i < r.i_end {
+                        w = add_one(w, x[base + i] - shift);
+                    }
+                } else {
+                    var i = r.i_begin + lane_i * RUN;
+                    for (; i + RUN <= r.i_end; i += p.tile_i * RUN) {
+                        for (var k = 0u; k < RUN; k += 2u) {
+                            w = add_pair(w, x[base + i + k] - shift, x[base + i + k + 1u] - shift);
+                        }
+                    }
+                    // What is left is the run that the split's end cuts short, one lane's.
+                    for (; i < r.i_end; i++) {
+                        w = add_one(w, x[base + i] - shift);
+                    }
                 }
             }
         }

@@ -89,6 +89,19 @@ fn large_mean_small_spread_should_match_reference() {
     ]);
 }
 
+/// Few rows, long planes: reductions also split each row along inner (so that a GPU gets
+/// workgroups enough), and lanes read runs that a split's end cuts short.
+#[test]
+fn few_long_rows_should_match_reference() {
+    run_all(&[
+        (&[2, 1, 512, 512], CF, 0.5, 2.0),
+        (&[2, 3, 4100], CF, -1.0, 1.0),
+        (&[1, 2, 3, 30001], CF, 1e4, 1e-2),
+        (&[3, 5, 6, 10], CF, 0.0, 1.0),
+        (&[1, 1, 1 << 20], CF, 1.0, 0.5),
+    ]);
+}
+
 /// M ≥ 2^20 values per channel.
 #[test]
 fn over_a_million_values_per_channel_should_match_reference() {

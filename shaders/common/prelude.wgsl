@@ -4,7 +4,8 @@
 // Welford steps of the reductions.
 //
 // The tensor is viewed as [outer][channels][inner]; tile_* lay a reduction's lanes out over
-// channel units, inner units and rows; apply_* cut the element-wise kernels' matrix view;
+// channel units, inner units and rows, and its splits cover rows_per_split rows (and
+// inner_per_split units of each); apply_* cut the element-wise kernels' matrix view;
 // total counts the elements of this chunk; count, the values of one channel in the tensor.
 
 struct Params {
@@ -26,9 +27,12 @@ struct Params {
     momentum: f32,
     // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
     split_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Where rows are few and long, a reduction's splits also cut each row into ranges of
+    // inner_per_split units (what one lane loads at a time): inner_splits of them.
+    inner_splits: u32,
+    inner_per_split: u32,
+    // 1, or the RUN of stats_reduce_vec4 and grad_reduce_vec4: whether their lanes read runs.
+    run: u32,
 }
 
 // One split's statistics of one channel: count, mean and M2 of the values shifted by
@@ -105,4 +109,19 @@ fn merge_welford(a: Welford, b: Welford) -> Welford {
     let fb = b.n / n;
     let delta = b.mean - a.mean;
     return Welford(n, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * (a.n * fb));
+}
+
+// The rows [o_begin, o_end) and inner units [i_begin, i_end) that one split of a reduction
+// covers: splits are numbered inner range first, then row range.
+struct SplitRange {
+    o_begin: u32,
+    o_end: u32,
+    i_begin: u32,
+    i_end: u32,
+}
+
+fn split_range(q: Params, split: u32, units_i: u32) -> SplitRange {
+    let o_begin = (split / q.inner_splits) * q.rows_per_split;
+    let i_begin = (split % q.inner_splits) * q.inner_per_split;
+    return SplitRange(o_begin, min(o_begin + q.rows_per_split, q.outer), i_begin, min(i_begin + q.inner_per_split, units_i));
 }

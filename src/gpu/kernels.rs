@@ -159,14 +159,16 @@ pub(crate) struct Kernels {
 
 impl Kernels {
     /// Every pipeline; the reductions use subgroup operations when `subgroups` is set (the
-    /// device has them and the layout check of subgroup_probe.wgsl passed).
-    pub(crate) fn new(device: &wgpu::Device, subgroups: bool) -> Result<Self> {
+    /// device has them and the layout check of subgroup_probe.wgsl passed), and channels-first
+    /// vec4 reductions read runs of `run` units per lane (Tuning::run).
+    pub(crate) fn new(device: &wgpu::Device, subgroups: bool, run: u32) -> Result<Self> {
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
+        let runs = |shader| Kernel::new(device, shader, subgroups, &[("RUN", run as f64)]);
         Ok(Self {
             stats_reduce: plain(shader!("stats_reduce"))?,
-            stats_reduce_vec4: plain(shader!("stats_reduce_vec4"))?,
+            stats_reduce_vec4: runs(shader!("stats_reduce_vec4"))?,
             stats_reduce_vec4_channels: channels_in_vec4(shader!("stats_reduce_vec4"))?,
             stats_reduce_grouped: plain(shader!("stats_reduce_grouped"))?,
             stats_finalize: plain(shader!("stats_finalize"))?,
@@ -175,7 +177,7 @@ impl Kernels {
             forward_fused_vec4: plain(shader!("forward_fused_vec4"))?,
             forward_fused_vec4_channels: channels_in_vec4(shader!("forward_fused_vec4"))?,
             grad_reduce: plain(shader!("grad_reduce"))?,
-            grad_reduce_vec4: plain(shader!("grad_reduce_vec4"))?,
+            grad_reduce_vec4: runs(shader!("grad_reduce_vec4"))?,
             grad_reduce_vec4_channels: channels_in_vec4(shader!("grad_reduce_vec4"))?,
             grad_reduce_grouped: plain(shader!("grad_reduce_grouped"))?,
             grad_finalize: plain(shader!("grad_finalize"))?,
@@ -256,7 +258,9 @@ pub(crate) struct Params {
     pub eps: f32,
     pub momentum: f32,
     pub split_offset: u32,
-    pub _pad: [u32; 3],
+    pub inner_splits: u32,
+    pub inner_per_split: u32,
+    pub run: u32,
 }
 
 /// How much work one reduction workgroup takes on: GPUs want many workgroups in flight, CPU
@@ -272,6 +276,12 @@ pub(crate) struct Tuning {
     /// workgroup reading one contiguous run; a CPU rasterizer wants one SIMD register's worth,
     /// so that a workgroup covers many channels and each lane loops longer.
     pub max_tile_i: u32,
+    /// Units (vec4) that a lane of a channels-first vec4 reduction reads back to back (the
+    /// shaders' RUN): 1 on GPUs, where neighbouring lanes must read neighbouring addresses;
+    /// more on CPU rasterizers, which run a lane's loads one after another and pay less for a
+    /// run at constant offsets from one index. Runs are taken on planes of 16 runs or more
+    /// (measured slower on 14×14), with as few lanes along inner as keep the workgroup busy.
+    pub run: u32,
     /// Whether the training forward may read x once when channels fit (forward_fused).
     pub single_read: bool,
 }
@@ -283,6 +293,7 @@ impl Tuning {
                 loads_per_lane: 512,
                 min_groups: 32,
                 max_tile_i: 8,
+                run: 8,
                 // Measured slower there: lavapipe saves every lane's registers at each barrier.
                 single_read: false,
             },
@@ -290,6 +301,7 @@ impl Tuning {
                 loads_per_lane: 64,
                 min_groups: 512,
                 max_tile_i: WORKGROUP,
+                run: 1,
                 single_read: true,
             },
         }
@@ -470,9 +482,28 @@ impl Geometry {
         } else {
             (Reduce::Scalar, channels, inner)
         };
+        let chunk_rows = (outer as u64).min(rows_per_chunk);
+        let run = match reduce {
+            Reduce::Vec4Inner if units_i >= 16 * tuning.run => tuning.run,
+            _ => 1,
+        };
         let (tile_i, max_tile_c) = match reduce {
             // A lane keeps to one position of the group; four writer lanes per group.
             Reduce::Vec4Grouped => (units_i.next_power_of_two(), WORKGROUP / 4),
+            // Runs: as few lanes along inner as keep every lane of the workgroup busy.
+            _ if run > 1 => {
+                let busy = |tile_i: u32| {
+                    let tile_c = units_c.next_power_of_two().min(WORKGROUP / tile_i);
+                    tile_i as u64 * tile_c as u64 * chunk_rows.next_power_of_two()
+                        >= WORKGROUP as u64
+                };
+                let most = units_i.div_ceil(run).next_power_of_two().min(WORKGROUP);
+                let mut tile_i = 1;
+                while tile_i < most && !busy(tile_i) {
+                    tile_i *= 2;
+                }
+                (tile_i, WORKGROUP)
+            }
             _ => (
                 units_i.next_power_of_two().min(tuning.max_tile_i),
                 WORKGROUP,
@@ -483,21 +514,41 @@ impl Geometry {
             .min(WORKGROUP / tile_i)
             .min(max_tile_c);
         let tile_o = WORKGROUP / (tile_i * tile_c);
-        let channel_blocks = units_c.div_ceil(tile_c);
-        limit("channel blocks", channel_blocks as u64, max_groups)?;
-        // The tuning's loads per lane, but split further while there are too few workgroups.
+        let channel_blocks = units_c.div_ceil(tile_c) as u64;
+        limit("channel blocks", channel_blocks, max_groups)?;
+        // The tuning's loads per lane, but split further while there are too few workgroups:
+        // first into fewer rows (never fewer than the workgroup has lanes along rows, or 8
+        // loads per lane), then, where rows are few and long, into ranges along inner. Split
+        // counts are worked out rather than halved into, so that they come out even (13
+        // workgroups on two threads leave one idle for a thirteenth of the time).
+        let (tile_o64, lanes) = (tile_o as u64, WORKGROUP as u64);
         let per_row = units_i as u64 * tile_c as u64;
-        let mut rows_per_split = (tuning.loads_per_lane * WORKGROUP as u64)
-            .div_ceil(per_row)
-            .max(1);
-        let chunk_rows = (outer as u64).min(rows_per_chunk);
-        while rows_per_split > 1
-            && channel_blocks as u64 * chunk_rows.div_ceil(rows_per_split) < tuning.min_groups
-            && rows_per_split * per_row > 8 * WORKGROUP as u64
-        {
-            rows_per_split /= 2;
+        let mut rows_per_split = (tuning.loads_per_lane * lanes).div_ceil(per_row);
+        let wanted = tuning.min_groups.div_ceil(channel_blocks);
+        if chunk_rows.div_ceil(rows_per_split) < wanted {
+            rows_per_split = chunk_rows
+                .div_ceil(wanted)
+                .max((8 * lanes).div_ceil(per_row))
+                .min(rows_per_split);
         }
-        let rows_per_split = rows_per_split.max(chunk_rows.div_ceil(max_groups)) as u32;
+        let rows_per_split = rows_per_split
+            .max(chunk_rows.div_ceil(max_groups))
+            .next_multiple_of(tile_o64);
+        let row_splits = chunk_rows.div_ceil(rows_per_split);
+        // Inner ranges are whole sweeps of the lanes along inner (and their runs).
+        let sweep = tile_i as u64 * run as u64;
+        let mut inner_per_split = units_i as u64;
+        if reduce != Reduce::Vec4Grouped && row_splits < wanted {
+            let floor =
+                (tuning.loads_per_lane / 4 * lanes).div_ceil(rows_per_split * tile_c as u64);
+            inner_per_split = inner_per_split
+                .div_ceil(wanted.div_ceil(row_splits))
+                .max(floor)
+                .next_multiple_of(sweep)
+                .min(units_i as u64);
+        }
+        let inner_splits = (units_i as u64).div_ceil(inner_per_split) as u32;
+        let (rows_per_split, inner_per_split) = (rows_per_split as u32, inner_per_split as u32);
 
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
         let plane = channels as u64 * inner as u64;
@@ -517,7 +568,7 @@ impl Geometry {
         let mut splits = 0u32;
         while first_row < outer as u64 {
             let rows = (outer as u64 - first_row).min(rows_per_chunk);
-            let chunk_splits = (rows as u32).div_ceil(rows_per_split);
+            let chunk_splits = (rows as u32).div_ceil(rows_per_split) * inner_splits;
             let apply_rows = rows.div_ceil(planes_per_row);
             let apply_rows_per_group = apply_rows.min(16).max(apply_rows.div_ceil(max_groups));
             let params = Params {
@@ -538,13 +589,15 @@ impl Geometry {
                 eps: 0.0,
                 momentum: 0.0,
                 split_offset: splits,
-                ..Params::zeroed()
+                inner_splits,
+                inner_per_split,
+                run,
             };
             chunks.push(Chunk {
                 params,
                 offset: first_row * row_bytes,
                 bytes: rows * row_bytes,
-                reduce_groups: (chunk_splits, channel_blocks),
+                reduce_groups: (chunk_splits, channel_blocks as u32),
                 apply_groups: (
                     column_groups as u32,
                     apply_rows.div_ceil(apply_rows_per_group) as u32,
@@ -575,5 +628,68 @@ fn gcd(a: u64, b: u64) -> u64 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Layout;
+
+    fn geometry(dims: &[usize], device_type: wgpu::DeviceType) -> Geometry {
+        let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
+        let tuning = Tuning::for_device(Some(device_type));
+        Geometry::new(&shape, &wgpu::Limits::default(), tuning).unwrap()
+    }
+
+    fn workgroups(g: &Geometry) -> u64 {
+        g.chunks
+            .iter()
+            .map(|c| c.reduce_groups.0 as u64 * c.reduce_groups.1 as u64)
+            .sum()
+    }
+
+    /// Two samples of one channel, four million values each: rows alone would give two
+    /// workgroups, so the reductions cut the rows along inner.
+    #[test]
+    fn few_long_rows_still_fill_the_device() {
+        for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            let g = geometry(&[2, 1, 1 << 22], device);
+            let p = g.chunks[0].params;
+            assert!(
+                workgroups(&g) >= Tuning::for_device(Some(device)).min_groups,
+                "{device:?}: {g:?}"
+            );
+            assert!(
+                p.inner_splits > 1 && p.inner_per_split.is_multiple_of(p.tile_i),
+                "{p:?}"
+            );
+        }
+    }
+
+    /// A split never has fewer rows than the workgroup has lanes along rows, or some lanes
+    /// would have nothing to read; and rows are cut along inner only once splitting rows
+    /// can go no further.
+    #[test]
+    fn splits_keep_every_lane_busy() {
+        for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            for dims in [
+                &[8, 64, 56, 56][..],
+                &[32, 64, 56, 56],
+                &[64, 256, 14, 14],
+                &[2, 3, 4100],
+                &[1024, 4096],
+            ] {
+                let g = geometry(dims, device);
+                let p = g.chunks[0].params;
+                assert!(p.rows_per_split >= p.tile_o, "{dims:?} {device:?}: {p:?}");
+                if p.inner_splits > 1 {
+                    assert!(
+                        p.rows_per_split == p.tile_o || p.rows_per_split as usize >= dims[0],
+                        "{dims:?} {device:?}: {p:?}"
+                    );
+                }
+            }
+        }
     }
 }
