@@ -104,9 +104,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let invstd = 1.0 / sqrt(var_biased + p.eps);
         let scale = gamma[writer] * invstd;
         // The whole channel is in the first split's record; the others are empty.
-        partials[writer * p.splits] = StatsPartial(count, wg_mean[lid], wg_m2[lid], center);
+        partials[partial_index(p, writer, 0u)] = StatsPartial(count, wg_mean[lid], wg_m2[lid], center);
         for (var s = 1u; s < p.splits; s++) {
-            partials[writer * p.splits + s] = StatsPartial(0u, 0.0, 0.0, 0.0);
+            partials[partial_index(p, writer, s)] = StatsPartial(0u, 0.0, 0.0, 0.0);
         }
         wg_shift[lid] = beta[writer] - wg_mean[lid] * scale;
         wg_mean[lid] = center;

@@ -138,9 +138,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             shifts[k] = beta[c] - means[k] * scales[k];
             if k < lanes_out {
                 // The whole channel is in the first split's record; the others are empty.
-                partials[c * p.splits] = StatsPartial(count, means[k], m2s[k], centers[k]);
+                partials[partial_index(p, c, 0u)] = StatsPartial(count, means[k], m2s[k], centers[k]);
                 for (var s = 1u; s < p.splits; s++) {
-                    partials[c * p.splits + s] = StatsPartial(0u, 0.0, 0.0, 0.0);
+                    partials[partial_index(p, c, s)] = StatsPartial(0u, 0.0, 0.0, 0.0);
                 }
             }
         }

@@ -70,6 +70,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Slot lid < tile_c now holds channel `writer`.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
-        partials[writer * p.splits + p.split_offset + split] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
+        partials[partial_index(p, writer, split)] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
     }
 }

@@ -91,6 +91,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             s += wg_sum_dy[at][e % 4u];
             sx += wg_sum_dy_xmu[at][e % 4u];
         }
-        partials[(4u * writer + c) * p.splits + p.split_offset + split] = GradPartial(s, sx);
+        partials[partial_index(p, 4u * writer + c, split)] = GradPartial(s, sx);
     }
 }

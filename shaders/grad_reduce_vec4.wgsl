@@ -1,10 +1,8 @@
-// Backward, stage 1, four values per load: the vec4 twin of grad_reduce, with the same two
-// modes as stats_reduce_vec4 (CHANNELS_IN_VEC4: four channels per vec4, or four values of one
-// channel).
+// Backward, stage 1, four values per load: the vec4 twin of grad_reduce for channels-first
+// shapes whose plane divides by four, as stats_reduce_vec4 (channels-last:
+// grad_reduce_channels).
 
-override CHANNELS_IN_VEC4: bool = false;
-// Channels-first only: units one lane reads back to back where p.run says so, 1 or even (see
-// stats_reduce_vec4).
+// Units one lane reads back to back, 1 or even (see stats_reduce_vec4).
 override RUN: u32 = 1u;
 
 const WG: u32 = 256u;
@@ -22,12 +20,8 @@ var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    var units_c = p.channels;
-    var units_i = p.inner / 4u;
-    if CHANNELS_IN_VEC4 {
-        units_c = p.channels / 4u;
-        units_i = 1u;
-    }
+    let units_c = p.channels;
+    let units_i = p.inner / 4u;
     let split = wid.x;
     let span = subgroup_span(p.tile_c, p.tile_i);
     let lane = lane_of(lid, p.tile_c, p.tile_i, span);
@@ -40,68 +34,44 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var sum_dy = vec4<f32>(0.0);
     var sum_dy_xmu = vec4<f32>(0.0);
     if u < units_c {
-        var center = vec4<f32>(saved[u].x);
-        var offset = vec4<f32>(saved[u].y);
-        if CHANNELS_IN_VEC4 {
-            for (var k = 0u; k < 4u; k++) {
-                center[k] = saved[4u * u + k].x;
-                offset[k] = saved[4u * u + k].y;
-            }
-        }
+        let center = vec4<f32>(saved[u].x);
+        let offset = vec4<f32>(saved[u].y);
         let row_stride = units_c * units_i;
         let r = split_range(p, split, units_i);
         // Two loads per step, added as a pair: half the serial chain of the sums (see
         // stats_reduce_vec4).
-        if CHANNELS_IN_VEC4 {
-            let t = p.tile_o * row_stride;
-            var at = (r.o_begin + lane_o) * row_stride + u;
-            let end = r.o_end * row_stride;
-            for (; at + t < end; at += 2u * t) {
-                let g0 = dy[at];
-                let g1 = dy[at + t];
-                sum_dy += g0 + g1;
-                sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
-            }
-            if at < end {
-                let g = dy[at];
-                sum_dy += g;
-                sum_dy_xmu += g * ((x[at] - center) - offset);
-            }
-        } else {
-            let t = p.tile_i;
-            for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
-                let base = o * row_stride + u * units_i;
-                let run = select(1u, RUN, p.run > 1u);
-                var i = r.i_begin + lane_i * run;
-                // The units this lane has left after its pairs or runs: i up to `rest`.
-                var rest = i;
-                if run == 1u {
-                    for (; i + t < r.i_end; i += 2u * t) {
-                        let at = base + i;
+        let t = p.tile_i;
+        for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
+            let base = o * row_stride + u * units_i;
+            var i = r.i_begin + lane_i * RUN;
+            // The units this lane has left after its pairs or runs: i up to `rest`.
+            var rest = i;
+            if RUN == 1u {
+                for (; i + t < r.i_end; i += 2u * t) {
+                    let at = base + i;
+                    let g0 = dy[at];
+                    let g1 = dy[at + t];
+                    sum_dy += g0 + g1;
+                    sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
+                }
+                rest = min(i + 1u, r.i_end);
+            } else {
+                for (; i + RUN <= r.i_end; i += t * RUN) {
+                    for (var k = 0u; k < RUN; k += 2u) {
+                        let at = base + i + k;
                         let g0 = dy[at];
-                        let g1 = dy[at + t];
+                        let g1 = dy[at + 1u];
                         sum_dy += g0 + g1;
-                        sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
+                        sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + 1u] - center) - offset);
                     }
-                    rest = min(i + 1u, r.i_end);
-                } else {
-                    for (; i + RUN <= r.i_end; i += t * RUN) {
-                        for (var k = 0u; k < RUN; k += 2u) {
-                            let at = base + i + k;
-                            let g0 = dy[at];
-                            let g1 = dy[at + 1u];
-                            sum_dy += g0 + g1;
-                            sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + 1u] - center) - offset);
-                        }
-                    }
-                    // The run that the split's end cuts short, one lane's.
-                    rest = r.i_end;
                 }
-                for (; i < rest; i++) {
-                    let g = dy[base + i];
-                    sum_dy += g;
-                    sum_dy_xmu += g * ((x[base + i] - center) - offset);
-                }
+                // The run that the split's end cuts short, one lane's.
+                rest = r.i_end;
+            }
+            for (; i < rest; i++) {
+                let g = dy[base + i];
+                sum_dy += g;
+                sum_dy_xmu += g * ((x[base + i] - center) - offset);
             }
         }
     }
@@ -135,13 +105,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if lid < p.tile_c && writer < units_c {
         let s = wg_sum_dy[lid];
         let sx = wg_sum_dy_xmu[lid];
-        if CHANNELS_IN_VEC4 {
-            for (var k = 0u; k < 4u; k++) {
-                partials[(4u * writer + k) * p.splits + p.split_offset + split] = GradPartial(s[k], sx[k]);
-            }
-        } else {
-            let ones = vec4<f32>(1.0);
-            partials[writer * p.splits + p.split_offset + split] = GradPartial(dot(s, ones), dot(sx, ones));
-        }
+        let ones = vec4<f32>(1.0);
+        partials[partial_index(p, writer, split)] = GradPartial(dot(s, ones), dot(sx, ones));
     }
 }

@@ -33,13 +33,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if c >= p.channels {
         return;
     }
-    let first = c * p.splits;
-    var n = partials[first].count;
-    var mean = partials[first].mean;
-    var m2 = partials[first].m2;
-    let shift = partials[first].shift;
+    // Channel c's records, split by split (partial_index in the prelude).
+    let first = partials[c * p.splits];
+    var n = first.count;
+    var mean = first.mean;
+    var m2 = first.m2;
+    let shift = first.shift;
     for (var k = 1u; k < p.splits; k++) {
-        let b = partials[first + k];
+        let b = partials[c * p.splits + k];
         if b.count == 0u {
             continue;
         }

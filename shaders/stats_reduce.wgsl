@@ -93,6 +93,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
         let first = x[writer * p.inner];
-        partials[writer * p.splits + p.split_offset + split] = StatsPartial(wg_count[lid], wg_mean[lid], wg_m2[lid], first);
+        partials[partial_index(p, writer, split)] = StatsPartial(wg_count[lid], wg_mean[lid], wg_m2[lid], first);
     }
 }

@@ -119,6 +119,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             count = total;
         }
         let channel = 4u * writer + c;
-        partials[channel * p.splits + p.split_offset + split] = StatsPartial(count, m, s2, value(channel * p.inner));
+        partials[partial_index(p, channel, split)] = StatsPartial(count, m, s2, value(channel * p.inner));
     }
 }

@@ -1,20 +1,17 @@
-// Batch statistics, stage 1, four values per load: the vec4 twin of stats_reduce for shapes
-// whose contiguous axis divides by four. Fewer, wider loads are what both GPUs and CPU
-// rasterizers (lavapipe runs each lane's load as its own scalar access) move fastest.
+// Batch statistics, stage 1, four values per load: the vec4 twin of stats_reduce for
+// channels-first shapes whose plane divides by four (channels-last: stats_reduce_channels).
+// Fewer, wider loads are what both GPUs and CPU rasterizers (lavapipe runs each lane's load
+// as its own scalar access) move fastest.
 //
-// CHANNELS_IN_VEC4 = false (channels-first, inner % 4 == 0): a vec4 holds four neighbouring
-// values of one channel; each component keeps its own Welford state over its quarter of the
-// values, and the four are merged at the end.
-// CHANNELS_IN_VEC4 = true (inner == 1, channels % 4 == 0): a vec4 holds four channels of one
-// row, and each component is that channel's Welford state.
-// Either way the four states share one count, so a vec4 costs one reciprocal. As in
-// stats_reduce, values are shifted by their channel's first value before accumulating.
+// A vec4 holds four neighbouring values of one channel; each component keeps its own Welford
+// state over its quarter of the values, and the four are merged at the end. The four states
+// share one count, so a vec4 costs one reciprocal. As in stats_reduce, values are shifted by
+// their channel's first value before accumulating.
 
-override CHANNELS_IN_VEC4: bool = false;
-// Channels-first only: units one lane reads back to back where p.run says so, 1 or even.
-// GPUs take 1, so that neighbouring lanes read neighbouring units; CPU rasterizers take more
-// on long planes (Tuning::run), as they run each lane's loads one after another and pay
-// less for a run at constant offsets.
+// Units one lane reads back to back, 1 or even. GPUs take 1, so that neighbouring lanes
+// read neighbouring units; CPU rasterizers take more on long planes (Tuning::run, a second
+// pipeline: a branch on a uniform would cost lavapipe both sides), as they run each lane's
+// loads one after another and pay less for a run at constant offsets.
 override RUN: u32 = 1u;
 
 const WG: u32 = 256u;
@@ -45,12 +42,8 @@ fn merge_into(a: u32, b: u32) {
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     // Units: what one lane loads at a time, along channels and along inner.
-    var units_c = p.channels;
-    var units_i = p.inner / 4u;
-    if CHANNELS_IN_VEC4 {
-        units_c = p.channels / 4u;
-        units_i = 1u;
-    }
+    let units_c = p.channels;
+    let units_i = p.inner / 4u;
     let split = wid.x;
     let span = subgroup_span(p.tile_c, p.tile_i);
     let lane = lane_of(lid, p.tile_c, p.tile_i, span);
@@ -61,46 +54,32 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let u = wid.y * p.tile_c + lane_c;
 
     var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
-    var shift = vec4<f32>(0.0);
     if u < units_c {
-        shift = x[u * units_i];
-        if !CHANNELS_IN_VEC4 {
-            shift = vec4<f32>(shift.x);
-        }
+        let shift = vec4<f32>(x[u * units_i].x);
         let row_stride = units_c * units_i;
         let r = split_range(p, split, units_i);
         // Two loads per step, merged as a pair: half the serial chain of one-at-a-time
         // Welford, which a CPU rasterizer runs lane group by lane group without overlap.
-        if CHANNELS_IN_VEC4 {
-            var o = r.o_begin + lane_o;
-            for (; o + p.tile_o < r.o_end; o += 2u * p.tile_o) {
-                w = add_pair(w, x[o * row_stride + u] - shift, x[(o + p.tile_o) * row_stride + u] - shift);
-            }
-            if o < r.o_end {
-                w = add_one(w, x[o * row_stride + u] - shift);
-            }
-        } else {
-            for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
-                let base = o * row_stride + u * units_i;
-                if RUN == 1u || p.run == 1u {
-                    var i = r.i_begin + lane_i;
-                    for (; i + p.tile_i < r.i_end; i += 2u * p.tile_i) {
-                        w = add_pair(w, x[base + i] - shift, x[base + i + p.tile_i] - shift);
+        for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
+            let base = o * row_stride + u * units_i;
+            if RUN == 1u {
+                var i = r.i_begin + lane_i;
+                for (; i + p.tile_i < r.i_end; i += 2u * p.tile_i) {
+                    w = add_pair(w, x[base + i] - shift, x[base + i + p.tile_i] - shift);
+                }
+                if i < r.i_end {
+                    w = add_one(w, x[base + i] - shift);
+                }
+            } else {
+                var i = r.i_begin + lane_i * RUN;
+                for (; i + RUN <= r.i_end; i += p.tile_i * RUN) {
+                    for (var k = 0u; k < RUN; k += 2u) {
+                        w = add_pair(w, x[base + i + k] - shift, x[base + i + k + 1u] - shift);
                     }
-                    if i < r.i_end {
-                        w = add_one(w, x[base + i] - shift);
-                    }
-                } else {
-                    var i = r.i_begin + lane_i * RUN;
-                    for (; i + RUN <= r.i_end; i += p.tile_i * RUN) {
-                        for (var k = 0u; k < RUN; k += 2u) {
-                            w = add_pair(w, x[base + i + k] - shift, x[base + i + k + 1u] - shift);
-                        }
-                    }
-                    // What is left is the run that the split's end cuts short, one lane's.
-                    for (; i < r.i_end; i++) {
-                        w = add_one(w, x[base + i] - shift);
-                    }
+                }
+                // What is left is the run that the split's end cuts short, one lane's.
+                for (; i < r.i_end; i++) {
+                    w = add_one(w, x[base + i] - shift);
                 }
             }
         }
@@ -135,16 +114,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let count = wg_count[lid];
         let means = wg_mean[lid];
         let m2s = wg_m2[lid];
-        if CHANNELS_IN_VEC4 {
-            for (var k = 0u; k < 4u; k++) {
-                partials[(4u * writer + k) * p.splits + p.split_offset + split] = StatsPartial(count, means[k], m2s[k], first[k]);
-            }
-        } else {
-            // Four equal-count states of one channel: Chan's merge in closed form.
-            let m = (means.x + means.y + means.z + means.w) * 0.25;
-            let dev = means - vec4<f32>(m);
-            let m2_all = m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev);
-            partials[writer * p.splits + p.split_offset + split] = StatsPartial(4u * count, m, m2_all, first.x);
-        }
+        // Four equal-count states of one channel: Chan's merge in closed form.
+        let m = (means.x + means.y + means.z + means.w) * 0.25;
+        let dev = means - vec4<f32>(m);
+        let m2_all = m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev);
+        partials[partial_index(p, writer, split)] = StatsPartial(4u * count, m, m2_all, first.x);
     }
 }

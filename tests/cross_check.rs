@@ -70,6 +70,8 @@ fn grouped_planes_should_match_reference() {
 fn wide_channel_counts_should_match_reference() {
     run_all(&[
         (&[4, 2048], CF, 0.0, 1.0),
+        (&[3, 64], CF, 0.0, 1.0),
+        (&[5, 3, 7, 48], CL, 0.5, 2.0),
         (&[2, 2048, 3, 3], CF, 0.0, 1.0),
         (&[2, 3, 3, 2048], CL, 0.0, 1.0),
         (&[8, 64, 56, 56], CF, 0.2, 1.5),
@@ -85,6 +87,8 @@ fn large_mean_small_spread_should_match_reference() {
         (&[8, 16, 16, 3], CL, 1e4, 1e-2),
         (&[1000, 4], CF, -1e4, 1e-2),
         (&[8, 16, 16, 4], CL, 1e4, 1e-2),
+        (&[64, 16, 16, 32], CL, 1e4, 1e-2),
+        (&[1000, 16], CF, -1e4, 1e-2),
         (&[4, 8, 16, 16], CF, 1e4, 1e-2),
     ]);
 }

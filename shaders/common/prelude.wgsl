@@ -31,8 +31,7 @@ struct Params {
     // inner_per_split units (what one lane loads at a time): inner_splits of them.
     inner_splits: u32,
     inner_per_split: u32,
-    // 1, or the RUN of stats_reduce_vec4 and grad_reduce_vec4: whether their lanes read runs.
-    run: u32,
+    _pad0: u32,
 }
 
 // One split's statistics of one channel: count, mean and M2 of the values shifted by
@@ -109,6 +108,13 @@ fn merge_welford(a: Welford, b: Welford) -> Welford {
     let fb = b.n / n;
     let delta = b.mean - a.mean;
     return Welford(n, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * (a.n * fb));
+}
+
+// Where a reduction's record of (channel, split) goes: channel-major, each channel's splits
+// side by side for its finalize lane. `split` counts from this chunk's first (split_offset).
+// (Split-major records measured slower on lavapipe: 8×64×56×56 forward 0.42 → 0.32.)
+fn partial_index(q: Params, channel: u32, split: u32) -> u32 {
+    return channel * q.splits + q.split_offset + split;
 }
 
 // The rows [o_begin, o_end) and inner units [i_begin, i_end) that one split of a reduction

@@ -99,8 +99,8 @@ impl GpuContext {
     ) -> Result<Self> {
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
             && subgroups_are_lane_runs(&device, &queue)?;
-        let run = Tuning::for_device(adapter_info.as_ref().map(|i| i.device_type)).run;
-        let kernels = Kernels::new(&device, subgroups, run)?;
+        let tuning = Tuning::for_device(adapter_info.as_ref().map(|i| i.device_type));
+        let kernels = Kernels::new(&device, subgroups, tuning)?;
         Ok(Self {
             limits: device.limits(),
             device,

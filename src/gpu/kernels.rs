@@ -136,7 +136,10 @@ macro_rules! shader {
 pub(crate) struct Kernels {
     pub(crate) stats_reduce: Kernel,
     pub(crate) stats_reduce_vec4: Kernel,
-    pub(crate) stats_reduce_vec4_channels: Kernel,
+    pub(crate) stats_reduce_channels: Kernel,
+    /// Twin that reads runs per lane (Tuning::run), where the tuning has them: a uniform
+    /// could switch one kernel between the two, but lavapipe runs both sides of a branch.
+    pub(crate) stats_reduce_vec4_runs: Option<Kernel>,
     pub(crate) stats_reduce_grouped: Kernel,
     pub(crate) stats_finalize: Kernel,
     pub(crate) eval_finalize: Kernel,
@@ -145,7 +148,8 @@ pub(crate) struct Kernels {
     pub(crate) forward_fused_vec4_channels: Kernel,
     pub(crate) grad_reduce: Kernel,
     pub(crate) grad_reduce_vec4: Kernel,
-    pub(crate) grad_reduce_vec4_channels: Kernel,
+    pub(crate) grad_reduce_channels: Kernel,
+    pub(crate) grad_reduce_vec4_runs: Option<Kernel>,
     pub(crate) grad_reduce_grouped: Kernel,
     pub(crate) grad_finalize: Kernel,
     pub(crate) apply_forward: Kernel,
@@ -159,17 +163,31 @@ pub(crate) struct Kernels {
 
 impl Kernels {
     /// Every pipeline; the reductions use subgroup operations when `subgroups` is set (the
-    /// device has them and the layout check of subgroup_probe.wgsl passed), and channels-first
-    /// vec4 reductions read runs of `run` units per lane (Tuning::run).
-    pub(crate) fn new(device: &wgpu::Device, subgroups: bool, run: u32) -> Result<Self> {
+    /// device has them and the layout check of subgroup_probe.wgsl passed), and the vec4
+    /// reductions read as `tuning` says (Tuning::run, Tuning::contiguous_rows).
+    pub(crate) fn new(device: &wgpu::Device, subgroups: bool, tuning: Tuning) -> Result<Self> {
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
-        let runs = |shader| Kernel::new(device, shader, subgroups, &[("RUN", run as f64)]);
+        let contiguous = tuning.contiguous_rows as u8 as f64;
+        let channels = |shader| {
+            Kernel::new(
+                device,
+                shader,
+                subgroups,
+                &[("CONTIGUOUS_ROWS", contiguous)],
+            )
+        };
+        let runs = |shader| {
+            (tuning.run > 1)
+                .then(|| Kernel::new(device, shader, subgroups, &[("RUN", tuning.run as f64)]))
+                .transpose()
+        };
         Ok(Self {
             stats_reduce: plain(shader!("stats_reduce"))?,
-            stats_reduce_vec4: runs(shader!("stats_reduce_vec4"))?,
-            stats_reduce_vec4_channels: channels_in_vec4(shader!("stats_reduce_vec4"))?,
+            stats_reduce_vec4: plain(shader!("stats_reduce_vec4"))?,
+            stats_reduce_channels: channels(shader!("stats_reduce_channels"))?,
+            stats_reduce_vec4_runs: runs(shader!("stats_reduce_vec4"))?,
             stats_reduce_grouped: plain(shader!("stats_reduce_grouped"))?,
             stats_finalize: plain(shader!("stats_finalize"))?,
             eval_finalize: plain(shader!("eval_finalize"))?,
@@ -177,8 +195,9 @@ impl Kernels {
             forward_fused_vec4: plain(shader!("forward_fused_vec4"))?,
             forward_fused_vec4_channels: channels_in_vec4(shader!("forward_fused_vec4"))?,
             grad_reduce: plain(shader!("grad_reduce"))?,
-            grad_reduce_vec4: runs(shader!("grad_reduce_vec4"))?,
-            grad_reduce_vec4_channels: channels_in_vec4(shader!("grad_reduce_vec4"))?,
+            grad_reduce_vec4: plain(shader!("grad_reduce_vec4"))?,
+            grad_reduce_channels: channels(shader!("grad_reduce_channels"))?,
+            grad_reduce_vec4_runs: runs(shader!("grad_reduce_vec4"))?,
             grad_reduce_grouped: plain(shader!("grad_reduce_grouped"))?,
             grad_finalize: plain(shader!("grad_finalize"))?,
             apply_forward: plain(shader!("apply_forward"))?,
@@ -192,11 +211,12 @@ impl Kernels {
 
     /// The statistics reduction that suits `geometry`.
     pub(crate) fn stats_reduce(&self, geometry: &Geometry) -> &Kernel {
-        match geometry.reduce {
-            Reduce::Scalar => &self.stats_reduce,
-            Reduce::Vec4Inner => &self.stats_reduce_vec4,
-            Reduce::Vec4Channels => &self.stats_reduce_vec4_channels,
-            Reduce::Vec4Grouped => &self.stats_reduce_grouped,
+        match (geometry.reduce, &self.stats_reduce_vec4_runs) {
+            (Reduce::Vec4Inner, Some(runs)) if geometry.runs => runs,
+            (Reduce::Scalar, _) => &self.stats_reduce,
+            (Reduce::Vec4Inner, _) => &self.stats_reduce_vec4,
+            (Reduce::Vec4Channels, _) => &self.stats_reduce_channels,
+            (Reduce::Vec4Grouped, _) => &self.stats_reduce_grouped,
         }
     }
 
@@ -211,11 +231,12 @@ impl Kernels {
     }
 
     pub(crate) fn grad_reduce(&self, geometry: &Geometry) -> &Kernel {
-        match geometry.reduce {
-            Reduce::Scalar => &self.grad_reduce,
-            Reduce::Vec4Inner => &self.grad_reduce_vec4,
-            Reduce::Vec4Channels => &self.grad_reduce_vec4_channels,
-            Reduce::Vec4Grouped => &self.grad_reduce_grouped,
+        match (geometry.reduce, &self.grad_reduce_vec4_runs) {
+            (Reduce::Vec4Inner, Some(runs)) if geometry.runs => runs,
+            (Reduce::Scalar, _) => &self.grad_reduce,
+            (Reduce::Vec4Inner, _) => &self.grad_reduce_vec4,
+            (Reduce::Vec4Channels, _) => &self.grad_reduce_channels,
+            (Reduce::Vec4Grouped, _) => &self.grad_reduce_grouped,
         }
     }
 
@@ -260,7 +281,7 @@ pub(crate) struct Params {
     pub split_offset: u32,
     pub inner_splits: u32,
     pub inner_per_split: u32,
-    pub run: u32,
+    pub _pad: u32,
 }
 
 /// How much work one reduction workgroup takes on: GPUs want many workgroups in flight, CPU
@@ -282,6 +303,11 @@ pub(crate) struct Tuning {
     /// run at constant offsets from one index. Runs are taken on planes of 16 runs or more
     /// (measured slower on 14×14), with as few lanes along inner as keep the workgroup busy.
     pub run: u32,
+    /// Whether each lane of a channels-last reduction takes a contiguous range of rows rather
+    /// than every tile_o-th row (the shaders' CONTIGUOUS_ROWS): GPUs want the lanes of a
+    /// subgroup on neighbouring rows; a CPU rasterizer, which runs one SIMD group's loads
+    /// after another, wants each group reading one sequential stream.
+    pub contiguous_rows: bool,
     /// Whether the training forward may read x once when channels fit (forward_fused).
     pub single_read: bool,
 }
@@ -294,6 +320,7 @@ impl Tuning {
                 min_groups: 32,
                 max_tile_i: 8,
                 run: 8,
+                contiguous_rows: true,
                 // Measured slower there: lavapipe saves every lane's registers at each barrier.
                 single_read: false,
             },
@@ -302,6 +329,7 @@ impl Tuning {
                 min_groups: 512,
                 max_tile_i: WORKGROUP,
                 run: 1,
+                contiguous_rows: false,
                 single_read: true,
             },
         }
@@ -383,6 +411,8 @@ const _: () = assert!(std::mem::size_of::<Params>() == 80);
 #[derive(Clone, Debug)]
 pub(crate) struct Geometry {
     pub reduce: Reduce,
+    /// The reductions are the run-reading twins (Kernels::stats_reduce_runs).
+    pub runs: bool,
     /// Set when the training forward can read x once (see forward_fused_vec4.wgsl); only for
     /// tensors that fit one storage binding.
     pub fused: Option<Fused>,
@@ -591,7 +621,7 @@ impl Geometry {
                 split_offset: splits,
                 inner_splits,
                 inner_per_split,
-                run,
+                _pad: 0,
             };
             chunks.push(Chunk {
                 params,
@@ -614,6 +644,7 @@ impl Geometry {
             .flatten();
         Ok(Self {
             reduce,
+            runs: run > 1,
             fused,
             apply_vec4,
             finalize_groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1),

@@ -1,0 +1,112 @@
+// Backward, stage 1, for channels-last tensors (and (N, C)) whose channel count divides by
+// four: sum_dy and sum_dy_xmu of four channels per vec4, with stats_reduce_channels' layout
+// of lanes and its pipeline constant. x − mean is formed as (x − center) − offset, as in
+// grad_reduce.
+
+override CONTIGUOUS_ROWS: bool = false;
+
+const WG: u32 = 256u;
+
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+// (center, offset, invstd, var), mean = center + offset
+@group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+
+var<workgroup> wg_sum_dy: array<vec4<f32>, WG>;
+var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, WG>;
+
+// The four channels' center and offset of unit u.
+struct Centers {
+    center: vec4<f32>,
+    offset: vec4<f32>,
+}
+
+fn centers(u: u32) -> Centers {
+    var mu: Centers;
+    for (var c = 0u; c < 4u; c++) {
+        mu.center[c] = saved[4u * u + c].x;
+        mu.offset[c] = saved[4u * u + c].y;
+    }
+    return mu;
+}
+
+// Unit `unit`'s partial records for this split: four channels.
+fn write_partials(unit: u32, split: u32, s: vec4<f32>, sx: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        partials[partial_index(p, 4u * unit + c, split)] = GradPartial(s[c], sx[c]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let units_c = p.channels / 4u;
+    let split = wid.x;
+    let span = subgroup_span(p.tile_c, 1u);
+    let lane = lane_of(lid, p.tile_c, 1u, span);
+    let u = wid.y * p.tile_c + lane.c;
+
+    var sum_dy = vec4<f32>(0.0);
+    var sum_dy_xmu = vec4<f32>(0.0);
+    if u < units_c {
+        let r = split_range(p, split, 1u);
+        // This lane's rows: every tile_o-th from o_begin, or a contiguous range.
+        var o_begin = r.o_begin + lane.o;
+        var o_end = r.o_end;
+        var o_step = p.tile_o;
+        if CONTIGUOUS_ROWS {
+            let rows = (r.o_end - r.o_begin + p.tile_o - 1u) / p.tile_o;
+            o_begin = r.o_begin + lane.o * rows;
+            o_end = min(o_begin + rows, r.o_end);
+            o_step = 1u;
+        }
+        let mu = centers(u);
+        // Two rows per step, added as a pair (see grad_reduce_vec4).
+        let t = o_step * units_c;
+        var at = o_begin * units_c + u;
+        let end = o_end * units_c;
+        for (; at + t < end; at += 2u * t) {
+            let g0 = dy[at];
+            let g1 = dy[at + t];
+            sum_dy += g0 + g1;
+            sum_dy_xmu += g0 * ((x[at] - mu.center) - mu.offset) + g1 * ((x[at + t] - mu.center) - mu.offset);
+        }
+        if at < end {
+            let g = dy[at];
+            sum_dy += g;
+            sum_dy_xmu += g * ((x[at] - mu.center) - mu.offset);
+        }
+    }
+
+    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
+    let sums = subgroup_sum(sum_dy, p.tile_c, 1u, span);
+    let sums_xmu = subgroup_sum(sum_dy_xmu, p.tile_c, 1u, span);
+    if lane.rep {
+        wg_sum_dy[lane.slot] = sums;
+        wg_sum_dy_xmu[lane.slot] = sums_xmu;
+    }
+    var lanes = fold_lanes(p.tile_c, span);
+    while lanes > 1u {
+        let fold = min(lanes, 16u);
+        let next = lanes / fold;
+        workgroupBarrier();
+        if lid / p.tile_c < next {
+            for (var j = 1u; j < fold; j++) {
+                let b = lid + j * next * p.tile_c;
+                wg_sum_dy[lid] += wg_sum_dy[b];
+                wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
+            }
+        }
+        lanes = next;
+    }
+    // Where subgroups left no fold to do, slot lid still holds another lane's state.
+    workgroupBarrier();
+
+    // Slot lid < tile_c now holds unit wid.y·tile_c + lid.
+    let unit = wid.y * p.tile_c + lid;
+    if lid < p.tile_c && unit < units_c {
+        write_partials(unit, split, wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
+    }
+}

@@ -1,0 +1,110 @@
+// Batch statistics, stage 1, for channels-last tensors (and (N, C)) whose channel count
+// divides by four: a vec4 holds four channels of one row, and each component of a lane's
+// Welford state is one channel's. As in stats_reduce, values are shifted by their channel's
+// first value before accumulating.
+//
+// Lanes are laid out (tile_c, tile_o) over channel units (vec4) and rows. On GPUs the lanes
+// along rows take every tile_o-th row of the split, so that each load of a subgroup is one
+// contiguous run. On CPU rasterizers (CONTIGUOUS_ROWS, Tuning::contiguous_rows) each takes
+// one contiguous range of the split's rows instead: lavapipe runs a SIMD group's loads lane
+// by lane, and one group up to its next barrier before the next, so this turns its reads
+// into sequential streams rather than short pieces of rows far apart (PERF.md 26). The mode
+// is a pipeline constant rather than a uniform: lavapipe runs both sides of a branch.
+
+override CONTIGUOUS_ROWS: bool = false;
+
+const WG: u32 = 256u;
+
+// Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
+
+var<workgroup> wg_count: array<u32, WG>;
+var<workgroup> wg_mean: array<vec4<f32>, WG>;
+var<workgroup> wg_m2: array<vec4<f32>, WG>;
+
+fn merge_into(a: u32, b: u32) {
+    let nb = wg_count[b];
+    if nb == 0u {
+        return;
+    }
+    let na = wg_count[a];
+    let n = na + nb;
+    let fb = f32(nb) / f32(n);
+    let delta = wg_mean[b] - wg_mean[a];
+    wg_mean[a] = wg_mean[a] + delta * fb;
+    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
+    wg_count[a] = n;
+}
+
+// Unit `unit`'s partial records for this split: four channels, one count.
+fn write_partials(unit: u32, split: u32, w: Welford) {
+    let first = x[unit];
+    for (var c = 0u; c < 4u; c++) {
+        partials[partial_index(p, 4u * unit + c, split)] = StatsPartial(u32(w.n), w.mean[c], w.m2[c], first[c]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let units_c = p.channels / 4u;
+    let split = wid.x;
+    let span = subgroup_span(p.tile_c, 1u);
+    let lane = lane_of(lid, p.tile_c, 1u, span);
+    let u = wid.y * p.tile_c + lane.c;
+
+    var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
+    if u < units_c {
+        let r = split_range(p, split, 1u);
+        // This lane's rows: every tile_o-th from o_begin, or a contiguous range.
+        var o_begin = r.o_begin + lane.o;
+        var o_end = r.o_end;
+        var o_step = p.tile_o;
+        if CONTIGUOUS_ROWS {
+            let rows = (r.o_end - r.o_begin + p.tile_o - 1u) / p.tile_o;
+            o_begin = r.o_begin + lane.o * rows;
+            o_end = min(o_begin + rows, r.o_end);
+            o_step = 1u;
+        }
+        let shift = x[u];
+        // Two rows per step, merged as a pair (see stats_reduce_vec4).
+        let t = o_step * units_c;
+        var at = o_begin * units_c + u;
+        let end = o_end * units_c;
+        for (; at + t < end; at += 2u * t) {
+            w = add_pair(w, x[at] - shift, x[at + t] - shift);
+        }
+        if at < end {
+            w = add_one(w, x[at] - shift);
+        }
+    }
+
+    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
+    w = subgroup_welford(w, p.tile_c, 1u, span);
+    if lane.rep {
+        wg_count[lane.slot] = u32(w.n);
+        wg_mean[lane.slot] = w.mean;
+        wg_m2[lane.slot] = w.m2;
+    }
+    var lanes = fold_lanes(p.tile_c, span);
+    while lanes > 1u {
+        let fold = min(lanes, 16u);
+        let next = lanes / fold;
+        workgroupBarrier();
+        if lid / p.tile_c < next {
+            for (var j = 1u; j < fold; j++) {
+                merge_into(lid, lid + j * next * p.tile_c);
+            }
+        }
+        lanes = next;
+    }
+    // Where subgroups left no fold to do, slot lid still holds another lane's state.
+    workgroupBarrier();
+
+    // Slot lid < tile_c now holds unit wid.y·tile_c + lid.
+    let unit = wid.y * p.tile_c + lid;
+    if lid < p.tile_c && unit < units_c {
+        write_partials(unit, split, Welford(f32(wg_count[lid]), wg_mean[lid], wg_m2[lid]));
+    }
+}
