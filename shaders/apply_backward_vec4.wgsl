@@ -1,6 +1,9 @@
 // Backward, element-wise, four values per load: the vec4 twin of apply_backward, laid out
 // like apply_forward_vec4.
 
+// Set where inner divides by four (see apply_forward_vec4).
+override ONE_CHANNEL_PER_LANE: bool = false;
+
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -20,8 +23,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var k1: vec4<f32>;
     var k2: vec4<f32>;
     var k0: vec4<f32>;
-    if p.inner % 4u == 0u {
-        // Channel blocks of `inner` values start at multiples of four: one channel per lane.
+    if ONE_CHANNEL_PER_LANE {
         let c = coeff[(4u * col / p.inner) % p.channels];
         center = vec4<f32>(c.x);
         k1 = vec4<f32>(c.y);

@@ -2,6 +2,11 @@
 // whose [channels][inner] plane divides by four. The four components may belong to different
 // channels; each lane works out its four channels once, as its column never changes.
 
+// Set where inner divides by four: channel blocks of `inner` values then start at multiples
+// of four, so a lane's four values share one channel and one coefficient load. A pipeline
+// constant, not a test of p.inner: lavapipe runs both sides of a branch on a uniform.
+override ONE_CHANNEL_PER_LANE: bool = false;
+
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -19,8 +24,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var center: vec4<f32>;
     var scale: vec4<f32>;
     var shift: vec4<f32>;
-    if p.inner % 4u == 0u {
-        // Channel blocks of `inner` values start at multiples of four: one channel per lane.
+    if ONE_CHANNEL_PER_LANE {
         let c = coeff[(4u * col / p.inner) % p.channels];
         center = vec4<f32>(c.x);
         scale = vec4<f32>(c.y);

@@ -154,8 +154,11 @@ pub(crate) struct Kernels {
     pub(crate) grad_finalize: Kernel,
     pub(crate) apply_forward: Kernel,
     pub(crate) apply_forward_vec4: Kernel,
+    /// The vec4 element-wise kernels where each lane's four values share a channel.
+    pub(crate) apply_forward_vec4_one_channel: Kernel,
     pub(crate) apply_backward: Kernel,
     pub(crate) apply_backward_vec4: Kernel,
+    pub(crate) apply_backward_vec4_one_channel: Kernel,
     pub(crate) copy: Kernel,
     /// Whether the reductions merge lanes with subgroup operations.
     pub(crate) subgroups: bool,
@@ -169,6 +172,8 @@ impl Kernels {
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
+        let one_channel =
+            |shader| Kernel::new(device, shader, subgroups, &[("ONE_CHANNEL_PER_LANE", 1.0)]);
         let contiguous = tuning.contiguous_rows as u8 as f64;
         let channels = |shader| {
             Kernel::new(
@@ -202,8 +207,10 @@ impl Kernels {
             grad_finalize: plain(shader!("grad_finalize"))?,
             apply_forward: plain(shader!("apply_forward"))?,
             apply_forward_vec4: plain(shader!("apply_forward_vec4"))?,
+            apply_forward_vec4_one_channel: one_channel(shader!("apply_forward_vec4"))?,
             apply_backward: plain(shader!("apply_backward"))?,
             apply_backward_vec4: plain(shader!("apply_backward_vec4"))?,
+            apply_backward_vec4_one_channel: one_channel(shader!("apply_backward_vec4"))?,
             copy: plain(shader!("copy"))?,
             subgroups,
         })
@@ -241,20 +248,31 @@ impl Kernels {
     }
 
     pub(crate) fn apply_forward(&self, geometry: &Geometry) -> &Kernel {
-        if geometry.apply_vec4 {
-            &self.apply_forward_vec4
-        } else {
-            &self.apply_forward
+        match geometry.apply {
+            Apply::Scalar => &self.apply_forward,
+            Apply::Vec4 => &self.apply_forward_vec4,
+            Apply::Vec4OneChannel => &self.apply_forward_vec4_one_channel,
         }
     }
 
     pub(crate) fn apply_backward(&self, geometry: &Geometry) -> &Kernel {
-        if geometry.apply_vec4 {
-            &self.apply_backward_vec4
-        } else {
-            &self.apply_backward
+        match geometry.apply {
+            Apply::Scalar => &self.apply_backward,
+            Apply::Vec4 => &self.apply_backward_vec4,
+            Apply::Vec4OneChannel => &self.apply_backward_vec4_one_channel,
         }
     }
+}
+
+/// Which element-wise kernels a shape takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Apply {
+    /// One value per load: planes that do not divide by four.
+    Scalar,
+    /// Four values per load, of up to four channels.
+    Vec4,
+    /// Four values per load, of one channel (inner divides by four).
+    Vec4OneChannel,
 }
 
 /// The uniform every kernel reads; field order and types match `struct Params` in
@@ -416,8 +434,7 @@ pub(crate) struct Geometry {
     /// Set when the training forward can read x once (see forward_fused_vec4.wgsl); only for
     /// tensors that fit one storage binding.
     pub fused: Option<Fused>,
-    /// Element-wise kernels load four values at a time (the plane divides by four).
-    pub apply_vec4: bool,
+    pub apply: Apply,
     pub finalize_groups: (u32, u32),
     /// Partial records per channel, over all chunks.
     pub splits: u32,
@@ -583,6 +600,13 @@ impl Geometry {
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
         let plane = channels as u64 * inner as u64;
         let apply_vec4 = plane.is_multiple_of(4);
+        let apply = if inner.is_multiple_of(4) {
+            Apply::Vec4OneChannel
+        } else if apply_vec4 {
+            Apply::Vec4
+        } else {
+            Apply::Scalar
+        };
         let planes_per_row = 1024u64.div_ceil(plane).min(chunk_rows).max(1);
         let apply_width = plane * planes_per_row;
         let lanes_per_row = if apply_vec4 {
@@ -646,7 +670,7 @@ impl Geometry {
             reduce,
             runs: run > 1,
             fused,
-            apply_vec4,
+            apply,
             finalize_groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1),
             splits,
             chunks,
