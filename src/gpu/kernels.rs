@@ -429,7 +429,7 @@ const _: () = assert!(std::mem::size_of::<Params>() == 80);
 #[derive(Clone, Debug)]
 pub(crate) struct Geometry {
     pub reduce: Reduce,
-    /// The reductions are the run-reading twins (Kernels::stats_reduce_runs).
+    /// The vec4 reductions are the run-reading twins (Kernels::stats_reduce_vec4_runs).
     pub runs: bool,
     /// Set when the training forward can read x once (see forward_fused_vec4.wgsl); only for
     /// tensors that fit one storage binding.
