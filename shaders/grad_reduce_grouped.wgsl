@@ -84,12 +84,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let c = lid % 4u;
     let writer = wid.y * p.tile_c + local;
     if local < p.tile_c && writer < groups {
+        // Channel c is the values e0 .. e1 of the group, components of positions j0 ..= j1.
+        let e0 = c * p.inner;
+        let e1 = e0 + p.inner;
         var s = 0.0;
         var sx = 0.0;
-        for (var e = c * p.inner; e < (c + 1u) * p.inner; e++) {
-            let at = local + p.tile_c * (e / 4u);
-            s += wg_sum_dy[at][e % 4u];
-            sx += wg_sum_dy_xmu[at][e % 4u];
+        for (var j = e0 / 4u; j <= (e1 - 1u) / 4u; j++) {
+            let at = local + p.tile_c * j;
+            s += channel_part(wg_sum_dy[at], j, e0, e1);
+            sx += channel_part(wg_sum_dy_xmu[at], j, e0, e1);
         }
         partials[partial_index(p, 4u * writer + c, split)] = GradPartial(s, sx);
     }

@@ -95,30 +95,34 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     workgroupBarrier();
 
-    // Lane 4·group + c merges channel c of its group: the components (j, k) with
-    // (4j + k) / inner == c, i.e. the values c·inner .. (c + 1)·inner of the group.
+    // Lane 4·group + c merges channel c of its group: the values e0 .. e1 = c·inner ..
+    // (c + 1)·inner of the group, components of positions j0 ..= j1. Every position has seen
+    // the same rows, so they are equal-count states, merged in closed form a vec4 at a time:
+    // the mean of the means, then M2 plus the means' spread about it.
     let local = lid / 4u;
     let c = lid % 4u;
     let writer = wid.y * p.tile_c + local;
     if local < p.tile_c && writer < groups {
-        var count = 0u;
-        var m = 0.0;
+        let e0 = c * p.inner;
+        let e1 = e0 + p.inner;
+        let j0 = e0 / 4u;
+        let j1 = (e1 - 1u) / 4u;
+        let n = wg_count[local + p.tile_c * j0];
+        // The means sum as deviations from the first, which keeps them small: summed as
+        // they are (all near the shift's offset) they lose ~1e-6 of it.
+        let first_mean = wg_mean[local + p.tile_c * j0][e0 % 4u];
+        var sum_devs = 0.0;
+        for (var j = j0; j <= j1; j++) {
+            sum_devs += channel_part(wg_mean[local + p.tile_c * j] - vec4<f32>(first_mean), j, e0, e1);
+        }
+        let m = first_mean + sum_devs / f32(p.inner);
         var s2 = 0.0;
-        for (var e = c * p.inner; e < (c + 1u) * p.inner; e++) {
-            let at = local + p.tile_c * (e / 4u);
-            let nb = wg_count[at];
-            if nb == 0u {
-                continue;
-            }
-            // Component e % 4 of that slot: nb values of this channel.
-            let total = count + nb;
-            let fb = f32(nb) / f32(total);
-            let delta = wg_mean[at][e % 4u] - m;
-            m += delta * fb;
-            s2 += wg_m2[at][e % 4u] + delta * delta * f32(count) * fb;
-            count = total;
+        for (var j = j0; j <= j1; j++) {
+            let at = local + p.tile_c * j;
+            let dev = wg_mean[at] - vec4<f32>(m);
+            s2 += channel_part(wg_m2[at] + f32(n) * dev * dev, j, e0, e1);
         }
         let channel = 4u * writer + c;
-        partials[partial_index(p, channel, split)] = StatsPartial(count, m, s2, value(channel * p.inner));
+        partials[partial_index(p, channel, split)] = StatsPartial(n * p.inner, m, s2, value(channel * p.inner));
     }
 }

@@ -174,3 +174,75 @@ fn subgroup_reductions_run_where_offered() {
     assert_eq!(gpu_caller(true).subgroups(), offered);
     assert!(!gpu_caller(false).subgroups());
 }
+
+/// A NaN in one channel's input makes that channel's statistics, output, dx and dgamma NaN,
+/// as in PyTorch, and leaves every other channel as the reference has it: no kernel may mix
+/// channels, not even the grouped and channels-last ones whose vec4 span several.
+#[test]
+fn a_nan_stays_in_its_channel() {
+    let cases: [(&[usize], Layout); 5] = [
+        (&[4, 8, 7, 7], CF),   // grouped: four channels per run of vec4
+        (&[4, 8, 16, 16], CF), // vec4 along inner
+        (&[2, 8, 32, 32], CF), // vec4 along inner, in runs on CPU devices
+        (&[4, 7, 7, 8], CL),   // four channels per vec4
+        (&[3, 5, 7, 11], CF),  // one value per load
+    ];
+    for (dims, layout) in cases {
+        let channels = match layout {
+            CF => dims[1],
+            CL => dims[dims.len() - 1],
+        };
+        let poisoned = 2;
+        let mut x = Rng::new(11).array(dims, 0.5, 2.0);
+        let mut index = vec![0; dims.len()];
+        index[0] = dims[0] - 1;
+        match layout {
+            CF => index[1] = poisoned,
+            CL => index[dims.len() - 1] = poisoned,
+        }
+        x[index.as_slice()] = f32::NAN;
+        for ctx in [gpu(), gpu_caller(false)] {
+            let mut gpu_layer =
+                BatchNorm::new(BatchNormConfig::new(channels), Device::Gpu(ctx)).unwrap();
+            let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu).unwrap();
+            let got = gpu_layer.forward(x.view(), layout).unwrap();
+            let want = cpu.forward(x.view(), layout).unwrap();
+            let (got_stats, want_stats) = (got.stats.unwrap(), want.stats.unwrap());
+            for c in 0..channels {
+                let (g, w) = (got_stats.mean[c], want_stats.mean[c]);
+                if c == poisoned {
+                    assert!(
+                        g.is_nan() && got_stats.var[c].is_nan(),
+                        "{dims:?}: channel {c}"
+                    );
+                } else {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{dims:?}: {c}: {g} {w}"
+                    );
+                    assert!(got_stats.var[c].is_finite(), "{dims:?}: channel {c} var");
+                }
+            }
+            let axis = match layout {
+                CF => 1,
+                CL => dims.len() - 1,
+            };
+            let dy = Rng::new(12).array(dims, 0.0, 1.0);
+            let grads = gpu_layer.backward(x.view(), dy.view(), layout).unwrap();
+            for (what, out) in [("y", &got.y), ("dx", &grads.dx)] {
+                for (c, lane) in out.axis_iter(ndarray::Axis(axis)).enumerate() {
+                    let nan = lane.iter().filter(|v| v.is_nan()).count();
+                    let expected = if c == poisoned { lane.len() } else { 0 };
+                    assert_eq!(
+                        nan, expected,
+                        "{dims:?} {layout:?}: NaNs in {what}, channel {c}"
+                    );
+                }
+            }
+            let dgamma = grads.dgamma.unwrap();
+            for (c, g) in dgamma.iter().enumerate() {
+                assert_eq!(g.is_nan(), c == poisoned, "{dims:?} {layout:?}: dgamma {c}");
+            }
+        }
+    }
+}

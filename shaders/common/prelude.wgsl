@@ -110,6 +110,15 @@ fn merge_welford(a: Welford, b: Welford) -> Welford {
     return Welford(n, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * (a.n * fb));
 }
 
+// The grouped reductions' vec4 position j holds values 4j .. 4j + 3 of a group of four
+// channels; this sums the components of v that lie in [e0, e1), one channel's values. A
+// select, not a multiply by a mask: another channel's NaN must not reach this one.
+fn channel_part(v: vec4<f32>, j: u32, e0: u32, e1: u32) -> f32 {
+    let e = vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
+    let inside = (e >= vec4<u32>(e0)) & (e < vec4<u32>(e1));
+    return dot(select(vec4<f32>(0.0), v, inside), vec4<f32>(1.0));
+}
+
 // Where a reduction's record of (channel, split) goes: channel-major, each channel's splits
 // side by side for its finalize lane. `split` counts from this chunk's first (split_offset).
 // (Split-major records measured slower on lavapipe: 8×64×56×56 forward 0.42 → 0.32.)
