@@ -9,7 +9,8 @@
 // very same arithmetic that produced y here. `splits` is the plan's (the backward's), so the
 // records of splits after the first are written empty.
 //
-// CHANNELS_IN_VEC4 has the meaning it has in stats_reduce_vec4. tile_c/tile_i/tile_o are
+// CHANNELS_IN_VEC4: four channels of one row per vec4 (as in stats_reduce_channels), or
+// else four values of one channel (as in stats_reduce_vec4). tile_c/tile_i/tile_o are
 // this kernel's own tiling (rows_per_split is all of outer).
 
 override CHANNELS_IN_VEC4: bool = false;

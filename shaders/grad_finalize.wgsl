@@ -29,8 +29,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var sum_dy = 0.0;
     var sum_dy_xmu = 0.0;
     for (var k = 0u; k < p.splits; k++) {
-        // Channel c's records, split by split (partial_index in the prelude).
-        let part = partials[c * p.splits + k];
+        let part = partials[partial_record(p, c, k)];
         sum_dy += part.sum_dy;
         sum_dy_xmu += part.sum_dy_xmu;
     }

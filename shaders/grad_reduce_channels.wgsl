@@ -52,21 +52,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var sum_dy_xmu = vec4<f32>(0.0);
     if u < units_c {
         let r = split_range(p, split, 1u);
-        // This lane's rows: every tile_o-th from o_begin, or a contiguous range.
-        var o_begin = r.o_begin + lane.o;
-        var o_end = r.o_end;
-        var o_step = p.tile_o;
-        if CONTIGUOUS_ROWS {
-            let rows = (r.o_end - r.o_begin + p.tile_o - 1u) / p.tile_o;
-            o_begin = r.o_begin + lane.o * rows;
-            o_end = min(o_begin + rows, r.o_end);
-            o_step = 1u;
-        }
+        let rows = lane_rows(r, lane.o, p.tile_o, CONTIGUOUS_ROWS);
         let mu = centers(u);
-        // Two rows per step, added as a pair (see grad_reduce_vec4).
-        let t = o_step * units_c;
-        var at = o_begin * units_c + u;
-        let end = o_end * units_c;
+        // Two rows per step, added as a pair: half the serial chain of the sums.
+        let t = rows.step * units_c;
+        var at = rows.o_begin * units_c + u;
+        let end = rows.o_end * units_c;
         for (; at + t < end; at += 2u * t) {
             let g0 = dy[at];
             let g1 = dy[at + t];

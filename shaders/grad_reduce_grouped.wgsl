@@ -44,7 +44,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let r = split_range(p, split, units_i);
         let o_begin = r.o_begin;
         let o_end = r.o_end;
-        // Two rows per step, as in grad_reduce_vec4.
+        // Two rows per step, added as a pair: half the serial chain of the sums.
         let t = p.tile_o * row_stride;
         var at = (o_begin + lane_o) * row_stride + g * units_i + lane_i;
         let end = o_end * row_stride;

@@ -44,8 +44,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
             let base = o * row_stride + u * units_i;
             var i = r.i_begin + lane_i * RUN;
-            // The units this lane has left after its pairs or runs: i up to `rest`.
-            var rest = i;
             if RUN == 1u {
                 for (; i + t < r.i_end; i += 2u * t) {
                     let at = base + i;
@@ -54,7 +52,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     sum_dy += g0 + g1;
                     sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + t] - center) - offset);
                 }
-                rest = min(i + 1u, r.i_end);
+                if i < r.i_end {
+                    let g = dy[base + i];
+                    sum_dy += g;
+                    sum_dy_xmu += g * ((x[base + i] - center) - offset);
+                }
             } else {
                 for (; i + RUN <= r.i_end; i += t * RUN) {
                     for (var k = 0u; k < RUN; k += 2u) {
@@ -65,13 +67,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                         sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + 1u] - center) - offset);
                     }
                 }
-                // The run that the split's end cuts short, one lane's.
-                rest = r.i_end;
-            }
-            for (; i < rest; i++) {
-                let g = dy[base + i];
-                sum_dy += g;
-                sum_dy_xmu += g * ((x[base + i] - center) - offset);
+                // What is left is the run that the split's end cuts short, one lane's.
+                for (; i < r.i_end; i++) {
+                    let g = dy[base + i];
+                    sum_dy += g;
+                    sum_dy_xmu += g * ((x[base + i] - center) - offset);
+                }
             }
         }
     }

@@ -33,14 +33,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if c >= p.channels {
         return;
     }
-    // Channel c's records, split by split (partial_index in the prelude).
-    let first = partials[c * p.splits];
+    let first = partials[partial_record(p, c, 0u)];
     var n = first.count;
     var mean = first.mean;
     var m2 = first.m2;
     let shift = first.shift;
     for (var k = 1u; k < p.splits; k++) {
-        let b = partials[c * p.splits + k];
+        let b = partials[partial_record(p, c, k)];
         if b.count == 0u {
             continue;
         }

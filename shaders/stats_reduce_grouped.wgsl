@@ -61,7 +61,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let r = split_range(p, split, units_i);
         let o_begin = r.o_begin;
         let o_end = r.o_end;
-        // Two rows per step, as in stats_reduce_vec4.
+        // Two rows per step, merged as a pair (add_pair in the prelude).
         let t = p.tile_o * row_stride;
         var at = (o_begin + lane_o) * row_stride + g * units_i + lane_i;
         let end = o_end * row_stride;

@@ -372,7 +372,9 @@ pub fn bench_shape(
         .div_ceil(256 * 16)
         .min(ctx.limits().max_compute_workgroups_per_dimension);
     let config = BatchNormConfig::new(channels);
-    // The training layer's forward leaves the statistics its backward uses.
+    // The training layer's forward leaves the statistics its backward uses; the backward reads
+    // another input than the forward did (see input_of), which changes its values, not its
+    // work.
     let train = RefCell::new(GpuBatchNorm::new(ctx.clone(), config.clone())?);
     let mut eval = GpuBatchNorm::new(ctx.clone(), config)?;
     eval.set_training(false);
@@ -409,6 +411,7 @@ pub fn bench_shape(
             }),
         ],
     )?;
+    debug_assert_eq!(timed.len(), PASSES);
     for ((implementation, pass, per_element), (k, e)) in [
         ("copy", "copy", 8),
         ("gpu", "forward", 8),

@@ -201,7 +201,7 @@ fn a_nan_stays_in_its_channel() {
             CL => index[dims.len() - 1] = poisoned,
         }
         x[index.as_slice()] = f32::NAN;
-        for ctx in [gpu(), gpu_caller(false)] {
+        for ctx in [gpu(), gpu_caller(true), gpu_caller(false)] {
             let mut gpu_layer =
                 BatchNorm::new(BatchNormConfig::new(channels), Device::Gpu(ctx)).unwrap();
             let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu).unwrap();

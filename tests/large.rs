@@ -68,6 +68,21 @@ fn chunked_bindings(ctx: Arc<GpuContext>) {
     );
 }
 
+/// Chunks of one row each, whose rows the reductions also cut along inner: a 1 MiB binding
+/// holds one 512×512 sample, and one row gives too few workgroups without inner splits.
+#[test]
+fn chunks_with_rows_cut_along_inner_should_match_reference() {
+    for subgroups in [true, false] {
+        check_all(
+            small_binding_context(1 << 20, subgroups),
+            &[
+                (&[6, 1, 512, 512], CF, 0.5, 2.0),
+                (&[5, 3, 200, 200], CF, -1.0, 1.0),
+            ],
+        );
+    }
+}
+
 /// A sample bigger than one binding cannot be cut into rows: refused, naming the limit.
 #[test]
 fn a_sample_over_one_binding_is_refused() {

@@ -8,9 +8,10 @@
 //! kernel. The first must pass with no optional capabilities and the oldest targets; the
 //! second with the subgroup capability and the oldest targets that have subgroup operations.
 //!
-//! Overrides (`override` constants) are resolved the way wgpu does it when a pipeline is
-//! created without constants: `process_overrides` with an empty map, per entry point, so every
-//! override in our shaders must have a default.
+//! Overrides (`override` constants) are resolved the way wgpu does it at pipeline creation:
+//! `process_overrides` per entry point, once with an empty map (so every override in our
+//! shaders must have a default) and once with each set of constants the host passes
+//! (`constant_sets`, as in `Kernels::new`).
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +50,12 @@ const SUBGROUPS: Target = Target {
 
 /// Parses, validates and translates one WGSL source. Returns the entry point names on success
 /// and every problem found (all entry points, all back ends) on failure.
-fn check_wgsl(name: &str, source: &str, target: Target) -> Result<Vec<String>, String> {
+fn check_wgsl(
+    name: &str,
+    source: &str,
+    target: Target,
+    constants: &PipelineConstants,
+) -> Result<Vec<String>, String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| {
         format!(
             "WGSL parse error:\n{}",
@@ -81,7 +87,6 @@ fn check_wgsl(name: &str, source: &str, target: Target) -> Result<Vec<String>, S
         return Err("the module has no entry points".to_string());
     }
 
-    let constants = PipelineConstants::default();
     let mut problems = Vec::new();
     let mut entry_points = Vec::new();
     for ep in &module.entry_points {
@@ -96,11 +101,11 @@ fn check_wgsl(name: &str, source: &str, target: Target) -> Result<Vec<String>, S
             &module,
             &info,
             Some((stage, ep_name)),
-            &constants,
+            constants,
         ) {
             Ok(pair) => pair,
             Err(e) => {
-                problems.push(format!("{tag}: resolving overrides with defaults: {e}"));
+                problems.push(format!("{tag}: resolving overrides {constants:?}: {e}"));
                 continue;
             }
         };
@@ -206,6 +211,22 @@ fn wgsl_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The pipeline constants `Kernels::new` (src/gpu/kernels.rs) sets on each shader, besides
+/// none: every variant the host can build must translate.
+fn constant_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
+    match name {
+        "stats_reduce_vec4.wgsl" | "grad_reduce_vec4.wgsl" => vec![vec![("RUN", 8.0)]],
+        "stats_reduce_channels.wgsl" | "grad_reduce_channels.wgsl" => {
+            vec![vec![("CONTIGUOUS_ROWS", 1.0)]]
+        }
+        "apply_forward_vec4.wgsl" | "apply_backward_vec4.wgsl" => {
+            vec![vec![("ONE_CHANNEL_PER_LANE", 1.0)]]
+        }
+        "forward_fused_vec4.wgsl" => vec![vec![("CHANNELS_IN_VEC4", 1.0)]],
+        _ => Vec::new(),
+    }
+}
+
 #[test]
 fn all_shaders_translate_to_spirv_msl_and_hlsl() {
     let dir = shader_dir();
@@ -244,11 +265,20 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
             ]
         };
         for (variant, source, target) in builds {
-            match check_wgsl(&name, &source, target) {
-                Ok(entry_points) => {
-                    eprintln!("ok   {name} ({variant}): {}", entry_points.join(", "));
+            for constants in std::iter::once(PipelineConstants::default()).chain(
+                constant_sets(&name)
+                    .into_iter()
+                    .map(|set| set.iter().map(|&(k, v)| (k.to_string(), v)).collect()),
+            ) {
+                match check_wgsl(&name, &source, target, &constants) {
+                    Ok(entry_points) => eprintln!(
+                        "ok   {name} ({variant}, {constants:?}): {}",
+                        entry_points.join(", ")
+                    ),
+                    Err(problem) => {
+                        failures.push((format!("{name} ({variant}, {constants:?})"), problem))
+                    }
                 }
-                Err(problem) => failures.push((format!("{name} ({variant})"), problem)),
             }
         }
     }
@@ -281,7 +311,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     data[gid.x] = v;
 }
 "#;
-    let err = check_wgsl("broken.wgsl", broken, PLAIN).expect_err("a type error must be caught");
+    let err = check_wgsl("broken.wgsl", broken, PLAIN, &PipelineConstants::default())
+        .expect_err("a type error must be caught");
     assert!(
         err.contains("broken.wgsl"),
         "error should name the file: {err}"
@@ -296,7 +327,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     data[gid.x] = data[gid.x] * 2.0lf;
 }
 "#;
-    let err = check_wgsl("needs_f64.wgsl", needs_f64, PLAIN).expect_err("f64 needs a capability");
+    let err = check_wgsl(
+        "needs_f64.wgsl",
+        needs_f64,
+        PLAIN,
+        &PipelineConstants::default(),
+    )
+    .expect_err("f64 needs a capability");
     assert!(err.contains("FLOAT64"), "{err}");
 
     // Subgroup operations need the capability: refused in the plain check, taken in the
@@ -309,10 +346,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     data[gid.x] = subgroupAdd(data[gid.x]);
 }
 "#;
-    let err = check_wgsl("needs_subgroups.wgsl", needs_subgroups, PLAIN)
-        .expect_err("subgroups need a capability");
+    let err = check_wgsl(
+        "needs_subgroups.wgsl",
+        needs_subgroups,
+        PLAIN,
+        &PipelineConstants::default(),
+    )
+    .expect_err("subgroups need a capability");
     assert!(err.contains("SUBGROUP"), "{err}");
-    assert!(check_wgsl("needs_subgroups.wgsl", needs_subgroups, SUBGROUPS).is_ok());
+    assert!(check_wgsl(
+        "needs_subgroups.wgsl",
+        needs_subgroups,
+        SUBGROUPS,
+        &PipelineConstants::default()
+    )
+    .is_ok());
 
     // An override with no default cannot be resolved without pipeline constants.
     let no_default = r#"
@@ -324,8 +372,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     data[gid.x] = data[gid.x] * SCALE;
 }
 "#;
-    let err = check_wgsl("no_default.wgsl", no_default, PLAIN).expect_err("missing override value");
+    let err = check_wgsl(
+        "no_default.wgsl",
+        no_default,
+        PLAIN,
+        &PipelineConstants::default(),
+    )
+    .expect_err("missing override value");
     assert!(err.contains("overrides"), "{err}");
+    // With the constant given, as the host gives it, it resolves.
+    let scale: PipelineConstants = [("SCALE".to_string(), 2.0)].into_iter().collect();
+    assert!(check_wgsl("no_default.wgsl", no_default, PLAIN, &scale).is_ok());
 
     // And a good shader passes, so the check is not simply always failing.
     let good = r#"
@@ -340,7 +397,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 "#;
     assert_eq!(
-        check_wgsl("good.wgsl", good, PLAIN),
+        check_wgsl("good.wgsl", good, PLAIN, &PipelineConstants::default()),
         Ok(vec!["main".to_string()])
     );
 }

@@ -119,11 +119,35 @@ fn channel_part(v: vec4<f32>, j: u32, e0: u32, e1: u32) -> f32 {
     return dot(select(vec4<f32>(0.0), v, inside), vec4<f32>(1.0));
 }
 
-// Where a reduction's record of (channel, split) goes: channel-major, each channel's splits
-// side by side for its finalize lane. `split` counts from this chunk's first (split_offset).
-// (Split-major records measured slower on lavapipe: 8×64×56×56 forward 0.42 → 0.32.)
+// Where the record of (channel, split) is: channel-major, each channel's splits side by
+// side for its finalize lane. `split` counts over all chunks. (Split-major records measured
+// slower on lavapipe: 8×64×56×56 forward at 0.32 of the copy roof against 0.42; PERF.md 26.)
+fn partial_record(q: Params, channel: u32, split: u32) -> u32 {
+    return channel * q.splits + split;
+}
+
+// Where a reduction writes its record of (channel, split), `split` counting from this
+// chunk's first (split_offset).
 fn partial_index(q: Params, channel: u32, split: u32) -> u32 {
-    return channel * q.splits + q.split_offset + split;
+    return partial_record(q, channel, q.split_offset + split);
+}
+
+// The rows of a split that one lane along rows reads: every tile_o-th from its own, or, with
+// `contiguous` (CPU rasterizers, see stats_reduce_channels), one range of about
+// rows / tile_o. The lane reads rows o_begin, o_begin + step, ... below o_end.
+struct LaneRows {
+    o_begin: u32,
+    o_end: u32,
+    step: u32,
+}
+
+fn lane_rows(r: SplitRange, lane_o: u32, tile_o: u32, contiguous: bool) -> LaneRows {
+    if contiguous {
+        let rows = (r.o_end - r.o_begin + tile_o - 1u) / tile_o;
+        let o_begin = r.o_begin + lane_o * rows;
+        return LaneRows(o_begin, min(o_begin + rows, r.o_end), 1u);
+    }
+    return LaneRows(r.o_begin + lane_o, r.o_end, tile_o);
 }
 
 // The rows [o_begin, o_end) and inner units [i_begin, i_end) that one split of a reduction

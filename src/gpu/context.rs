@@ -14,6 +14,8 @@ pub struct GpuContext {
     pub(crate) kernels: Kernels,
     limits: wgpu::Limits,
     adapter_info: Option<wgpu::AdapterInfo>,
+    /// Work sizes for this kind of device, fixed at creation (the pipelines follow them).
+    tuning: Tuning,
     buffers_created: AtomicU64,
     /// SINGLE_READ_AUTO, or a choice made by set_single_read_forward.
     single_read: AtomicU8,
@@ -99,6 +101,7 @@ impl GpuContext {
     ) -> Result<Self> {
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
             && subgroups_are_lane_runs(&device, &queue)?;
+        // A caller's device is taken to be a GPU.
         let tuning = Tuning::for_device(adapter_info.as_ref().map(|i| i.device_type));
         let kernels = Kernels::new(&device, subgroups, tuning)?;
         Ok(Self {
@@ -107,6 +110,7 @@ impl GpuContext {
             queue,
             kernels,
             adapter_info,
+            tuning,
             buffers_created: AtomicU64::new(0),
             single_read: AtomicU8::new(SINGLE_READ_AUTO),
         })
@@ -137,9 +141,9 @@ impl GpuContext {
         )
     }
 
-    /// Work sizes for this kind of device (a caller's device is taken to be a GPU).
+    /// Work sizes for this kind of device, with the single-read choice made here.
     pub(crate) fn tuning(&self) -> Tuning {
-        let tuning = Tuning::for_device(self.adapter_info.as_ref().map(|i| i.device_type));
+        let tuning = self.tuning;
         Tuning {
             single_read: match self.single_read.load(Ordering::Relaxed) {
                 SINGLE_READ_ON => true,

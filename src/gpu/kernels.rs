@@ -169,6 +169,8 @@ impl Kernels {
     /// device has them and the layout check of subgroup_probe.wgsl passed), and the vec4
     /// reductions read as `tuning` says (Tuning::run, Tuning::contiguous_rows).
     pub(crate) fn new(device: &wgpu::Device, subgroups: bool, tuning: Tuning) -> Result<Self> {
+        // The vec4 reductions read their runs in pairs.
+        debug_assert!(tuning.run == 1 || tuning.run.is_multiple_of(2));
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
@@ -537,24 +539,25 @@ impl Geometry {
         let (tile_i, max_tile_c) = match reduce {
             // A lane keeps to one position of the group; four writer lanes per group.
             Reduce::Vec4Grouped => (units_i.next_power_of_two(), WORKGROUP / 4),
-            // Runs: as few lanes along inner as keep every lane of the workgroup busy.
-            _ if run > 1 => {
+            _ => {
+                // The tuning's lanes along inner (with runs: as few as possible), more where
+                // channels and rows would leave lanes of the workgroup without work.
                 let busy = |tile_i: u32| {
                     let tile_c = units_c.next_power_of_two().min(WORKGROUP / tile_i);
                     tile_i as u64 * tile_c as u64 * chunk_rows.next_power_of_two()
                         >= WORKGROUP as u64
                 };
                 let most = units_i.div_ceil(run).next_power_of_two().min(WORKGROUP);
-                let mut tile_i = 1;
+                let mut tile_i = if run > 1 {
+                    1
+                } else {
+                    most.min(tuning.max_tile_i)
+                };
                 while tile_i < most && !busy(tile_i) {
                     tile_i *= 2;
                 }
                 (tile_i, WORKGROUP)
             }
-            _ => (
-                units_i.next_power_of_two().min(tuning.max_tile_i),
-                WORKGROUP,
-            ),
         };
         let tile_c = units_c
             .next_power_of_two()
@@ -586,8 +589,8 @@ impl Geometry {
         let sweep = tile_i as u64 * run as u64;
         let mut inner_per_split = units_i as u64;
         if reduce != Reduce::Vec4Grouped && row_splits < wanted {
-            let floor =
-                (tuning.loads_per_lane / 4 * lanes).div_ceil(rows_per_split * tile_c as u64);
+            let rows = rows_per_split.min(chunk_rows);
+            let floor = (tuning.loads_per_lane / 4 * lanes).div_ceil(rows * tile_c as u64);
             inner_per_split = inner_per_split
                 .div_ceil(wanted.div_ceil(row_splits))
                 .max(floor)
@@ -595,6 +598,8 @@ impl Geometry {
                 .min(units_i as u64);
         }
         let inner_splits = (units_i as u64).div_ceil(inner_per_split) as u32;
+        // The grouped shaders keep a lane to one position of a whole row of groups.
+        debug_assert!(reduce != Reduce::Vec4Grouped || inner_splits == 1);
         let (rows_per_split, inner_per_split) = (rows_per_split as u32, inner_per_split as u32);
 
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
@@ -722,9 +727,9 @@ mod tests {
         }
     }
 
-    /// A split never has fewer rows than the workgroup has lanes along rows, or some lanes
-    /// would have nothing to read; and rows are cut along inner only once splitting rows
-    /// can go no further.
+    /// The workgroup has no more lanes along rows than there are rows, and a split no fewer
+    /// rows than lanes along rows, or some lanes would have nothing to read; and rows are cut
+    /// along inner only once splitting rows can go no further.
     #[test]
     fn splits_keep_every_lane_busy() {
         for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
@@ -734,9 +739,15 @@ mod tests {
                 &[64, 256, 14, 14],
                 &[2, 3, 4100],
                 &[1024, 4096],
+                &[1, 2, 3, 30001],
+                &[2, 1, 1 << 22],
             ] {
                 let g = geometry(dims, device);
                 let p = g.chunks[0].params;
+                assert!(
+                    p.tile_o as usize <= dims[0].next_power_of_two(),
+                    "{dims:?} {device:?}: {p:?}"
+                );
                 assert!(p.rows_per_split >= p.tile_o, "{dims:?} {device:?}: {p:?}");
                 if p.inner_splits > 1 {
                     assert!(
