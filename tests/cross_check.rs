@@ -7,8 +7,9 @@ use common::check::{compare, compare_dx, cross_check, flat};
 use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
 
-/// Every case on the default context, on one whose forward always takes two passes, and on
-/// caller devices (a GPU's tuning) with and without subgroup operations.
+/// Every case on the default context, on one whose forward always takes two passes, on
+/// caller devices (a GPU's tuning) with and without subgroup operations, and on a caller
+/// device tuned as a CPU rasterizer (so that its pipelines run on a GPU machine too).
 fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
     let mut errors = Vec::new();
     for (i, &(dims, layout, mean, std)) in cases.iter().enumerate() {
@@ -17,6 +18,7 @@ fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
             common::gpu_two_pass(),
             gpu_caller(true),
             gpu_caller(false),
+            common::gpu_cpu_tuned(),
         ] {
             errors.extend(cross_check(ctx, dims, layout, 100 + i as u64, mean, std));
         }
@@ -201,7 +203,12 @@ fn a_nan_stays_in_its_channel() {
             CL => index[dims.len() - 1] = poisoned,
         }
         x[index.as_slice()] = f32::NAN;
-        for ctx in [gpu(), gpu_caller(true), gpu_caller(false)] {
+        for ctx in [
+            gpu(),
+            gpu_caller(true),
+            gpu_caller(false),
+            common::gpu_cpu_tuned(),
+        ] {
             let mut gpu_layer =
                 BatchNorm::new(BatchNormConfig::new(channels), Device::Gpu(ctx)).unwrap();
             let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu).unwrap();

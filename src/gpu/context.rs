@@ -88,10 +88,22 @@ impl GpuContext {
         Self::build(device, queue, Some(info)).map(Arc::new)
     }
 
-    /// Uses the caller's device and queue; pipelines are built here, once. The reductions use
-    /// subgroup operations if the device was created with `wgpu::Features::SUBGROUP`.
+    /// Uses the caller's device and queue; pipelines are built here, once, with a GPU's work
+    /// sizes. The reductions use subgroup operations if the device was created with
+    /// `wgpu::Features::SUBGROUP`.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         Self::build(device, queue, None)
+    }
+
+    /// As `from_device`, for a device made from the adapter that `info` describes
+    /// (`adapter.get_info()`): its work sizes follow the adapter's type, so that a CPU
+    /// rasterizer (lavapipe, llvmpipe, WARP) gets the ones measured for it.
+    pub fn from_adapter_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Result<Self> {
+        Self::build(device, queue, Some(info))
     }
 
     fn build(

@@ -52,6 +52,15 @@ pub fn gpu_two_pass() -> Arc<GpuContext> {
 /// A device made here, as a caller makes one: with subgroups where `subgroups` is set and the
 /// adapter has them, and `limits` (the adapter's own when None).
 pub fn caller_device(subgroups: bool, limits: Option<wgpu::Limits>) -> (wgpu::Device, wgpu::Queue) {
+    let (device, queue, _) = caller_adapter_device(subgroups, limits);
+    (device, queue)
+}
+
+/// As caller_device, with the adapter's description.
+pub fn caller_adapter_device(
+    subgroups: bool,
+    limits: Option<wgpu::Limits>,
+) -> (wgpu::Device, wgpu::Queue, wgpu::AdapterInfo) {
     set_runtime_dir();
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -64,12 +73,29 @@ pub fn caller_device(subgroups: bool, limits: Option<wgpu::Limits>) -> (wgpu::De
     } else {
         wgpu::Features::empty()
     };
-    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         required_features: features,
         required_limits: limits.unwrap_or_else(|| adapter.limits()),
         ..Default::default()
     }))
-    .expect("a device")
+    .expect("a device");
+    (device, queue, adapter.get_info())
+}
+
+/// A caller's device described as a CPU rasterizer whatever the adapter is, so that the
+/// pipelines only CPU devices take (runs per lane, contiguous rows) run on every machine that
+/// runs the tests, one with a GPU included.
+pub fn gpu_cpu_tuned() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let (device, queue, info) = caller_adapter_device(true, None);
+        let info = wgpu::AdapterInfo {
+            device_type: wgpu::DeviceType::Cpu,
+            ..info
+        };
+        Arc::new(GpuContext::from_adapter_device(device, queue, info).expect("a context"))
+    })
+    .clone()
 }
 
 /// A context on a caller's device (so with a GPU's tuning whatever the adapter is), with
