@@ -1,8 +1,8 @@
 // Backward, element-wise, four values per load: the vec4 twin of apply_backward, laid out
 // like apply_forward_vec4.
 
-// Set where inner divides by four (see apply_forward_vec4).
-override ONE_CHANNEL_PER_LANE: bool = false;
+// 1, 2 or 4: how many channels a lane's four values fall into (see apply_forward_vec4).
+override CHANNELS_PER_LANE: u32 = 1u;
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,20 +23,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var k1: vec4<f32>;
     var k2: vec4<f32>;
     var k0: vec4<f32>;
-    if ONE_CHANNEL_PER_LANE {
+    if CHANNELS_PER_LANE == 1u {
         let c = coeff[(4u * col / p.inner) % p.channels];
         center = vec4<f32>(c.x);
         k1 = vec4<f32>(c.y);
         k2 = vec4<f32>(c.z);
         k0 = vec4<f32>(c.w);
+    } else if CHANNELS_PER_LANE == 2u {
+        // The channel of the lane's first value, counted across the row's planes.
+        let first = 4u * col / p.inner;
+        let a = coeff[first % p.channels];
+        let b = coeff[(first + 1u) % p.channels];
+        let in_next = vec4<u32>(4u * col) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>((first + 1u) * p.inner);
+        center = select(vec4<f32>(a.x), vec4<f32>(b.x), in_next);
+        k1 = select(vec4<f32>(a.y), vec4<f32>(b.y), in_next);
+        k2 = select(vec4<f32>(a.z), vec4<f32>(b.z), in_next);
+        k0 = select(vec4<f32>(a.w), vec4<f32>(b.w), in_next);
     } else {
-        for (var k = 0u; k < 4u; k++) {
-            let c = coeff[((4u * col + k) / p.inner) % p.channels];
-            center[k] = c.x;
-            k1[k] = c.y;
-            k2[k] = c.z;
-            k0[k] = c.w;
-        }
+        let c = (4u * col) % p.channels;
+        let c0 = coeff[c];
+        let c1 = coeff[c + 1u];
+        let c2 = coeff[c + 2u];
+        let c3 = coeff[c + 3u];
+        center = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
+        k1 = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
+        k2 = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
+        k0 = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
     }
     let total = p.total / 4u;
     let r_begin = wid.y * p.apply_rows_per_group;

@@ -220,7 +220,10 @@ fn constant_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
             vec![vec![("CONTIGUOUS_ROWS", 1.0)]]
         }
         "apply_forward_vec4.wgsl" | "apply_backward_vec4.wgsl" => {
-            vec![vec![("ONE_CHANNEL_PER_LANE", 1.0)]]
+            vec![
+                vec![("CHANNELS_PER_LANE", 2.0)],
+                vec![("CHANNELS_PER_LANE", 4.0)],
+            ]
         }
         "forward_fused_vec4.wgsl" => vec![vec![("CHANNELS_IN_VEC4", 1.0)]],
         _ => Vec::new(),

@@ -153,12 +153,11 @@ pub(crate) struct Kernels {
     pub(crate) grad_reduce_grouped: Kernel,
     pub(crate) grad_finalize: Kernel,
     pub(crate) apply_forward: Kernel,
-    pub(crate) apply_forward_vec4: Kernel,
-    /// The vec4 element-wise kernels where each lane's four values share a channel.
-    pub(crate) apply_forward_vec4_one_channel: Kernel,
+    /// The vec4 element-wise kernels, by how many channels a lane's four values fall into
+    /// (Apply): one, two or four.
+    pub(crate) apply_forward_vec4: [Kernel; 3],
     pub(crate) apply_backward: Kernel,
-    pub(crate) apply_backward_vec4: Kernel,
-    pub(crate) apply_backward_vec4_one_channel: Kernel,
+    pub(crate) apply_backward_vec4: [Kernel; 3],
     pub(crate) copy: Kernel,
     /// Whether the reductions merge lanes with subgroup operations.
     pub(crate) subgroups: bool,
@@ -174,8 +173,17 @@ impl Kernels {
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
-        let one_channel =
-            |shader| Kernel::new(device, shader, subgroups, &[("ONE_CHANNEL_PER_LANE", 1.0)]);
+        let by_channels = |shader| -> Result<[Kernel; 3]> {
+            let with = |channels: f64| {
+                Kernel::new(
+                    device,
+                    shader,
+                    subgroups,
+                    &[("CHANNELS_PER_LANE", channels)],
+                )
+            };
+            Ok([with(1.0)?, with(2.0)?, with(4.0)?])
+        };
         let contiguous = tuning.contiguous_rows as u8 as f64;
         let channels = |shader| {
             Kernel::new(
@@ -208,11 +216,9 @@ impl Kernels {
             grad_reduce_grouped: plain(shader!("grad_reduce_grouped"))?,
             grad_finalize: plain(shader!("grad_finalize"))?,
             apply_forward: plain(shader!("apply_forward"))?,
-            apply_forward_vec4: plain(shader!("apply_forward_vec4"))?,
-            apply_forward_vec4_one_channel: one_channel(shader!("apply_forward_vec4"))?,
+            apply_forward_vec4: by_channels(shader!("apply_forward_vec4"))?,
             apply_backward: plain(shader!("apply_backward"))?,
-            apply_backward_vec4: plain(shader!("apply_backward_vec4"))?,
-            apply_backward_vec4_one_channel: one_channel(shader!("apply_backward_vec4"))?,
+            apply_backward_vec4: by_channels(shader!("apply_backward_vec4"))?,
             copy: plain(shader!("copy"))?,
             subgroups,
         })
@@ -252,16 +258,18 @@ impl Kernels {
     pub(crate) fn apply_forward(&self, geometry: &Geometry) -> &Kernel {
         match geometry.apply {
             Apply::Scalar => &self.apply_forward,
-            Apply::Vec4 => &self.apply_forward_vec4,
-            Apply::Vec4OneChannel => &self.apply_forward_vec4_one_channel,
+            Apply::Vec4OneChannel => &self.apply_forward_vec4[0],
+            Apply::Vec4TwoChannels => &self.apply_forward_vec4[1],
+            Apply::Vec4FourChannels => &self.apply_forward_vec4[2],
         }
     }
 
     pub(crate) fn apply_backward(&self, geometry: &Geometry) -> &Kernel {
         match geometry.apply {
             Apply::Scalar => &self.apply_backward,
-            Apply::Vec4 => &self.apply_backward_vec4,
-            Apply::Vec4OneChannel => &self.apply_backward_vec4_one_channel,
+            Apply::Vec4OneChannel => &self.apply_backward_vec4[0],
+            Apply::Vec4TwoChannels => &self.apply_backward_vec4[1],
+            Apply::Vec4FourChannels => &self.apply_backward_vec4[2],
         }
     }
 }
@@ -271,10 +279,12 @@ impl Kernels {
 pub(crate) enum Apply {
     /// One value per load: planes that do not divide by four.
     Scalar,
-    /// Four values per load, of up to four channels.
-    Vec4,
     /// Four values per load, of one channel (inner divides by four).
     Vec4OneChannel,
+    /// Four values per load, of one channel or the next (inner is 2 or more).
+    Vec4TwoChannels,
+    /// Four values per load, of four neighbouring channels (inner is 1: channels-last).
+    Vec4FourChannels,
 }
 
 /// The uniform every kernel reads; field order and types match `struct Params` in
@@ -605,12 +615,13 @@ impl Geometry {
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
         let plane = channels as u64 * inner as u64;
         let apply_vec4 = plane.is_multiple_of(4);
-        let apply = if inner.is_multiple_of(4) {
-            Apply::Vec4OneChannel
-        } else if apply_vec4 {
-            Apply::Vec4
-        } else {
-            Apply::Scalar
+        // A lane's four values start at a multiple of four: with inner ≥ 2 they cross at most
+        // one channel boundary, with inner = 1 they are four channels.
+        let apply = match inner {
+            _ if inner.is_multiple_of(4) => Apply::Vec4OneChannel,
+            _ if !apply_vec4 => Apply::Scalar,
+            1 => Apply::Vec4FourChannels,
+            _ => Apply::Vec4TwoChannels,
         };
         let planes_per_row = 1024u64.div_ceil(plane).min(chunk_rows).max(1);
         let apply_width = plane * planes_per_row;
