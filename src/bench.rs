@@ -251,6 +251,92 @@ fn time_gpu(
         .collect())
 }
 
+/// The roof: a plain copy of `numel` values (a multiple of four) in blocks of 4096 vec4 per
+/// workgroup (shaders/copy.wgsl), checked once before it is timed, like the passes.
+struct CopyRoof {
+    len4: wgpu::Buffer,
+    groups: (u32, u32),
+    bytes: u64,
+}
+
+impl CopyRoof {
+    fn new(ctx: &GpuContext, numel: usize) -> Result<Self> {
+        let len4 = ctx.create_buffer(
+            "bench len4",
+            16,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let vec4s = (numel / 4) as u64;
+        ctx.queue
+            .write_buffer(&len4, 0, bytemuck::bytes_of(&[vec4s as u32, 0, 0, 0]));
+        // Blocks past one dimension's workgroup limit go on along y (see copy.wgsl).
+        let blocks = vec4s.div_ceil(256 * 16);
+        let max = ctx.limits().max_compute_workgroups_per_dimension as u64;
+        let groups = (blocks.min(max) as u32, blocks.div_ceil(max) as u32);
+        Ok(Self {
+            len4,
+            groups,
+            bytes: numel as u64 * 4,
+        })
+    }
+
+    fn record(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+    ) {
+        let copy = &ctx.kernels.copy;
+        let bind = copy.bind(
+            &ctx.device,
+            &[
+                self.len4.as_entire_binding(),
+                src.as_entire_binding(),
+                dst.as_entire_binding(),
+            ],
+        );
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        copy.dispatch(&mut pass, &bind, self.groups);
+    }
+
+    /// Copies `src`, which holds `want`, into `dst` and checks every value: a roof that
+    /// skipped part of the tensor would flatter every ratio.
+    fn verify(
+        &self,
+        ctx: &GpuContext,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        want: &ArrayD<f32>,
+    ) -> Result<()> {
+        let staging = ctx.create_buffer(
+            "bench copy check",
+            self.bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(dst, 0, None);
+        self.record(ctx, &mut encoder, src, dst);
+        encoder.copy_buffer_to_buffer(dst, 0, &staging, 0, self.bytes);
+        ctx.submit(encoder, "bench copy check")?;
+        let got = ctx.read_mapped(&staging, self.bytes)?;
+        let want = want.as_slice().expect("standard layout");
+        let wrong = got
+            .iter()
+            .zip(want)
+            .filter(|(g, w)| g.to_bits() != w.to_bits())
+            .count();
+        match wrong {
+            0 => Ok(()),
+            _ => Err(BnError::Verification {
+                what: format!("the copy roof's output ({wrong} of {} values)", want.len()),
+                error: wrong as f64 / want.len() as f64,
+                tolerance: 0.0,
+            }),
+        }
+    }
+}
+
 fn read_ticks(ctx: &GpuContext, read: &wgpu::Buffer) -> Result<[u64; 2]> {
     let t: Vec<u64> = read_staging(&ctx.device, read, 16)?;
     Ok([t[0], t[1]])
@@ -331,13 +417,18 @@ pub fn bench_shape(
         );
         Ok(buffer)
     };
+    let x0 = input(dims, 10, 0.5, 2.0);
     let xs = (0..copies)
-        .map(|i| upload("bench x", &input(dims, 10 + i as u64, 0.5, 2.0)))
+        .map(|i| match i {
+            0 => upload("bench x", &x0),
+            _ => upload("bench x", &input(dims, 10 + i as u64, 0.5, 2.0)),
+        })
         .collect::<Result<Vec<_>>>()?;
     let dys = (0..copies)
         .map(|i| upload("bench dy", &input(dims, 20 + i as u64, 0.0, 1.0)))
         .collect::<Result<Vec<_>>>()?;
-    let out = ctx.create_buffer("bench out", bytes, usage)?;
+    // COPY_SRC: the copy roof's output is read back once to check it.
+    let out = ctx.create_buffer("bench out", bytes, usage | wgpu::BufferUsages::COPY_SRC)?;
     let tensor = |b| GpuTensor::new(b, dims, layout);
     // Which input a pass reads in iteration i: never the one the pass before it read, so that
     // no pass finds its input in a cache that the previous one warmed.
@@ -358,19 +449,8 @@ pub fn bench_shape(
     };
 
     progress(&format!("{name} {lname}: gpu passes and copy roof"));
-    let len4 = ctx.create_buffer(
-        "bench len4",
-        16,
-        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-    )?;
-    ctx.queue
-        .write_buffer(&len4, 0, bytemuck::bytes_of(&[(numel / 4) as u32, 0, 0, 0]));
-    let copy = &ctx.kernels.copy;
-    // Sixteen vec4 per lane, as the element-wise kernels take sixteen rows per lane, so that
-    // the roof pays no more per-workgroup overhead than they do.
-    let copy_groups = ((numel / 4) as u32)
-        .div_ceil(256 * 16)
-        .min(ctx.limits().max_compute_workgroups_per_dimension);
+    let roof = CopyRoof::new(ctx, numel)?;
+    roof.verify(ctx, &xs[0], &out, &x0)?;
     let config = BatchNormConfig::new(channels);
     // The training layer's forward leaves the statistics its backward uses; the backward reads
     // another input than the forward did (see input_of), which changes its values, not its
@@ -383,16 +463,7 @@ pub fn bench_shape(
         iters,
         &mut [
             Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
-                let bind = copy.bind(
-                    &ctx.device,
-                    &[
-                        len4.as_entire_binding(),
-                        xs[input_of(i, 0)].as_entire_binding(),
-                        out.as_entire_binding(),
-                    ],
-                );
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                copy.dispatch(&mut pass, &bind, (copy_groups, 1));
+                roof.record(ctx, encoder, &xs[input_of(i, 0)], &out);
                 Ok(())
             }),
             Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
