@@ -41,10 +41,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // Two loads per step, added as a pair: half the serial chain of the sums (see
         // stats_reduce_vec4).
         let t = p.tile_i;
-        for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
-            let base = o * row_stride + u * units_i;
-            var i = r.i_begin + lane_i * RUN;
-            if RUN == 1u {
+        if RUN == 1u {
+            for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
+                let base = o * row_stride + u * units_i;
+                var i = r.i_begin + lane_i;
                 for (; i + t < r.i_end; i += 2u * t) {
                     let at = base + i;
                     let g0 = dy[at];
@@ -57,22 +57,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     sum_dy += g;
                     sum_dy_xmu += g * ((x[base + i] - center) - offset);
                 }
-            } else {
-                for (; i + RUN <= r.i_end; i += t * RUN) {
-                    for (var k = 0u; k < RUN; k += 2u) {
-                        let at = base + i + k;
-                        let g0 = dy[at];
-                        let g1 = dy[at + 1u];
-                        sum_dy += g0 + g1;
-                        sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + 1u] - center) - offset);
-                    }
+            }
+        } else {
+            var c = first_run(p, r, lane_i, lane_o, RUN, row_stride, u * units_i);
+            for (var n = 0u; n < c.count; n++) {
+                for (var k = 0u; k < RUN; k += 2u) {
+                    let at = c.at + k;
+                    let g0 = dy[at];
+                    let g1 = dy[at + 1u];
+                    sum_dy += g0 + g1;
+                    sum_dy_xmu += g0 * ((x[at] - center) - offset) + g1 * ((x[at + 1u] - center) - offset);
                 }
-                // What is left is the run that the split's end cuts short, one lane's.
-                for (; i < r.i_end; i++) {
-                    let g = dy[base + i];
-                    sum_dy += g;
-                    sum_dy_xmu += g * ((x[base + i] - center) - offset);
-                }
+                c = next_run(p, r, c, lane_i, RUN, row_stride);
             }
         }
     }

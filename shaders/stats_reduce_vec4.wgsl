@@ -60,9 +60,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let r = split_range(p, split, units_i);
         // Two loads per step, merged as a pair: half the serial chain of one-at-a-time
         // Welford, which a CPU rasterizer runs lane group by lane group without overlap.
-        for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
-            let base = o * row_stride + u * units_i;
-            if RUN == 1u {
+        if RUN == 1u {
+            for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
+                let base = o * row_stride + u * units_i;
                 var i = r.i_begin + lane_i;
                 for (; i + p.tile_i < r.i_end; i += 2u * p.tile_i) {
                     w = add_pair(w, x[base + i] - shift, x[base + i + p.tile_i] - shift);
@@ -70,17 +70,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 if i < r.i_end {
                     w = add_one(w, x[base + i] - shift);
                 }
-            } else {
-                var i = r.i_begin + lane_i * RUN;
-                for (; i + RUN <= r.i_end; i += p.tile_i * RUN) {
-                    for (var k = 0u; k < RUN; k += 2u) {
-                        w = add_pair(w, x[base + i + k] - shift, x[base + i + k + 1u] - shift);
-                    }
+            }
+        } else {
+            var c = first_run(p, r, lane_i, lane_o, RUN, row_stride, u * units_i);
+            for (var t = 0u; t < c.count; t++) {
+                for (var k = 0u; k < RUN; k += 2u) {
+                    w = add_pair(w, x[c.at + k] - shift, x[c.at + k + 1u] - shift);
                 }
-                // What is left is the run that the split's end cuts short, one lane's.
-                for (; i < r.i_end; i++) {
-                    w = add_one(w, x[base + i] - shift);
-                }
+                c = next_run(p, r, c, lane_i, RUN, row_stride);
             }
         }
     }

@@ -164,3 +164,31 @@ fn split_range(q: Params, split: u32, units_i: u32) -> SplitRange {
     let i_begin = (split % q.inner_splits) * q.inner_per_split;
     return SplitRange(o_begin, min(o_begin + q.rows_per_split, q.outer), i_begin, min(i_begin + q.inner_per_split, units_i));
 }
+
+// The runs of RUN units one lane reads in a split (see stats_reduce_vec4), row after row, as
+// one flat loop: lavapipe pays for each level of loop nesting around a few loads (PERF.md
+// 32). The host takes runs only where a row's units, and so every split's range, divide
+// into whole runs. `at` indexes the run's first unit in the tensor, `i` its unit along inner.
+struct RunCursor {
+    at: u32,
+    i: u32,
+    count: u32,
+}
+
+fn first_run(q: Params, r: SplitRange, lane_i: u32, lane_o: u32, run: u32, row_stride: u32, channel_at: u32) -> RunCursor {
+    let i0 = r.i_begin + lane_i * run;
+    let step = q.tile_i * run;
+    let o0 = r.o_begin + lane_o;
+    let per_row = select(0u, (r.i_end - i0 + step - 1u) / step, i0 < r.i_end);
+    let rows = select(0u, (r.o_end - o0 + q.tile_o - 1u) / q.tile_o, o0 < r.o_end);
+    return RunCursor(o0 * row_stride + channel_at + i0, i0, rows * per_row);
+}
+
+// The run after c: the next along inner, or the first of the lane's next row.
+fn next_run(q: Params, r: SplitRange, c: RunCursor, lane_i: u32, run: u32, row_stride: u32) -> RunCursor {
+    let i0 = r.i_begin + lane_i * run;
+    let step = q.tile_i * run;
+    let wrap = c.i + step >= r.i_end;
+    let at = select(c.at + step, c.at + q.tile_o * row_stride - (c.i - i0), wrap);
+    return RunCursor(at, select(c.i + step, i0, wrap), c.count);
+}

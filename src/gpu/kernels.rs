@@ -543,7 +543,12 @@ impl Geometry {
         };
         let chunk_rows = (outer as u64).min(rows_per_chunk);
         let run = match reduce {
-            Reduce::Vec4Inner if units_i >= 16 * tuning.run => tuning.run,
+            // Whole runs only: the run loop has no tail (prelude, first_run).
+            Reduce::Vec4Inner
+                if units_i >= 16 * tuning.run && units_i.is_multiple_of(tuning.run) =>
+            {
+                tuning.run
+            }
             _ => 1,
         };
         let (tile_i, max_tile_c) = match reduce {
