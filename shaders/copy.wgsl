@@ -4,9 +4,9 @@
 //
 // Each workgroup copies one block of PER_LANE·256 neighbouring vec4, neighbouring lanes on
 // neighbouring vec4 at every step (coalesced on a GPU), at constant offsets from one index
-// (a CPU rasterizer unrolls the loop and reads one stream per workgroup). A grid-stride copy
-// of sixteen vec4 per lane measured 0.83–1.05 of this one's speed on lavapipe (PERF.md 30):
-// the roof is the faster of the two.
+// (a CPU rasterizer unrolls the loop and reads one stream per workgroup). On lavapipe this
+// copy took 0.83–1.05 of a grid-stride copy's time, 0.94 in the median (PERF.md 30), so it
+// is the roof.
 
 // How many vec4 to copy.
 @group(0) @binding(0) var<uniform> len4: u32;

@@ -59,8 +59,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 }
             }
         } else {
-            var c = first_run(p, r, lane_i, lane_o, RUN, row_stride, u * units_i);
-            for (var n = 0u; n < c.count; n++) {
+            let runs = lane_run_count(p, r, lane_i, lane_o, RUN);
+            var c = first_run(r, lane_i, lane_o, RUN, row_stride, u * units_i);
+            for (var n = 0u; n < runs; n++) {
                 for (var k = 0u; k < RUN; k += 2u) {
                     let at = c.at + k;
                     let g0 = dy[at];

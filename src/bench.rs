@@ -321,6 +321,11 @@ impl CopyRoof {
         ctx.submit(encoder, "bench copy check")?;
         let got = ctx.read_mapped(&staging, self.bytes)?;
         let want = want.as_slice().expect("standard layout");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "the copy check reads back the whole tensor"
+        );
         let wrong = got
             .iter()
             .zip(want)
@@ -328,10 +333,9 @@ impl CopyRoof {
             .count();
         match wrong {
             0 => Ok(()),
-            _ => Err(BnError::Verification {
-                what: format!("the copy roof's output ({wrong} of {} values)", want.len()),
-                error: wrong as f64 / want.len() as f64,
-                tolerance: 0.0,
+            _ => Err(BnError::RoofCheck {
+                wrong,
+                total: want.len(),
             }),
         }
     }
@@ -430,8 +434,8 @@ pub fn bench_shape(
     // COPY_SRC: the copy roof's output is read back once to check it.
     let out = ctx.create_buffer("bench out", bytes, usage | wgpu::BufferUsages::COPY_SRC)?;
     let tensor = |b| GpuTensor::new(b, dims, layout);
-    // Which input a pass reads in iteration i: never the one the pass before it read, so that
-    // no pass finds its input in a cache that the previous one warmed.
+    // Which input the command in `slot` reads in iteration i: never the one the command before
+    // it read, so that none finds its input in a cache that the previous one warmed.
     let input_of = |i: usize, slot: usize| (i * SLOTS + slot) % copies;
 
     let mut rows = Vec::new();
@@ -452,9 +456,9 @@ pub fn bench_shape(
     let roof = CopyRoof::new(ctx, numel)?;
     roof.verify(ctx, &xs[0], &out, &x0)?;
     let config = BatchNormConfig::new(channels);
-    // The training layer's forward leaves the statistics its backward uses; the backward reads
-    // another input than the forward did (see input_of), which changes its values, not its
-    // work.
+    // The training layer's forward leaves the statistics its backward uses; the backward may
+    // read another input than the forward did (see input_of), which changes its values, not
+    // its work.
     let train = RefCell::new(GpuBatchNorm::new(ctx.clone(), config.clone())?);
     let mut eval = GpuBatchNorm::new(ctx.clone(), config)?;
     eval.set_training(false);

@@ -50,6 +50,9 @@ pub enum BnError {
         tolerance: f64,
     },
 
+    #[error("the bench's copy roof wrote {wrong} of {total} values wrong: its timings would flatter every ratio")]
+    RoofCheck { wrong: usize, total: usize },
+
     #[error("expected more than 1 value per channel when training, got input shape {shape:?}")]
     SingleValuePerChannel { shape: Vec<usize> },
 

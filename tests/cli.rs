@@ -1112,3 +1112,83 @@ fn a_closed_stdout_ends_the_run_quietly() {
     );
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
+
+/// `batchnorm bench --format csv`: the header, then for each layout one row per command and
+/// timing (the copy roof, the three GPU passes, the three CPU ones), every figure a positive
+/// number, nothing else on stdout, progress on stderr. 5×8×32×33 is 10,560 vec4: two whole
+/// blocks of the copy roof and a part of a third, whose output the bench checks before it
+/// times it (a roof that skipped values fails the run).
+#[test]
+fn bench_csv_has_every_row_and_nothing_else() {
+    let out = run(&strs(&[
+        "bench",
+        "--shape",
+        "5x8x32x33",
+        "--layout",
+        "both",
+        "--iters",
+        "2",
+        "--format",
+        "csv",
+    ]))
+    .unwrap_or_else(|e| panic!("bench: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {}, stderr: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("5x8x32x33 nchw: verifying against the CPU reference"),
+        "no progress on stderr: {stderr}"
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("impl,shape,layout,pass,median_ms,gbps,timing")
+    );
+    let mut seen = BTreeSet::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 7, "not a row: {line:?}");
+        assert_eq!(f[1], "5x8x32x33", "{line}");
+        for figure in [f[4], f[5]] {
+            let v: f64 = figure
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number in {line:?}"));
+            assert!(v.is_finite() && v > 0.0, "{line}");
+        }
+        assert!(matches!(f[6], "kernel" | "end_to_end"), "{line}");
+        // Kernel rows only where the adapter has timestamps; CPU rows are end to end only.
+        assert!(f[0] != "cpu" || f[6] == "end_to_end", "{line}");
+        assert!(
+            seen.insert((
+                f[0].to_string(),
+                f[2].to_string(),
+                f[3].to_string(),
+                f[6].to_string()
+            )),
+            "twice: {line}"
+        );
+    }
+    for layout in ["nchw", "nhwc"] {
+        for (implementation, pass) in [
+            ("copy", "copy"),
+            ("gpu", "forward"),
+            ("gpu", "eval"),
+            ("gpu", "backward"),
+            ("cpu", "forward"),
+            ("cpu", "eval"),
+            ("cpu", "backward"),
+        ] {
+            let key = (
+                implementation.to_string(),
+                layout.to_string(),
+                pass.to_string(),
+                "end_to_end".to_string(),
+            );
+            assert!(seen.contains(&key), "no row for {key:?} in:\n{stdout}");
+        }
+    }
+}

@@ -108,6 +108,15 @@ fn few_long_rows_should_match_reference() {
     ]);
 }
 
+/// Lanes that read several rows each, under the CPU tuning's runs (gpu_cpu_tuned): the run
+/// cursor steps from a row's last run to the next row's first (prelude, next_run). 65×96×512
+/// also cuts rows along inner into two ranges, leaves a last split of one row, and gives some
+/// lanes no row at all.
+#[test]
+fn lanes_over_several_rows_should_match_reference() {
+    run_all(&[(&[65, 96, 512], CF, 0.5, 2.0)]);
+}
+
 /// M ≥ 2^20 values per channel.
 #[test]
 fn over_a_million_values_per_channel_should_match_reference() {

@@ -127,13 +127,3 @@ fn resnet_sized_activation_over_the_binding_limit_should_match_reference() {
         ],
     );
 }
-
-/// Runs of vec4 per lane (a CPU device's reading, forced on by gpu_cpu_tuned) where each lane
-/// reads several rows, so that the run cursor steps from a row's last run to the next row's
-/// first (shaders/common/prelude.wgsl, next_run). Below some 2^24 values the splits give every
-/// lane one row.
-#[test]
-#[ignore = "67 MB tensors; run by .ci/run with --ignored"]
-fn runs_over_several_rows_per_lane_should_match_reference() {
-    check_all(common::gpu_cpu_tuned(), &[(&[128, 256, 512], CF, 0.5, 2.0)]);
-}

@@ -172,16 +172,22 @@ fn split_range(q: Params, split: u32, units_i: u32) -> SplitRange {
 struct RunCursor {
     at: u32,
     i: u32,
-    count: u32,
 }
 
-fn first_run(q: Params, r: SplitRange, lane_i: u32, lane_o: u32, run: u32, row_stride: u32, channel_at: u32) -> RunCursor {
+// How many runs the lane reads: as many per row as start below the range's end, on each of
+// its rows.
+fn lane_run_count(q: Params, r: SplitRange, lane_i: u32, lane_o: u32, run: u32) -> u32 {
     let i0 = r.i_begin + lane_i * run;
     let step = q.tile_i * run;
     let o0 = r.o_begin + lane_o;
     let per_row = select(0u, (r.i_end - i0 + step - 1u) / step, i0 < r.i_end);
     let rows = select(0u, (r.o_end - o0 + q.tile_o - 1u) / q.tile_o, o0 < r.o_end);
-    return RunCursor(o0 * row_stride + channel_at + i0, i0, rows * per_row);
+    return rows * per_row;
+}
+
+fn first_run(r: SplitRange, lane_i: u32, lane_o: u32, run: u32, row_stride: u32, channel_at: u32) -> RunCursor {
+    let i0 = r.i_begin + lane_i * run;
+    return RunCursor((r.o_begin + lane_o) * row_stride + channel_at + i0, i0);
 }
 
 // The run after c: the next along inner, or the first of the lane's next row.
@@ -190,5 +196,5 @@ fn next_run(q: Params, r: SplitRange, c: RunCursor, lane_i: u32, run: u32, row_s
     let step = q.tile_i * run;
     let wrap = c.i + step >= r.i_end;
     let at = select(c.at + step, c.at + q.tile_o * row_stride - (c.i - i0), wrap);
-    return RunCursor(at, select(c.i + step, i0, wrap), c.count);
+    return RunCursor(at, select(c.i + step, i0, wrap));
 }

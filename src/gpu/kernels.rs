@@ -153,11 +153,9 @@ pub(crate) struct Kernels {
     pub(crate) grad_reduce_grouped: Kernel,
     pub(crate) grad_finalize: Kernel,
     pub(crate) apply_forward: Kernel,
-    /// The vec4 element-wise kernels, by how many channels a lane's four values fall into
-    /// (Apply): one, two or four.
-    pub(crate) apply_forward_vec4: [Kernel; 3],
+    pub(crate) apply_forward_vec4: ByChannels,
     pub(crate) apply_backward: Kernel,
-    pub(crate) apply_backward_vec4: [Kernel; 3],
+    pub(crate) apply_backward_vec4: ByChannels,
     pub(crate) copy: Kernel,
     /// Whether the reductions merge lanes with subgroup operations.
     pub(crate) subgroups: bool,
@@ -173,7 +171,7 @@ impl Kernels {
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
-        let by_channels = |shader| -> Result<[Kernel; 3]> {
+        let by_channels = |shader| -> Result<ByChannels> {
             let with = |channels: f64| {
                 Kernel::new(
                     device,
@@ -182,7 +180,11 @@ impl Kernels {
                     &[("CHANNELS_PER_LANE", channels)],
                 )
             };
-            Ok([with(1.0)?, with(2.0)?, with(4.0)?])
+            Ok(ByChannels {
+                one: with(1.0)?,
+                two: with(2.0)?,
+                four: with(4.0)?,
+            })
         };
         let contiguous = tuning.contiguous_rows as u8 as f64;
         let channels = |shader| {
@@ -258,20 +260,28 @@ impl Kernels {
     pub(crate) fn apply_forward(&self, geometry: &Geometry) -> &Kernel {
         match geometry.apply {
             Apply::Scalar => &self.apply_forward,
-            Apply::Vec4OneChannel => &self.apply_forward_vec4[0],
-            Apply::Vec4TwoChannels => &self.apply_forward_vec4[1],
-            Apply::Vec4FourChannels => &self.apply_forward_vec4[2],
+            Apply::Vec4OneChannel => &self.apply_forward_vec4.one,
+            Apply::Vec4TwoChannels => &self.apply_forward_vec4.two,
+            Apply::Vec4FourChannels => &self.apply_forward_vec4.four,
         }
     }
 
     pub(crate) fn apply_backward(&self, geometry: &Geometry) -> &Kernel {
         match geometry.apply {
             Apply::Scalar => &self.apply_backward,
-            Apply::Vec4OneChannel => &self.apply_backward_vec4[0],
-            Apply::Vec4TwoChannels => &self.apply_backward_vec4[1],
-            Apply::Vec4FourChannels => &self.apply_backward_vec4[2],
+            Apply::Vec4OneChannel => &self.apply_backward_vec4.one,
+            Apply::Vec4TwoChannels => &self.apply_backward_vec4.two,
+            Apply::Vec4FourChannels => &self.apply_backward_vec4.four,
         }
     }
+}
+
+/// A vec4 element-wise shader's pipelines by how many channels a lane's four values fall
+/// into (its CHANNELS_PER_LANE; see Apply).
+pub(crate) struct ByChannels {
+    one: Kernel,
+    two: Kernel,
+    four: Kernel,
 }
 
 /// Which element-wise kernels a shape takes.
@@ -613,6 +623,10 @@ impl Geometry {
                 .min(units_i as u64);
         }
         let inner_splits = (units_i as u64).div_ceil(inner_per_split) as u32;
+        // The run loop has no tail: every split's range divides into whole runs.
+        debug_assert!(
+            run == 1 || (units_i.is_multiple_of(run) && inner_per_split.is_multiple_of(run as u64))
+        );
         // The grouped shaders keep a lane to one position of a whole row of groups.
         debug_assert!(reduce != Reduce::Vec4Grouped || inner_splits == 1);
         let (rows_per_split, inner_per_split) = (rows_per_split as u32, inner_per_split as u32);
@@ -622,11 +636,14 @@ impl Geometry {
         let apply_vec4 = plane.is_multiple_of(4);
         // A lane's four values start at a multiple of four: with inner ≥ 2 they cross at most
         // one channel boundary, with inner = 1 they are four channels.
-        let apply = match inner {
-            _ if inner.is_multiple_of(4) => Apply::Vec4OneChannel,
-            _ if !apply_vec4 => Apply::Scalar,
-            1 => Apply::Vec4FourChannels,
-            _ => Apply::Vec4TwoChannels,
+        let apply = if inner.is_multiple_of(4) {
+            Apply::Vec4OneChannel
+        } else if !apply_vec4 {
+            Apply::Scalar
+        } else if inner == 1 {
+            Apply::Vec4FourChannels
+        } else {
+            Apply::Vec4TwoChannels
         };
         let planes_per_row = 1024u64.div_ceil(plane).min(chunk_rows).max(1);
         let apply_width = plane * planes_per_row;
