@@ -1,6 +1,10 @@
 // Backward, element-wise: dx = k1·dy + k2·(x − center) + k0, with per-channel
 // (center, k1, k2, k0) from grad_finalize. Same matrix view as apply_forward.
 
+// Eval with running statistics: dx = k1·dy, x unread. PyTorch's eval backward never reads x,
+// so a NaN or Inf there must not reach dx, as it would through 0·(x − center).
+override FROZEN: bool = false;
+
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -21,7 +25,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     for (var r = r_begin; r < r_end; r++) {
         let idx = r * p.apply_width + col;
         if idx < p.total {
-            dx[idx] = k.y * dy[idx] + k.z * (x[idx] - k.x) + k.w;
+            if FROZEN {
+                dx[idx] = k.y * dy[idx];
+            } else {
+                dx[idx] = k.y * dy[idx] + k.z * (x[idx] - k.x) + k.w;
+            }
         }
     }
 }

@@ -4,6 +4,9 @@
 // 1, 2 or 4: how many channels a lane's four values fall into (see apply_forward_vec4).
 override CHANNELS_PER_LANE: u32 = 1u;
 
+// Eval with running statistics: dx = k1·dy, x unread (see apply_backward).
+override FROZEN: bool = false;
+
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -56,7 +59,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     for (var r = r_begin; r < r_end; r++) {
         let idx = r * width + col;
         if idx < total {
-            dx[idx] = k1 * dy[idx] + k2 * (x[idx] - center) + k0;
+            if FROZEN {
+                dx[idx] = k1 * dy[idx];
+            } else {
+                dx[idx] = k1 * dy[idx] + k2 * (x[idx] - center) + k0;
+            }
         }
     }
 }

@@ -5,7 +5,8 @@
 //   dx = g·(dy − sum_dy/M − (x − mean)·invstd²·sum_dy_xmu/M)
 // so k1 = g, k2 = −g·invstd²·sum_dy_xmu/M, k0 = −g·sum_dy/M − k2·offset, where
 // mean = center + offset (see stats_finalize).
-// Eval (frozen running statistics): dx = g·dy, so k2 = k0 = 0.
+// Eval (frozen running statistics): dx = g·dy, so k2 = k0 = 0, and apply_backward's FROZEN
+// pipelines leave x out.
 
 // flags
 const FROZEN_STATS: u32 = 4u;

@@ -117,8 +117,9 @@ pub struct Grads {
 }
 
 /// With `frozen` (eval with running statistics) mean and invstd are constants and
-/// dx = gamma·invstd·dy. Otherwise the gradient also flows through the batch mean and
-/// variance: dx = gamma·invstd·(dy − Σdy/M − (x − mean)·invstd²·Σdy(x − mean)/M).
+/// dx = gamma·invstd·dy, x unread as in PyTorch (a NaN or Inf in x leaves dx alone).
+/// Otherwise the gradient also flows through the batch mean and variance:
+/// dx = gamma·invstd·(dy − Σdy/M − (x − mean)·invstd²·Σdy(x − mean)/M).
 pub fn backward(
     x: &[f32],
     dy: &[f32],
@@ -144,6 +145,9 @@ pub fn backward(
     let mut dx = vec![0.0f32; x.len()];
     let dx_of = |c: usize, gy: f32, v: f32| {
         let (g, a, b) = coeffs[c];
+        if frozen {
+            return (g * gy as f64) as f32;
+        }
         (g * (gy as f64 - a - (v as f64 - mean[c]) * b)) as f32
     };
     if let Some((_, c)) = rows(shape) {

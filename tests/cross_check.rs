@@ -186,6 +186,81 @@ fn subgroup_reductions_run_where_offered() {
     assert!(!gpu_caller(false).subgroups());
 }
 
+/// In eval with running statistics dx = gamma·dy/sqrt(running_var + eps), which PyTorch forms
+/// without reading x: a NaN or ±Inf in x reaches dgamma but not dx (through 0·(x − mean) it
+/// would make dx NaN). Checked against that closed form on every element-wise kernel.
+#[test]
+fn eval_dx_does_not_read_x() {
+    let cases: [(&[usize], Layout); 4] = [
+        (&[4, 8, 7, 7], CF),   // vec4 over two channels
+        (&[4, 8, 16, 16], CF), // vec4 of one channel
+        (&[4, 7, 7, 8], CL),   // vec4 of four channels
+        (&[3, 5, 7, 11], CF),  // one value per load
+    ];
+    for (dims, layout) in cases {
+        let axis = match layout {
+            CF => 1,
+            CL => dims.len() - 1,
+        };
+        let channels = dims[axis];
+        let running_mean: Vec<f32> = (0..channels).map(|c| 0.3 * c as f32 - 1.0).collect();
+        let running_var: Vec<f32> = (0..channels).map(|c| 0.5 + 0.25 * c as f32).collect();
+        let gamma: Vec<f32> = (0..channels).map(|c| 1.0 + 0.5 * c as f32).collect();
+        let mut x = Rng::new(13).array(dims, 0.5, 2.0);
+        // NaN, +Inf and −Inf in channels 0, 1 and 2 of the last sample.
+        let poison = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for (c, value) in poison.into_iter().enumerate() {
+            let mut index = vec![0; dims.len()];
+            index[0] = dims[0] - 1;
+            index[axis] = c;
+            x[index.as_slice()] = value;
+        }
+        let dy = Rng::new(14).array(dims, 0.0, 1.0);
+        let mut devices: Vec<Device> = [
+            gpu(),
+            gpu_caller(true),
+            gpu_caller(false),
+            common::gpu_cpu_tuned(),
+        ]
+        .into_iter()
+        .map(Device::Gpu)
+        .collect();
+        devices.push(Device::Cpu);
+        for device in devices {
+            let mut bn = BatchNorm::new(BatchNormConfig::new(channels), device).unwrap();
+            bn.set_running_mean(&running_mean).unwrap();
+            bn.set_running_var(&running_var).unwrap();
+            bn.set_gamma(&gamma).unwrap();
+            bn.eval();
+            bn.forward(x.view(), layout).unwrap();
+            let grads = bn.backward(x.view(), dy.view(), layout).unwrap();
+            for (c, (dx, dy)) in grads
+                .dx
+                .axis_iter(ndarray::Axis(axis))
+                .zip(dy.axis_iter(ndarray::Axis(axis)))
+                .enumerate()
+            {
+                let g = gamma[c] as f64 / (running_var[c] as f64 + 1e-5).sqrt();
+                for (&got, &d) in dx.iter().zip(dy.iter()) {
+                    let want = g * d as f64;
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "{dims:?} {layout:?} channel {c}: dx {got}, want {want}"
+                    );
+                }
+            }
+            let dgamma = grads.dgamma.unwrap();
+            for (c, g) in dgamma.iter().enumerate() {
+                assert_eq!(
+                    g.is_finite(),
+                    c >= poison.len(),
+                    "{dims:?}: dgamma {c} = {g}"
+                );
+            }
+        }
+    }
+}
+
 /// A NaN in one channel's input makes that channel's statistics, output, dx and dgamma NaN,
 /// as in PyTorch, and leaves every other channel as the reference has it: no kernel may mix
 /// channels, not even the grouped and channels-last ones whose vec4 span several.

@@ -70,6 +70,8 @@ struct IoBuffers {
 struct Saved {
     shape: Shape,
     training: bool,
+    /// Normalized with running statistics (eval, tracked): dx = gamma·invstd·dy.
+    frozen: bool,
 }
 
 pub struct GpuBatchNorm {
@@ -521,6 +523,7 @@ impl GpuBatchNorm {
         let saved = Saved {
             shape: x.shape.clone(),
             training,
+            frozen: !batch_stats,
         };
         Ok((batches_after, saved))
     }
@@ -595,7 +598,7 @@ impl GpuBatchNorm {
         k.grad_finalize
             .dispatch(&mut pass, &bind, g.finalize_groups);
         for (i, chunk) in g.chunks.iter().enumerate() {
-            let bind = k.apply_backward(g).bind(
+            let bind = k.apply_backward(g, saved.frozen).bind(
                 device,
                 &[
                     params.slot(i),
@@ -605,7 +608,7 @@ impl GpuBatchNorm {
                     dx.chunk_binding(chunk),
                 ],
             );
-            k.apply_backward(g)
+            k.apply_backward(g, saved.frozen)
                 .dispatch(&mut pass, &bind, chunk.apply_groups);
         }
         Ok(())

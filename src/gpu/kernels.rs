@@ -156,6 +156,9 @@ pub(crate) struct Kernels {
     pub(crate) apply_forward_vec4: ByChannels,
     pub(crate) apply_backward: Kernel,
     pub(crate) apply_backward_vec4: ByChannels,
+    /// Twins for eval with running statistics (FROZEN): dx from dy alone, x unread.
+    pub(crate) apply_backward_frozen: Kernel,
+    pub(crate) apply_backward_vec4_frozen: ByChannels,
     pub(crate) copy: Kernel,
     /// Whether the reductions merge lanes with subgroup operations.
     pub(crate) subgroups: bool,
@@ -171,14 +174,14 @@ impl Kernels {
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
-        let by_channels = |shader| -> Result<ByChannels> {
+        let by_channels = |shader, frozen: bool| -> Result<ByChannels> {
             let with = |channels: f64| {
-                Kernel::new(
-                    device,
-                    shader,
-                    subgroups,
-                    &[("CHANNELS_PER_LANE", channels)],
-                )
+                let constants: &[(&str, f64)] = if frozen {
+                    &[("CHANNELS_PER_LANE", channels), ("FROZEN", 1.0)]
+                } else {
+                    &[("CHANNELS_PER_LANE", channels)]
+                };
+                Kernel::new(device, shader, subgroups, constants)
             };
             Ok(ByChannels {
                 one: with(1.0)?,
@@ -218,9 +221,16 @@ impl Kernels {
             grad_reduce_grouped: plain(shader!("grad_reduce_grouped"))?,
             grad_finalize: plain(shader!("grad_finalize"))?,
             apply_forward: plain(shader!("apply_forward"))?,
-            apply_forward_vec4: by_channels(shader!("apply_forward_vec4"))?,
+            apply_forward_vec4: by_channels(shader!("apply_forward_vec4"), false)?,
             apply_backward: plain(shader!("apply_backward"))?,
-            apply_backward_vec4: by_channels(shader!("apply_backward_vec4"))?,
+            apply_backward_vec4: by_channels(shader!("apply_backward_vec4"), false)?,
+            apply_backward_frozen: Kernel::new(
+                device,
+                shader!("apply_backward"),
+                subgroups,
+                &[("FROZEN", 1.0)],
+            )?,
+            apply_backward_vec4_frozen: by_channels(shader!("apply_backward_vec4"), true)?,
             copy: plain(shader!("copy"))?,
             subgroups,
         })
@@ -266,12 +276,21 @@ impl Kernels {
         }
     }
 
-    pub(crate) fn apply_backward(&self, geometry: &Geometry) -> &Kernel {
+    /// dx's kernel; `frozen`: eval with running statistics, where dx does not depend on x.
+    pub(crate) fn apply_backward(&self, geometry: &Geometry, frozen: bool) -> &Kernel {
+        let (scalar, vec4) = if frozen {
+            (
+                &self.apply_backward_frozen,
+                &self.apply_backward_vec4_frozen,
+            )
+        } else {
+            (&self.apply_backward, &self.apply_backward_vec4)
+        };
         match geometry.apply {
-            Apply::Scalar => &self.apply_backward,
-            Apply::Vec4OneChannel => &self.apply_backward_vec4.one,
-            Apply::Vec4TwoChannels => &self.apply_backward_vec4.two,
-            Apply::Vec4FourChannels => &self.apply_backward_vec4.four,
+            Apply::Scalar => scalar,
+            Apply::Vec4OneChannel => &vec4.one,
+            Apply::Vec4TwoChannels => &vec4.two,
+            Apply::Vec4FourChannels => &vec4.four,
         }
     }
 }
