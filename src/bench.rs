@@ -357,6 +357,29 @@ fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(times))
 }
 
+/// Whether `bench_shape` takes the (N, C, ...) shape `logical` on `ctx`: a valid shape whose
+/// copy roof binds the whole tensor at once and copies whole vec4. The CLI checks every shape
+/// before it times any.
+pub fn check_shape(ctx: &GpuContext, logical: &[usize]) -> Result<()> {
+    let numel = Shape::new(logical, Layout::ChannelsFirst)?.numel();
+    let binding = ctx.limits().max_storage_buffer_binding_size;
+    if numel as u64 * 4 > binding {
+        return Err(BnError::Limit {
+            what: "bench tensor bytes (one storage binding)",
+            value: numel as u64 * 4,
+            limit: binding,
+        });
+    }
+    if !numel.is_multiple_of(4) {
+        return Err(BnError::Config {
+            name: "bench shape",
+            value: shape_name(logical),
+            reason: "the copy roof copies whole vec4: N·C·H·W must be a multiple of four",
+        });
+    }
+    Ok(())
+}
+
 /// The dims of the (N, C, ...) tensor `logical` as laid out in memory: (N, ..., C) for
 /// channels-last.
 pub fn memory_dims(logical: &[usize], layout: Layout) -> Vec<usize> {
@@ -380,28 +403,13 @@ pub fn bench_shape(
     iters: usize,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Row>> {
+    check_shape(ctx, logical)?;
     let memory = memory_dims(logical, layout);
     let dims = memory.as_slice();
     let shape = Shape::new(dims, layout)?;
     let (numel, channels) = (shape.numel(), shape.channels());
     let name = shape_name(logical);
     let lname = layout_name(layout);
-    // The copy roof binds the whole tensor at once and copies whole vec4.
-    let binding = ctx.limits().max_storage_buffer_binding_size;
-    if numel as u64 * 4 > binding {
-        return Err(BnError::Limit {
-            what: "bench tensor bytes (one storage binding)",
-            value: numel as u64 * 4,
-            limit: binding,
-        });
-    }
-    if !numel.is_multiple_of(4) {
-        return Err(BnError::Config {
-            name: "bench shape",
-            value: name,
-            reason: "the copy roof needs a multiple of four values",
-        });
-    }
     progress(&format!(
         "{name} {lname}: verifying against the CPU reference"
     ));

@@ -53,6 +53,14 @@ impl BatchNormConfig {
                 reason: "must be at least 1",
             });
         }
+        // Channel counts are u32 in every kernel's uniform.
+        if self.num_features > u32::MAX as usize {
+            return Err(BnError::Limit {
+                what: "num_features",
+                value: self.num_features as u64,
+                limit: u32::MAX as u64,
+            });
+        }
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(BnError::Config {
                 name: "eps",

@@ -11,6 +11,9 @@ pub enum BnError {
     #[error("dimension {axis} of shape {shape:?} is zero: there is nothing to normalize")]
     ZeroSized { shape: Vec<usize>, axis: usize },
 
+    #[error("shape {shape:?} holds more than {limit} bytes of f32, the most one allocation can")]
+    TooLarge { shape: Vec<usize>, limit: u64 },
+
     #[error("expected {expected} channels (num_features), got {got} in shape {shape:?}")]
     Channels {
         expected: usize,

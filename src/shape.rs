@@ -21,13 +21,18 @@ impl Shape {
                 axis,
             });
         }
-        dims.iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or(BnError::Limit {
-                what: "element count",
-                value: u64::MAX,
-                limit: usize::MAX as u64,
-            })?;
+        // Bounded by what one allocation may hold, so that byte counts (numel · 4) never
+        // overflow anywhere downstream.
+        let limit = isize::MAX as u64;
+        let bytes = dims
+            .iter()
+            .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64));
+        if bytes.is_none_or(|b| b > limit) {
+            return Err(BnError::TooLarge {
+                shape: dims.to_vec(),
+                limit,
+            });
+        }
         Ok(Self {
             dims: dims.to_vec(),
             layout,

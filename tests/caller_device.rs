@@ -34,7 +34,7 @@ fn read(
 #[test]
 fn records_into_the_callers_encoder_on_the_callers_buffers() {
     let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
-    let ctx = std::sync::Arc::new(GpuContext::from_device(device.clone(), queue.clone()).unwrap());
+    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
     let dims = [4, 6, 5, 3];
     let n: usize = dims.iter().product();
     let mut rng = Rng::new(3);
@@ -144,6 +144,14 @@ fn records_into_the_callers_encoder_on_the_callers_buffers() {
     assert!(
         GpuTensor::new(&y, &[4, 6, 5, 4], layout).is_err(),
         "short buffer accepted"
+    );
+    // A shape whose byte count wraps u64 (2^61 · 2 · 4 = 2^66) must not pass as small.
+    assert!(
+        matches!(
+            GpuTensor::new(&y, &[1 << 61, 2], layout),
+            Err(wgpu_batchnorm::BnError::TooLarge { .. })
+        ),
+        "a wrapping byte count accepted"
     );
 }
 

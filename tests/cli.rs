@@ -1113,6 +1113,28 @@ fn a_closed_stdout_ends_the_run_quietly() {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
+/// `batchnorm bench` checks every shape before it times any: a bad shape after a good one ends
+/// the run at once, with one error line, exit 1 and nothing on stdout (not even the header);
+/// so does a shape whose byte count wraps u64, which once panicked allocating its inputs.
+#[test]
+fn bench_refuses_bad_shapes_before_timing_any() {
+    for (shape, says) in [
+        ("8x8x4x4,2x3", "multiple of four"),
+        ("2305843009213693952x2", "the most one allocation can"),
+    ] {
+        let out = run(&strs(&["bench", "--shape", shape, "--iters", "1"]))
+            .unwrap_or_else(|e| panic!("bench: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{shape}: stderr {stderr}");
+        assert!(stdout.is_empty(), "{shape}: stdout {stdout}");
+        assert!(
+            stderr.starts_with("error:") && stderr.contains(says) && stderr.lines().count() == 1,
+            "{shape}: stderr {stderr}"
+        );
+    }
+}
+
 /// `batchnorm bench --format csv`: the header, then for each layout one row per command and
 /// timing (the copy roof, the three GPU passes, the three CPU ones), every figure a positive
 /// number, nothing else on stdout, progress on stderr. 5×8×32×33 is 10,560 vec4: two whole

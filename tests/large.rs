@@ -22,7 +22,7 @@ fn small_binding_context(binding: u64, subgroups: bool) -> Arc<GpuContext> {
     let (device, queue) = common::caller_device(subgroups, Some(limits));
     let ctx = GpuContext::from_device(device, queue).unwrap();
     assert_eq!(ctx.limits().max_storage_buffer_binding_size, binding);
-    Arc::new(ctx)
+    ctx
 }
 
 fn check_all(ctx: Arc<GpuContext>, cases: &[(&[usize], Layout, f64, f64)]) {

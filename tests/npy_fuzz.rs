@@ -658,9 +658,11 @@ proptest! {
     ) {
         let layout = if channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
         let product = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        // Its f32 bytes must fit one allocation (isize::MAX), computed here in u128.
+        let fits = product.is_some_and(|n| n as u128 * 4 <= isize::MAX as u128);
         let should_accept = (2..=5).contains(&dims.len())
             && dims.iter().all(|&d| d > 0)
-            && product.is_some();
+            && fits;
         match Shape::new(&dims, layout) {
             Ok(shape) => {
                 prop_assert!(should_accept, "accepted {:?}", dims);
@@ -679,7 +681,9 @@ proptest! {
                 let ok = match e {
                     BnError::Rank { rank } => rank == dims.len() && !(2..=5).contains(&rank),
                     BnError::ZeroSized { axis, .. } => dims.get(axis) == Some(&0),
-                    BnError::Limit { .. } => product.is_none(),
+                    BnError::TooLarge { shape, limit } => {
+                        !fits && shape == dims && limit == isize::MAX as u64
+                    }
                     _ => false,
                 };
                 prop_assert!(ok, "wrong reason for {:?}", dims);
@@ -689,7 +693,13 @@ proptest! {
 
     #[test]
     fn config_validation_accepts_exactly_the_documented_configs(
-        num_features in prop_oneof![Just(0usize), 1usize..4, Just(usize::MAX)],
+        num_features in prop_oneof![
+            Just(0usize),
+            1usize..4,
+            Just(u32::MAX as usize),
+            Just(u32::MAX as usize + 1),
+            Just(usize::MAX),
+        ],
         eps in special_f32(),
         momentum in prop::option::of(special_f32()),
         affine in any::<bool>(),
@@ -706,6 +716,7 @@ proptest! {
         match config.validate() {
             Ok(()) => {
                 prop_assert!(num_features >= 1);
+                prop_assert!(num_features <= u32::MAX as usize);
                 prop_assert!(eps_ok, "accepted eps {:e}", eps);
                 prop_assert!(momentum_ok, "accepted momentum {:?}", momentum);
             }
@@ -719,6 +730,11 @@ proptest! {
                     "momentum"
                 };
                 prop_assert_eq!(name, expected);
+            }
+            Err(BnError::Limit { what, value, limit }) => {
+                prop_assert_eq!(what, "num_features");
+                prop_assert!(num_features > u32::MAX as usize);
+                prop_assert_eq!((value, limit), (num_features as u64, u32::MAX as u64));
             }
             Err(other) => return Err(TestCaseError::fail(format!("{other:?}"))),
         }

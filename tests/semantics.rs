@@ -240,6 +240,19 @@ fn bad_configs_and_shapes_are_refused() {
                 "{name}: eps {eps} momentum {momentum:?} accepted"
             );
         }
+        // Channel counts are u32 in the kernels: more is refused before anything is allocated.
+        for features in [u32::MAX as usize + 1, 1 << 62, usize::MAX] {
+            assert!(
+                matches!(
+                    BatchNorm::new(BatchNormConfig::new(features), device.clone()),
+                    Err(BnError::Limit {
+                        what: "num_features",
+                        ..
+                    })
+                ),
+                "{name}: {features} features accepted"
+            );
+        }
         let mut bn = BatchNorm::new(BatchNormConfig::new(2), device).unwrap();
         let x = ArrayD::<f32>::zeros(IxDyn(&[4, 3]));
         assert!(matches!(

@@ -339,7 +339,7 @@ fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
-    use wgpu_batchnorm::bench::{bench_shape, DEFAULT_SHAPES};
+    use wgpu_batchnorm::bench::{bench_shape, check_shape, DEFAULT_SHAPES};
     let shapes: Vec<Vec<usize>> = match &args.shape {
         Some(s) => s.0.clone(),
         None => DEFAULT_SHAPES.iter().map(|s| s.to_vec()).collect(),
@@ -357,6 +357,10 @@ fn bench(args: &BenchArgs) -> Result<()> {
         runs.extend(layouts.iter().map(|&l| (dims.clone(), l)));
     }
     let ctx = GpuContext::new()?;
+    // Every shape is checked before any is timed, so that a bad one does not end the run late.
+    for (dims, _) in &runs {
+        check_shape(&ctx, dims)?;
+    }
     let adapter = ctx
         .adapter_info()
         .map(|i| format!("{} ({:?}, {})", i.name, i.backend, i.driver_info))

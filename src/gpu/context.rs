@@ -91,8 +91,8 @@ impl GpuContext {
     /// Uses the caller's device and queue; pipelines are built here, once, with a GPU's work
     /// sizes. The reductions use subgroup operations if the device was created with
     /// `wgpu::Features::SUBGROUP`.
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
-        Self::build(device, queue, None)
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Arc<Self>> {
+        Self::build(device, queue, None).map(Arc::new)
     }
 
     /// As `from_device`, for a device made from the adapter that `info` describes
@@ -102,8 +102,8 @@ impl GpuContext {
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
-    ) -> Result<Self> {
-        Self::build(device, queue, Some(info))
+    ) -> Result<Arc<Self>> {
+        Self::build(device, queue, Some(info)).map(Arc::new)
     }
 
     fn build(

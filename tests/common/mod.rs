@@ -93,7 +93,7 @@ pub fn gpu_cpu_tuned() -> Arc<GpuContext> {
             device_type: wgpu::DeviceType::Cpu,
             ..info
         };
-        Arc::new(GpuContext::from_adapter_device(device, queue, info).expect("a context"))
+        GpuContext::from_adapter_device(device, queue, info).expect("a context")
     })
     .clone()
 }
@@ -107,7 +107,7 @@ pub fn gpu_caller(subgroups: bool) -> Arc<GpuContext> {
     let cell = if subgroups { &WITH } else { &WITHOUT };
     cell.get_or_init(|| {
         let (device, queue) = caller_device(subgroups, None);
-        Arc::new(GpuContext::from_device(device, queue).expect("a context"))
+        GpuContext::from_device(device, queue).expect("a context")
     })
     .clone()
 }
