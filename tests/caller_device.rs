@@ -211,3 +211,146 @@ fn many_shapes_evict_and_remake_plans() {
     // Twelve shapes twice: plans (and their buffers) were made again after eviction.
     assert!(ctx.buffers_created() - before > 12 * 7);
 }
+
+fn tensor_buffer(device: &wgpu::Device, queue: &wgpu::Queue, values: &[f32]) -> wgpu::Buffer {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: values.len() as u64 * 4,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+    buffer
+}
+
+/// `set_num_batches_tracked` between recording a training forward and submitting it: the
+/// count follows the order of recording, as the host's does, so with momentum None the next
+/// forward averages in its batch with 1/(k + 1), as the CPU engine does after the same calls.
+/// (Written to the GPU at once, the count landed before the recorded forward, which counted
+/// itself on top: 1/(k + 2) from then on.)
+#[test]
+fn a_count_set_before_submit_follows_recording_order() {
+    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
+    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
+    let dims = [8, 3, 4];
+    let mut rng = Rng::new(21);
+    let (x1, x2) = (rng.array(&dims, 1.0, 2.0), rng.array(&dims, -3.0, 1.0));
+    let mut config = BatchNormConfig::new(3);
+    config.momentum = None;
+
+    let mut gpu = GpuBatchNorm::new(ctx, config.clone()).unwrap();
+    let x = tensor_buffer(&device, &queue, x1.as_slice().unwrap());
+    let y = tensor_buffer(&device, &queue, &vec![0.0; x1.len()]);
+    let layout = Layout::ChannelsFirst;
+    let mut encoder = device.create_command_encoder(&Default::default());
+    gpu.forward(
+        &mut encoder,
+        &GpuTensor::new(&x, &dims, layout).unwrap(),
+        &GpuTensor::new(&y, &dims, layout).unwrap(),
+    )
+    .unwrap();
+    gpu.set_num_batches_tracked(4).unwrap();
+    queue.submit([encoder.finish()]);
+    gpu.forward_array(x2.view(), layout).unwrap();
+
+    let mut cpu = BatchNorm::new(config, Device::Cpu).unwrap();
+    cpu.forward(x1.view(), layout).unwrap();
+    cpu.set_num_batches_tracked(4).unwrap();
+    cpu.forward(x2.view(), layout).unwrap();
+
+    assert_eq!(gpu.num_batches_tracked(), 5);
+    assert_eq!(cpu.num_batches_tracked(), 5);
+    let (g, c) = (gpu.running_mean().unwrap(), cpu.running_mean().unwrap());
+    for (channel, (g, c)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            (g - c).abs() <= 1e-5 * (1.0 + c.abs()),
+            "channel {channel}: running_mean {g} on the GPU, {c} on the CPU"
+        );
+    }
+}
+
+/// Input the layer refuses leaves the caller's encoder as it was: what the caller recorded
+/// before still runs, and finish() raises nothing (a bind group made in the caller's pass
+/// and found invalid failed the whole encoder). Also refused: the layer's own buffers as
+/// tensors, which its passes write.
+#[test]
+fn a_refused_call_leaves_the_callers_encoder_usable() {
+    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
+    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
+    let dims = [4, 3];
+    let layout = Layout::ChannelsFirst;
+    let mut layer = GpuBatchNorm::new(ctx, BatchNormConfig::new(3)).unwrap();
+    let source = tensor_buffer(&device, &queue, &[1.0; 12]);
+    let copied = tensor_buffer(&device, &queue, &[0.0; 12]);
+    let y = tensor_buffer(&device, &queue, &[0.0; 12]);
+    let gone = tensor_buffer(&device, &queue, &[2.0; 12]);
+    gone.destroy();
+    let (other_device, other_queue) = common::caller_device(false, Some(wgpu::Limits::default()));
+    let foreign = tensor_buffer(&other_device, &other_queue, &[3.0; 12]);
+
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(&source, 0, &copied, 0, 48);
+    let t = |b| GpuTensor::new(b, &dims, layout).unwrap();
+    assert!(
+        layer.forward(&mut encoder, &t(&gone), &t(&y)).is_err(),
+        "destroyed x"
+    );
+    assert!(
+        layer.forward(&mut encoder, &t(&foreign), &t(&y)).is_err(),
+        "x of another device"
+    );
+    assert_eq!(layer.num_batches_tracked(), 0);
+    // The layer's own buffers, as an output and as an input ([1, 3] fits them in eval).
+    layer.set_training(false);
+    let one = [1, 3];
+    let own = |b| GpuTensor::new(b, &one, layout).unwrap();
+    let small = tensor_buffer(&device, &queue, &[0.0; 3]);
+    let (running_mean, gamma, dbeta) = (
+        layer.running_mean_buffer().clone(),
+        layer.gamma_buffer().clone(),
+        layer.dbeta_buffer().clone(),
+    );
+    for (what, x, out) in [
+        ("y = running_mean", own(&small), own(&running_mean)),
+        ("x = gamma", own(&gamma), own(&small)),
+        ("y = dbeta", own(&small), own(&dbeta)),
+    ] {
+        assert!(
+            matches!(
+                layer.forward(&mut encoder, &x, &out),
+                Err(wgpu_batchnorm::BnError::Buffer { .. })
+            ),
+            "{what} accepted"
+        );
+    }
+    queue.submit([encoder.finish()]);
+    assert!(
+        pollster::block_on(scope.pop()).is_none(),
+        "the encoder failed"
+    );
+    assert_eq!(read(&device, &queue, &copied, 0, 12), vec![1.0; 12]);
+    assert_eq!(layer.running_mean().unwrap(), vec![0.0; 3]);
+}
+
+/// The ndarray calls refuse what they can before they make any buffer (or evict a plan).
+#[test]
+fn refused_array_calls_make_no_buffers() {
+    common::set_runtime_dir();
+    let ctx = GpuContext::new().unwrap();
+    let mut layer = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(8)).unwrap();
+    let before = ctx.buffers_created();
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 8]));
+    assert!(matches!(
+        layer.forward_array(x.view(), Layout::ChannelsFirst),
+        Err(wgpu_batchnorm::BnError::SingleValuePerChannel { .. })
+    ));
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[64, 8, 32]));
+    assert!(matches!(
+        layer.backward_array(x.view(), x.view(), Layout::ChannelsFirst),
+        Err(wgpu_batchnorm::BnError::NoSavedStatistics { .. })
+    ));
+    assert_eq!(ctx.buffers_created(), before);
+}

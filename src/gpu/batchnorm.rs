@@ -9,7 +9,9 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::config::{BatchNormConfig, Layout, RunningVar};
 use crate::error::{BnError, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::{Geometry, Params, BIASED_RUNNING_VAR, FROZEN_STATS, UPDATE_RUNNING};
+use crate::gpu::kernels::{
+    Geometry, Kernel, Params, BIASED_RUNNING_VAR, FROZEN_STATS, UPDATE_RUNNING,
+};
 use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
     check_batch_count, next_batch_count, BackwardOutput, BatchStatistics, ForwardOutput,
@@ -74,6 +76,25 @@ struct Saved {
     frozen: bool,
 }
 
+/// One dispatch, prepared before anything is recorded: a caller's encoder is touched only
+/// once every bind group of the pass was made without error, as an invalid one would make
+/// the caller's whole encoder fail at finish().
+struct Step<'k> {
+    kernel: &'k Kernel,
+    bind: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+fn record(encoder: &mut wgpu::CommandEncoder, label: &str, steps: &[Step]) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    for step in steps {
+        step.kernel.dispatch(&mut pass, &step.bind, step.groups);
+    }
+}
+
 pub struct GpuBatchNorm {
     ctx: Arc<GpuContext>,
     config: BatchNormConfig,
@@ -93,6 +114,9 @@ pub struct GpuBatchNorm {
     dbeta: wgpu::Buffer,
     channel_staging: wgpu::Buffer,
     saved_for_backward: Option<Saved>,
+    /// A count set since the last recorded forward, copied into `batches_tracked` ahead of
+    /// the next one (see set_num_batches_tracked).
+    pending_count: Option<wgpu::Buffer>,
     plans: HashMap<Shape, Plan>,
     /// Counts plan lookups, to order plans by recent use.
     uses: u64,
@@ -119,6 +143,7 @@ impl GpuBatchNorm {
             training: true,
             num_batches_tracked: 0,
             saved_for_backward: None,
+            pending_count: None,
             plans: HashMap::new(),
             uses: 0,
         };
@@ -215,9 +240,18 @@ impl GpuBatchNorm {
         self.write(&self.running_var, values)
     }
 
+    /// Unlike the other setters, the count follows the order of recording, as
+    /// `num_batches_tracked()` does: it reaches the GPU by a copy recorded ahead of the next
+    /// forward. Written at once, it would land before a forward recorded earlier but not yet
+    /// submitted, which would then count itself on top of it.
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         check_batch_count(count)?;
-        self.write_counts(count as u32)?;
+        let counts = vec![count as u32; self.config.num_features];
+        self.pending_count = Some(self.ctx.create_buffer_init(
+            "num_batches_tracked",
+            bytemuck::cast_slice(&counts),
+            wgpu::BufferUsages::COPY_SRC,
+        )?);
         self.num_batches_tracked = count;
         Ok(())
     }
@@ -353,7 +387,8 @@ impl GpuBatchNorm {
     }
 
     /// Checks that the tensors share one shape with num_features channels, sit at bindable
-    /// offsets, and that no output aliases an input.
+    /// offsets, that no output aliases an input, and that none is one of the layer's own
+    /// buffers.
     fn check_tensors(&self, inputs: &[(&str, &GpuTensor)], output: &GpuTensor) -> Result<()> {
         let shape = &inputs[0].1.shape;
         shape.expect_channels(self.config.num_features)?;
@@ -373,6 +408,24 @@ impl GpuBatchNorm {
                     reason: format!(
                         "{name} offset {} is not a multiple of min_storage_buffer_offset_alignment {align}",
                         t.offset
+                    ),
+                });
+            }
+            let own = [
+                &self.gamma,
+                &self.beta,
+                &self.running_mean,
+                &self.running_var,
+                &self.dgamma,
+                &self.dbeta,
+            ];
+            // The pass writes these (and reads the running statistics): as a tensor, one
+            // would be overwritten or change under the pass, without a wgpu error.
+            if own.contains(&t.buffer) {
+                return Err(BnError::Buffer {
+                    name: "tensor",
+                    reason: format!(
+                        "{name} is one of the layer's own buffers (gamma, beta, running statistics, dgamma, dbeta)"
                     ),
                 });
             }
@@ -397,35 +450,57 @@ impl GpuBatchNorm {
         y: &GpuTensor,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
-        // The layer's own state moves on only once wgpu has accepted everything recorded.
-        let (batches, saved) = ctx.scoped("forward", || self.record_forward(encoder, x, y))?;
+        // Nothing is recorded, and the layer's state stays, unless every dispatch was prepared
+        // without error.
+        let (batches, saved, steps) = ctx.scoped("forward", || self.prepare_forward(&ctx, x, y))?;
+        if let Some(counts) = self.pending_count.take() {
+            encoder.copy_buffer_to_buffer(&counts, 0, &self.batches_tracked, 0, counts.size());
+        }
+        record(encoder, "batchnorm forward", &steps);
         self.num_batches_tracked = batches;
         self.saved_for_backward = Some(saved);
         Ok(())
     }
 
-    /// Records the forward and returns the layer's state after it: num_batches_tracked, and
-    /// what backward will need.
-    fn record_forward(
-        &mut self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &GpuTensor,
-        y: &GpuTensor,
-    ) -> Result<(u64, Saved)> {
-        self.check_tensors(&[("x", x)], y)?;
-        let batch_stats = self.uses_batch_stats();
-        if batch_stats && x.shape.per_channel() < 2 {
+    /// What a forward of `shape` is refused for before any buffer is made: one value per
+    /// channel where batch statistics are used, a batch count past its u32. Returns
+    /// num_batches_tracked after the forward.
+    fn check_forward(&self, shape: &Shape) -> Result<u64> {
+        shape.expect_channels(self.config.num_features)?;
+        if self.uses_batch_stats() && shape.per_channel() < 2 {
             return Err(BnError::SingleValuePerChannel {
-                shape: x.shape.dims().to_vec(),
+                shape: shape.dims().to_vec(),
             });
         }
-        let training = self.training;
-        let update = training && self.config.track_running_stats;
-        let batches_after = if update {
-            next_batch_count(self.num_batches_tracked)?
+        if self.training && self.config.track_running_stats {
+            next_batch_count(self.num_batches_tracked)
         } else {
-            self.num_batches_tracked
-        };
+            Ok(self.num_batches_tracked)
+        }
+    }
+
+    /// What the last forward saved for a backward of `shape`, or why there is none.
+    fn saved_for(&self, shape: &Shape) -> Result<Saved> {
+        match &self.saved_for_backward {
+            Some(s) if s.shape == *shape => Ok(s.clone()),
+            _ => Err(BnError::NoSavedStatistics {
+                shape: shape.dims().to_vec(),
+            }),
+        }
+    }
+
+    /// Prepares the forward's dispatches and returns the layer's state after it:
+    /// num_batches_tracked, and what backward will need.
+    fn prepare_forward<'k>(
+        &mut self,
+        ctx: &'k GpuContext,
+        x: &GpuTensor,
+        y: &GpuTensor,
+    ) -> Result<(u64, Saved, Vec<Step<'k>>)> {
+        self.check_tensors(&[("x", x)], y)?;
+        let batches_after = self.check_forward(&x.shape)?;
+        let batch_stats = self.uses_batch_stats();
+        let training = self.training;
         self.plan(&x.shape)?;
         let plan = &self.plans[&x.shape];
         let g = &plan.geometry;
@@ -434,11 +509,8 @@ impl GpuBatchNorm {
         } else {
             &plan.params_eval
         };
-        let (k, device) = (&self.ctx.kernels, &self.ctx.device);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("batchnorm forward"),
-            timestamp_writes: None,
-        });
+        let (k, device) = (&ctx.kernels, &ctx.device);
+        let mut steps = Vec::new();
         // Which kernel writes y: forward_fused as it reads x, or apply_forward after.
         let fused = match (&plan.params_fused, g.fused, k.forward_fused(g)) {
             (Some(params), Some(f), Some(kernel)) if batch_stats => Some((params, f, kernel)),
@@ -456,7 +528,11 @@ impl GpuBatchNorm {
                     y.binding(),
                 ],
             );
-            kernel.dispatch(&mut pass, &bind, (f.groups, 1));
+            steps.push(Step {
+                kernel,
+                bind,
+                groups: (f.groups, 1),
+            });
         } else if batch_stats {
             for (i, chunk) in g.chunks.iter().enumerate() {
                 let bind = k.stats_reduce(g).bind(
@@ -467,8 +543,11 @@ impl GpuBatchNorm {
                         plan.partials.as_entire_binding(),
                     ],
                 );
-                k.stats_reduce(g)
-                    .dispatch(&mut pass, &bind, chunk.reduce_groups);
+                steps.push(Step {
+                    kernel: k.stats_reduce(g),
+                    bind,
+                    groups: chunk.reduce_groups,
+                });
             }
         }
         if batch_stats {
@@ -486,8 +565,11 @@ impl GpuBatchNorm {
                     self.coeff.as_entire_binding(),
                 ],
             );
-            k.stats_finalize
-                .dispatch(&mut pass, &bind, g.finalize_groups);
+            steps.push(Step {
+                kernel: &k.stats_finalize,
+                bind,
+                groups: g.finalize_groups,
+            });
         } else {
             let bind = k.eval_finalize.bind(
                 device,
@@ -501,8 +583,11 @@ impl GpuBatchNorm {
                     self.coeff.as_entire_binding(),
                 ],
             );
-            k.eval_finalize
-                .dispatch(&mut pass, &bind, g.finalize_groups);
+            steps.push(Step {
+                kernel: &k.eval_finalize,
+                bind,
+                groups: g.finalize_groups,
+            });
         }
         if fused.is_none() {
             for (i, chunk) in g.chunks.iter().enumerate() {
@@ -515,17 +600,19 @@ impl GpuBatchNorm {
                         y.chunk_binding(chunk),
                     ],
                 );
-                k.apply_forward(g)
-                    .dispatch(&mut pass, &bind, chunk.apply_groups);
+                steps.push(Step {
+                    kernel: k.apply_forward(g),
+                    bind,
+                    groups: chunk.apply_groups,
+                });
             }
         }
-        drop(pass);
         let saved = Saved {
             shape: x.shape.clone(),
             training,
             frozen: !batch_stats,
         };
-        Ok((batches_after, saved))
+        Ok((batches_after, saved, steps))
     }
 
     /// Records the backward pass into `encoder`, with the statistics saved by the last
@@ -538,25 +625,20 @@ impl GpuBatchNorm {
         dx: &GpuTensor,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
-        ctx.scoped("backward", || self.record_backward(encoder, x, dy, dx))
+        let steps = ctx.scoped("backward", || self.prepare_backward(&ctx, x, dy, dx))?;
+        record(encoder, "batchnorm backward", &steps);
+        Ok(())
     }
 
-    fn record_backward(
+    fn prepare_backward<'k>(
         &mut self,
-        encoder: &mut wgpu::CommandEncoder,
+        ctx: &'k GpuContext,
         x: &GpuTensor,
         dy: &GpuTensor,
         dx: &GpuTensor,
-    ) -> Result<()> {
+    ) -> Result<Vec<Step<'k>>> {
         self.check_tensors(&[("x", x), ("dy", dy)], dx)?;
-        let saved = match &self.saved_for_backward {
-            Some(s) if s.shape == x.shape => s.clone(),
-            _ => {
-                return Err(BnError::NoSavedStatistics {
-                    shape: x.shape.dims().to_vec(),
-                })
-            }
-        };
+        let saved = self.saved_for(&x.shape)?;
         let plan = &self.plans[&x.shape];
         let g = &plan.geometry;
         let params = if saved.training {
@@ -564,11 +646,8 @@ impl GpuBatchNorm {
         } else {
             &plan.params_eval
         };
-        let (k, device) = (&self.ctx.kernels, &self.ctx.device);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("batchnorm backward"),
-            timestamp_writes: None,
-        });
+        let (k, device) = (&ctx.kernels, &ctx.device);
+        let mut steps = Vec::new();
         for (i, chunk) in g.chunks.iter().enumerate() {
             let bind = k.grad_reduce(g).bind(
                 device,
@@ -580,8 +659,11 @@ impl GpuBatchNorm {
                     plan.partials.as_entire_binding(),
                 ],
             );
-            k.grad_reduce(g)
-                .dispatch(&mut pass, &bind, chunk.reduce_groups);
+            steps.push(Step {
+                kernel: k.grad_reduce(g),
+                bind,
+                groups: chunk.reduce_groups,
+            });
         }
         let bind = k.grad_finalize.bind(
             device,
@@ -595,8 +677,11 @@ impl GpuBatchNorm {
                 self.coeff.as_entire_binding(),
             ],
         );
-        k.grad_finalize
-            .dispatch(&mut pass, &bind, g.finalize_groups);
+        steps.push(Step {
+            kernel: &k.grad_finalize,
+            bind,
+            groups: g.finalize_groups,
+        });
         for (i, chunk) in g.chunks.iter().enumerate() {
             let bind = k.apply_backward(g, saved.frozen).bind(
                 device,
@@ -608,10 +693,13 @@ impl GpuBatchNorm {
                     dx.chunk_binding(chunk),
                 ],
             );
-            k.apply_backward(g, saved.frozen)
-                .dispatch(&mut pass, &bind, chunk.apply_groups);
+            steps.push(Step {
+                kernel: k.apply_backward(g, saved.frozen),
+                bind,
+                groups: chunk.apply_groups,
+            });
         }
-        Ok(())
+        Ok(steps)
     }
 
     fn io(&mut self, shape: &Shape) -> Result<()> {
@@ -643,6 +731,8 @@ impl GpuBatchNorm {
     }
 
     /// Uploads `x`, runs forward, and reads back y and (when used) the batch statistics.
+    /// Submits and waits at once: ahead of any pass recorded into a caller's encoder and not
+    /// yet submitted.
     pub fn forward_array(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         let ctx = self.ctx.clone();
         ctx.scoped("forward", || self.run_forward(x, layout))
@@ -650,7 +740,8 @@ impl GpuBatchNorm {
 
     fn run_forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         let shape = Shape::new(x.shape(), layout)?;
-        shape.expect_channels(self.config.num_features)?;
+        // Refused before io() makes or evicts anything.
+        self.check_forward(&shape)?;
         self.io(&shape)?;
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");
@@ -711,6 +802,8 @@ impl GpuBatchNorm {
         }
         let shape = Shape::new(x.shape(), layout)?;
         shape.expect_channels(self.config.num_features)?;
+        // Refused before io() makes or evicts anything.
+        self.saved_for(&shape)?;
         self.io(&shape)?;
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");

@@ -223,6 +223,29 @@ impl GpuContext {
         })
     }
 
+    /// Creates a buffer holding `contents`, with create_buffer's error handling.
+    pub(crate) fn create_buffer_init(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        use wgpu::util::DeviceExt;
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.scoped(
+            &format!("buffer {label} ({} bytes)", contents.len()),
+            || {
+                Ok(self
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(label),
+                        contents,
+                        usage,
+                    }))
+            },
+        )
+    }
+
     /// Maps the first `bytes` of a MAP_READ buffer and copies them out as f32.
     pub(crate) fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
         read_staging(&self.device, staging, bytes)
