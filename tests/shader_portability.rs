@@ -219,11 +219,21 @@ fn constant_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
         "stats_reduce_channels.wgsl" | "grad_reduce_channels.wgsl" => {
             vec![vec![("CONTIGUOUS_ROWS", 1.0)]]
         }
-        "apply_forward_vec4.wgsl" | "apply_backward_vec4.wgsl" => {
+        "apply_forward_vec4.wgsl" => {
             vec![
                 vec![("CHANNELS_PER_LANE", 2.0)],
                 vec![("CHANNELS_PER_LANE", 4.0)],
             ]
+        }
+        "apply_backward.wgsl" => vec![vec![("FROZEN", 1.0)]],
+        "apply_backward_vec4.wgsl" => {
+            let mut sets = Vec::new();
+            for frozen in [0.0, 1.0] {
+                for channels in [1.0, 2.0, 4.0] {
+                    sets.push(vec![("CHANNELS_PER_LANE", channels), ("FROZEN", frozen)]);
+                }
+            }
+            sets
         }
         "forward_fused_vec4.wgsl" => vec![vec![("CHANNELS_IN_VEC4", 1.0)]],
         _ => Vec::new(),
