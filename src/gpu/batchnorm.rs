@@ -72,8 +72,6 @@ struct IoBuffers {
 struct Saved {
     shape: Shape,
     training: bool,
-    /// Normalized with running statistics (eval, tracked): dx = gamma·invstd·dy.
-    frozen: bool,
 }
 
 /// One dispatch, prepared before anything is recorded: a caller's encoder is touched only
@@ -393,6 +391,16 @@ impl GpuBatchNorm {
         let shape = &inputs[0].1.shape;
         shape.expect_channels(self.config.num_features)?;
         let align = self.ctx.limits().min_storage_buffer_offset_alignment as u64;
+        // The pass writes these (and reads the running statistics): as a tensor, one would be
+        // overwritten or change under the pass, without a wgpu error.
+        let own = [
+            &self.gamma,
+            &self.beta,
+            &self.running_mean,
+            &self.running_var,
+            &self.dgamma,
+            &self.dbeta,
+        ];
         for (name, t) in inputs.iter().chain([&("output", output)]) {
             if t.shape.dims() != shape.dims() || t.shape.layout() != shape.layout() {
                 return Err(BnError::ShapeMismatch {
@@ -411,16 +419,6 @@ impl GpuBatchNorm {
                     ),
                 });
             }
-            let own = [
-                &self.gamma,
-                &self.beta,
-                &self.running_mean,
-                &self.running_var,
-                &self.dgamma,
-                &self.dbeta,
-            ];
-            // The pass writes these (and reads the running statistics): as a tensor, one
-            // would be overwritten or change under the pass, without a wgpu error.
             if own.contains(&t.buffer) {
                 return Err(BnError::Buffer {
                     name: "tensor",
@@ -610,7 +608,6 @@ impl GpuBatchNorm {
         let saved = Saved {
             shape: x.shape.clone(),
             training,
-            frozen: !batch_stats,
         };
         Ok((batches_after, saved, steps))
     }
@@ -639,6 +636,8 @@ impl GpuBatchNorm {
     ) -> Result<Vec<Step<'k>>> {
         self.check_tensors(&[("x", x), ("dy", dy)], dx)?;
         let saved = self.saved_for(&x.shape)?;
+        // Normalized with running statistics (eval, tracked): dx = gamma·invstd·dy.
+        let frozen = !saved.training && self.config.track_running_stats;
         let plan = &self.plans[&x.shape];
         let g = &plan.geometry;
         let params = if saved.training {
@@ -683,7 +682,7 @@ impl GpuBatchNorm {
             groups: g.finalize_groups,
         });
         for (i, chunk) in g.chunks.iter().enumerate() {
-            let bind = k.apply_backward(g, saved.frozen).bind(
+            let bind = k.apply_backward(g, frozen).bind(
                 device,
                 &[
                     params.slot(i),
@@ -694,7 +693,7 @@ impl GpuBatchNorm {
                 ],
             );
             steps.push(Step {
-                kernel: k.apply_backward(g, saved.frozen),
+                kernel: k.apply_backward(g, frozen),
                 bind,
                 groups: chunk.apply_groups,
             });
