@@ -1,9 +1,6 @@
 // Backward, element-wise, four values per load: the vec4 twin of apply_backward, laid out
 // like apply_forward_vec4.
 
-// 1, 2 or 4: how many channels a lane's four values fall into (see apply_forward_vec4).
-override CHANNELS_PER_LANE: u32 = 1u;
-
 // Eval with running statistics: dx = k1·dy, x unread (see apply_backward).
 override FROZEN: bool = false;
 
@@ -22,37 +19,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     if col >= width {
         return;
     }
-    var center: vec4<f32>;
-    var k1: vec4<f32>;
-    var k2: vec4<f32>;
-    var k0: vec4<f32>;
-    if CHANNELS_PER_LANE == 1u {
-        let c = coeff[(4u * col / p.inner) % p.channels];
-        center = vec4<f32>(c.x);
-        k1 = vec4<f32>(c.y);
-        k2 = vec4<f32>(c.z);
-        k0 = vec4<f32>(c.w);
-    } else if CHANNELS_PER_LANE == 2u {
-        // The channel of the lane's first value, counted across the row's planes.
-        let first = 4u * col / p.inner;
-        let a = coeff[first % p.channels];
-        let b = coeff[(first + 1u) % p.channels];
-        let in_next = vec4<u32>(4u * col) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>((first + 1u) * p.inner);
-        center = select(vec4<f32>(a.x), vec4<f32>(b.x), in_next);
-        k1 = select(vec4<f32>(a.y), vec4<f32>(b.y), in_next);
-        k2 = select(vec4<f32>(a.z), vec4<f32>(b.z), in_next);
-        k0 = select(vec4<f32>(a.w), vec4<f32>(b.w), in_next);
-    } else {
-        let c = (4u * col) % p.channels;
-        let c0 = coeff[c];
-        let c1 = coeff[c + 1u];
-        let c2 = coeff[c + 2u];
-        let c3 = coeff[c + 3u];
-        center = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
-        k1 = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
-        k2 = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
-        k0 = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
-    }
+    let k = lane_coefficients(col);
+    let center = k[0];
+    let k1 = k[1];
+    let k2 = k[2];
+    let k0 = k[3];
     let total = p.total / 4u;
     let r_begin = wid.y * p.apply_rows_per_group;
     let r_end = min(r_begin + p.apply_rows_per_group, p.apply_rows);

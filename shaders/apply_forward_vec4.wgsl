@@ -1,14 +1,6 @@
 // Forward, element-wise, four values per load: the vec4 twin of apply_forward for shapes
 // whose [channels][inner] plane divides by four. The four components may belong to different
-// channels; each lane works out its four channels once, as its column never changes.
-
-// How many channels a lane's four values (which start at a multiple of four) fall into, fixed
-// by the shape: 1 where inner divides by four; 2 where inner is at least 2, the second being
-// the next channel; 4 where inner is 1 (channels-last), four neighbouring channels, as the
-// plane divides by four. A pipeline constant, not a test of p.inner: lavapipe runs both
-// sides of a branch on a uniform, and each coefficient load and integer division is a loop
-// over its SIMD group's lanes there.
-override CHANNELS_PER_LANE: u32 = 1u;
+// channels (common/apply_vec4.wgsl).
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,33 +16,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     if col >= width {
         return;
     }
-    var center: vec4<f32>;
-    var scale: vec4<f32>;
-    var shift: vec4<f32>;
-    if CHANNELS_PER_LANE == 1u {
-        let c = coeff[(4u * col / p.inner) % p.channels];
-        center = vec4<f32>(c.x);
-        scale = vec4<f32>(c.y);
-        shift = vec4<f32>(c.z);
-    } else if CHANNELS_PER_LANE == 2u {
-        // The channel of the lane's first value, counted across the row's planes.
-        let first = 4u * col / p.inner;
-        let a = coeff[first % p.channels];
-        let b = coeff[(first + 1u) % p.channels];
-        let in_next = vec4<u32>(4u * col) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>((first + 1u) * p.inner);
-        center = select(vec4<f32>(a.x), vec4<f32>(b.x), in_next);
-        scale = select(vec4<f32>(a.y), vec4<f32>(b.y), in_next);
-        shift = select(vec4<f32>(a.z), vec4<f32>(b.z), in_next);
-    } else {
-        let c = (4u * col) % p.channels;
-        let c0 = coeff[c];
-        let c1 = coeff[c + 1u];
-        let c2 = coeff[c + 2u];
-        let c3 = coeff[c + 3u];
-        center = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
-        scale = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
-        shift = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
-    }
+    let k = lane_coefficients(col);
+    let center = k[0];
+    let scale = k[1];
+    let shift = k[2];
     let total = p.total / 4u;
     let r_begin = wid.y * p.apply_rows_per_group;
     let r_end = min(r_begin + p.apply_rows_per_group, p.apply_rows);

@@ -14,26 +14,9 @@ const CAPACITY: u32 = 64u;
 @group(0) @binding(4) var<storage, read_write> partials: array<StatsPartial>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
-var<workgroup> wg_count: array<u32, WG>;
-// Welford states while folding; afterwards slot lid < tile_c holds its channel's center,
-// scale and shift.
-var<workgroup> wg_mean: array<f32, WG>;
-var<workgroup> wg_m2: array<f32, WG>;
+// After the fold (common/fold_stats.wgsl), slot lid < tile_c of wg_mean and wg_m2 holds its
+// channel's center and scale (component x), and wg_shift its shift.
 var<workgroup> wg_shift: array<f32, WG>;
-
-fn merge_into(a: u32, b: u32) {
-    let nb = wg_count[b];
-    if nb == 0u {
-        return;
-    }
-    let na = wg_count[a];
-    let n = na + nb;
-    let fb = f32(nb) / f32(n);
-    let delta = wg_mean[b] - wg_mean[a];
-    wg_mean[a] = wg_mean[a] + delta * fb;
-    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
-    wg_count[a] = n;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -42,7 +25,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
-    let slot = lane.slot;
     let c = wid.x * p.tile_c + lane_c;
     let row_stride = p.channels * p.inner;
 
@@ -74,48 +56,30 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             m2 += delta * (d - mean);
         }
     }
-    let w = subgroup_welford(Welford(n, vec4<f32>(mean, 0.0, 0.0, 0.0), vec4<f32>(m2, 0.0, 0.0, 0.0)), p.tile_c, p.tile_i, span);
-    if lane.rep {
-        wg_count[slot] = u32(w.n);
-        wg_mean[slot] = w.mean.x;
-        wg_m2[slot] = w.m2.x;
-    }
-
-    var lanes = fold_lanes(p.tile_c, span);
-    while lanes > 1u {
-        let fold = min(lanes, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                merge_into(lid, lid + j * next * p.tile_c);
-            }
-        }
-        lanes = next;
-    }
-    workgroupBarrier();
+    let w = Welford(n, vec4<f32>(mean, 0.0, 0.0, 0.0), vec4<f32>(m2, 0.0, 0.0, 0.0));
+    let folded = fold_stats(lid, lane, w, p.tile_c, p.tile_i, span, 1u);
 
     let writer = wid.x * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
         let center = x[writer * p.inner];
-        let count = wg_count[lid];
+        let count = u32(folded.n);
         // As stats_finalize: var, invstd, and the (center, scale, shift) fold.
-        let var_biased = wg_m2[lid] / f32(count);
+        let var_biased = folded.m2.x / f32(count);
         let invstd = 1.0 / sqrt(var_biased + p.eps);
         let scale = gamma[writer] * invstd;
         // The whole channel is in the first split's record; the others are empty.
-        partials[partial_index(p, writer, 0u)] = StatsPartial(count, wg_mean[lid], wg_m2[lid], center);
+        partials[partial_index(p, writer, 0u)] = StatsPartial(count, folded.mean.x, folded.m2.x, center);
         for (var s = 1u; s < p.splits; s++) {
             partials[partial_index(p, writer, s)] = StatsPartial(0u, 0.0, 0.0, 0.0);
         }
-        wg_shift[lid] = beta[writer] - wg_mean[lid] * scale;
-        wg_mean[lid] = center;
-        wg_m2[lid] = scale;
+        wg_shift[lid] = beta[writer] - folded.mean.x * scale;
+        wg_mean[lid].x = center;
+        wg_m2[lid].x = scale;
     }
     workgroupBarrier();
 
-    let center = wg_mean[lane_c];
-    let scale = wg_m2[lane_c];
+    let center = wg_mean[lane_c].x;
+    let scale = wg_m2[lane_c].x;
     let shift_out = wg_shift[lane_c];
     for (var j = 0u; j < CAPACITY; j++) {
         if j >= loads {

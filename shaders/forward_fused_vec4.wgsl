@@ -27,26 +27,9 @@ const CAPACITY: u32 = 16u;
 @group(0) @binding(4) var<storage, read_write> partials: array<StatsPartial>;
 @group(0) @binding(5) var<storage, read_write> y: array<vec4<f32>>;
 
-var<workgroup> wg_count: array<u32, WG>;
-// Welford states while folding; afterwards slot lid < tile_c holds its unit's center and
-// scale, and wg_shift its shift.
-var<workgroup> wg_mean: array<vec4<f32>, WG>;
-var<workgroup> wg_m2: array<vec4<f32>, WG>;
+// After the fold (common/fold_stats.wgsl), slot lid < tile_c of wg_mean and wg_m2 holds its
+// unit's center and scale, and wg_shift its shift.
 var<workgroup> wg_shift: array<vec4<f32>, WG>;
-
-fn merge_into(a: u32, b: u32) {
-    let nb = wg_count[b];
-    if nb == 0u {
-        return;
-    }
-    let na = wg_count[a];
-    let n = na + nb;
-    let fb = f32(nb) / f32(n);
-    let delta = wg_mean[b] - wg_mean[a];
-    wg_mean[a] = wg_mean[a] + delta * fb;
-    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
-    wg_count[a] = n;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -61,7 +44,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
-    let slot = lane.slot;
     let u = wid.x * p.tile_c + lane_c;
     let row_stride = units_c * units_i;
 
@@ -90,33 +72,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             w = add_one(w, v - shift);
         }
     }
-    w = subgroup_welford(w, p.tile_c, p.tile_i, span);
-    if lane.rep {
-        wg_count[slot] = u32(w.n);
-        wg_mean[slot] = w.mean;
-        wg_m2[slot] = w.m2;
-    }
-
-    var lanes = fold_lanes(p.tile_c, span);
-    while lanes > 1u {
-        let fold = min(lanes, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                merge_into(lid, lid + j * next * p.tile_c);
-            }
-        }
-        lanes = next;
-    }
-    workgroupBarrier();
+    let folded = fold_stats(lid, lane, w, p.tile_c, p.tile_i, span, 1u);
 
     let writer = wid.x * p.tile_c + lid;
     if lid < p.tile_c && writer < units_c {
         let first = x[writer * units_i];
-        var count = wg_count[lid];
-        var means = wg_mean[lid];
-        var m2s = wg_m2[lid];
+        var count = u32(folded.n);
+        var means = folded.mean;
+        var m2s = folded.m2;
         var centers = first;
         if !CHANNELS_IN_VEC4 {
             // Four equal-count states of one channel: Chan's merge in closed form.

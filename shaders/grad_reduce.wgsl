@@ -3,8 +3,6 @@
 // stats_reduce. x − mean is formed as (x − center) − offset (see stats_finalize) so that it
 // keeps its precision when the mean is large next to the spread.
 
-const WG: u32 = 256u;
-
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -12,9 +10,6 @@ const WG: u32 = 256u;
 // (center, offset, invstd, var), mean = center + offset
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
-
-var<workgroup> wg_sum_dy: array<f32, WG>;
-var<workgroup> wg_sum_dy_xmu: array<f32, WG>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -24,7 +19,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
-    let slot = lane.slot;
     let c = wid.y * p.tile_c + lane_c;
 
     var sum_dy = 0.0;
@@ -43,33 +37,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    let sums = subgroup_sum(vec4<f32>(sum_dy, sum_dy_xmu, 0.0, 0.0), p.tile_c, p.tile_i, span);
-    if lane.rep {
-        wg_sum_dy[slot] = sums.x;
-        wg_sum_dy_xmu[slot] = sums.y;
-    }
+    let sums = GradSums(vec4<f32>(sum_dy, 0.0, 0.0, 0.0), vec4<f32>(sum_dy_xmu, 0.0, 0.0, 0.0));
+    let folded = fold_sums(lid, lane, sums, p.tile_c, p.tile_i, span, 1u);
 
-    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    var lanes = fold_lanes(p.tile_c, span);
-    while lanes > 1u {
-        let fold = min(lanes, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                let b = lid + j * next * p.tile_c;
-                wg_sum_dy[lid] += wg_sum_dy[b];
-                wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
-            }
-        }
-        lanes = next;
-    }
-    // Where subgroups left no fold to do, slot lid still holds another lane's state.
-    workgroupBarrier();
-
-    // Slot lid < tile_c now holds channel `writer`.
+    // Lane lid < tile_c now holds channel `writer`.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
-        partials[partial_index(p, writer, split)] = GradPartial(wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
+        partials[partial_index(p, writer, split)] = GradPartial(folded.sum_dy.x, folded.sum_dy_xmu.x);
     }
 }

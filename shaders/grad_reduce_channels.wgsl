@@ -5,8 +5,6 @@
 
 override CONTIGUOUS_ROWS: bool = false;
 
-const WG: u32 = 256u;
-
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -14,9 +12,6 @@ const WG: u32 = 256u;
 // (center, offset, invstd, var), mean = center + offset
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
-
-var<workgroup> wg_sum_dy: array<vec4<f32>, WG>;
-var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, WG>;
 
 // The four channels' center and offset of unit u.
 struct Centers {
@@ -71,33 +66,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
 
-    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    let sums = subgroup_sum(sum_dy, p.tile_c, 1u, span);
-    let sums_xmu = subgroup_sum(sum_dy_xmu, p.tile_c, 1u, span);
-    if lane.rep {
-        wg_sum_dy[lane.slot] = sums;
-        wg_sum_dy_xmu[lane.slot] = sums_xmu;
-    }
-    var lanes = fold_lanes(p.tile_c, span);
-    while lanes > 1u {
-        let fold = min(lanes, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                let b = lid + j * next * p.tile_c;
-                wg_sum_dy[lid] += wg_sum_dy[b];
-                wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
-            }
-        }
-        lanes = next;
-    }
-    // Where subgroups left no fold to do, slot lid still holds another lane's state.
-    workgroupBarrier();
+    let folded = fold_sums(lid, lane, GradSums(sum_dy, sum_dy_xmu), p.tile_c, 1u, span, 1u);
 
-    // Slot lid < tile_c now holds unit wid.y·tile_c + lid.
+    // Lane lid < tile_c now holds unit wid.y·tile_c + lid.
     let unit = wid.y * p.tile_c + lid;
     if lid < p.tile_c && unit < units_c {
-        write_partials(unit, split, wg_sum_dy[lid], wg_sum_dy_xmu[lid]);
+        write_partials(unit, split, folded.sum_dy, folded.sum_dy_xmu);
     }
 }

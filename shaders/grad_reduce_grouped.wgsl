@@ -3,8 +3,6 @@
 // four channels, so each component's channel is fixed; lanes are summed over rows only, then
 // four lanes per group add up, each for one channel, the components that belong to it.
 
-const WG: u32 = 256u;
-
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -13,20 +11,17 @@ const WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
 
-var<workgroup> wg_sum_dy: array<vec4<f32>, WG>;
-var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, WG>;
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let groups = p.channels / 4u;
     let units_i = p.inner;
     let split = wid.x;
     // Lanes of one position are tile_i·tile_c apart: no subgroup merge here.
-    let lane = lane_of(lid, p.tile_c, p.tile_i, vec2<u32>(1u, 1u));
+    let no_span = vec2<u32>(1u, 1u);
+    let lane = lane_of(lid, p.tile_c, p.tile_i, no_span);
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
-    let slot = lane.slot;
     let g = wid.y * p.tile_c + lane_c;
 
     var sum_dy = vec4<f32>(0.0);
@@ -60,25 +55,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             sum_dy_xmu += gy * ((x[at] - center) - offset);
         }
     }
-    wg_sum_dy[slot] = sum_dy;
-    wg_sum_dy_xmu[slot] = sum_dy_xmu;
-
     // Sum over rows only, as stats_reduce_grouped folds.
-    var lanes = WG / p.tile_c;
-    while lanes > p.tile_i {
-        let fold = min(lanes / p.tile_i, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                let b = lid + j * next * p.tile_c;
-                wg_sum_dy[lid] += wg_sum_dy[b];
-                wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
-            }
-        }
-        lanes = next;
-    }
-    workgroupBarrier();
+    fold_sums(lid, lane, GradSums(sum_dy, sum_dy_xmu), p.tile_c, p.tile_i, no_span, p.tile_i);
 
     let local = lid / 4u;
     let c = lid % 4u;

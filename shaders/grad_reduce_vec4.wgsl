@@ -5,8 +5,6 @@
 // Units one lane reads back to back, 1 or even (see stats_reduce_vec4).
 override RUN: u32 = 1u;
 
-const WG: u32 = 256u;
-
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -14,9 +12,6 @@ const WG: u32 = 256u;
 // (center, offset, invstd, var), mean = center + offset
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
-
-var<workgroup> wg_sum_dy: array<vec4<f32>, WG>;
-var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -28,7 +23,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
-    let slot = lane.slot;
     let u = wid.y * p.tile_c + lane_c;
 
     var sum_dy = vec4<f32>(0.0);
@@ -73,37 +67,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    sum_dy = subgroup_sum(sum_dy, p.tile_c, p.tile_i, span);
-    sum_dy_xmu = subgroup_sum(sum_dy_xmu, p.tile_c, p.tile_i, span);
-    if lane.rep {
-        wg_sum_dy[slot] = sum_dy;
-        wg_sum_dy_xmu[slot] = sum_dy_xmu;
-    }
+    let folded = fold_sums(lid, lane, GradSums(sum_dy, sum_dy_xmu), p.tile_c, p.tile_i, span, 1u);
 
-    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    var lanes = fold_lanes(p.tile_c, span);
-    while lanes > 1u {
-        let fold = min(lanes, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                let b = lid + j * next * p.tile_c;
-                wg_sum_dy[lid] += wg_sum_dy[b];
-                wg_sum_dy_xmu[lid] += wg_sum_dy_xmu[b];
-            }
-        }
-        lanes = next;
-    }
-    // Where subgroups left no fold to do, slot lid still holds another lane's state.
-    workgroupBarrier();
-
-    // Slot lid < tile_c now holds unit `writer`.
+    // Lane lid < tile_c now holds unit `writer`: four sums of one channel each.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < units_c {
-        let s = wg_sum_dy[lid];
-        let sx = wg_sum_dy_xmu[lid];
         let ones = vec4<f32>(1.0);
-        partials[partial_index(p, writer, split)] = GradPartial(dot(s, ones), dot(sx, ones));
+        partials[partial_index(p, writer, split)] = GradPartial(dot(folded.sum_dy, ones), dot(folded.sum_dy_xmu, ones));
     }
 }

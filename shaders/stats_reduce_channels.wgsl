@@ -13,30 +13,10 @@
 
 override CONTIGUOUS_ROWS: bool = false;
 
-const WG: u32 = 256u;
-
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
-
-var<workgroup> wg_count: array<u32, WG>;
-var<workgroup> wg_mean: array<vec4<f32>, WG>;
-var<workgroup> wg_m2: array<vec4<f32>, WG>;
-
-fn merge_into(a: u32, b: u32) {
-    let nb = wg_count[b];
-    if nb == 0u {
-        return;
-    }
-    let na = wg_count[a];
-    let n = na + nb;
-    let fb = f32(nb) / f32(n);
-    let delta = wg_mean[b] - wg_mean[a];
-    wg_mean[a] = wg_mean[a] + delta * fb;
-    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
-    wg_count[a] = n;
-}
 
 // Unit `unit`'s partial records for this split: four channels, one count.
 fn write_partials(unit: u32, split: u32, w: Welford) {
@@ -71,31 +51,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
 
-    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    w = subgroup_welford(w, p.tile_c, 1u, span);
-    if lane.rep {
-        wg_count[lane.slot] = u32(w.n);
-        wg_mean[lane.slot] = w.mean;
-        wg_m2[lane.slot] = w.m2;
-    }
-    var lanes = fold_lanes(p.tile_c, span);
-    while lanes > 1u {
-        let fold = min(lanes, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                merge_into(lid, lid + j * next * p.tile_c);
-            }
-        }
-        lanes = next;
-    }
-    // Where subgroups left no fold to do, slot lid still holds another lane's state.
-    workgroupBarrier();
+    let folded = fold_stats(lid, lane, w, p.tile_c, 1u, span, 1u);
 
-    // Slot lid < tile_c now holds unit wid.y·tile_c + lid.
+    // Lane lid < tile_c now holds unit wid.y·tile_c + lid.
     let unit = wid.y * p.tile_c + lid;
     if lid < p.tile_c && unit < units_c {
-        write_partials(unit, split, Welford(f32(wg_count[lid]), wg_mean[lid], wg_m2[lid]));
+        write_partials(unit, split, folded);
     }
 }

@@ -6,30 +6,10 @@
 // then four lanes per group merge, each for one channel, the components that belong to it.
 // Values are shifted by their channel's first value, as in stats_reduce.
 
-const WG: u32 = 256u;
-
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
-
-var<workgroup> wg_count: array<u32, WG>;
-var<workgroup> wg_mean: array<vec4<f32>, WG>;
-var<workgroup> wg_m2: array<vec4<f32>, WG>;
-
-fn merge_into(a: u32, b: u32) {
-    let nb = wg_count[b];
-    if nb == 0u {
-        return;
-    }
-    let na = wg_count[a];
-    let n = na + nb;
-    let fb = f32(nb) / f32(n);
-    let delta = wg_mean[b] - wg_mean[a];
-    wg_mean[a] = wg_mean[a] + delta * fb;
-    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
-    wg_count[a] = n;
-}
 
 // One value of x, by its index as a float.
 fn value(index: u32) -> f32 {
@@ -42,11 +22,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let units_i = p.inner;
     let split = wid.x;
     // Lanes of one position are tile_i·tile_c apart: no subgroup merge here.
-    let lane = lane_of(lid, p.tile_c, p.tile_i, vec2<u32>(1u, 1u));
+    let no_span = vec2<u32>(1u, 1u);
+    let lane = lane_of(lid, p.tile_c, p.tile_i, no_span);
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
-    let slot = lane.slot;
     let g = wid.y * p.tile_c + lane_c;
 
     var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
@@ -72,28 +52,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             w = add_one(w, x[at] - shift);
         }
     }
-    let n = w.n;
-    let mean = w.mean;
-    let m2 = w.m2;
-    wg_count[slot] = u32(n);
-    wg_mean[slot] = mean;
-    wg_m2[slot] = m2;
-
-    // Fold over rows only: slots r and r + j·next hold the same vec4 position while next is a
-    // multiple of tile_i.
-    var lanes = WG / p.tile_c;
-    while lanes > p.tile_i {
-        let fold = min(lanes / p.tile_i, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                merge_into(lid, lid + j * next * p.tile_c);
-            }
-        }
-        lanes = next;
-    }
-    workgroupBarrier();
+    // Fold over rows only, keeping the tile_i slots of a group apart: slots r and r + j·next
+    // hold the same vec4 position while next is a multiple of tile_i.
+    fold_stats(lid, lane, w, p.tile_c, p.tile_i, no_span, p.tile_i);
 
     // Lane 4·group + c merges channel c of its group: the values e0 .. e1 = c·inner ..
     // (c + 1)·inner of the group, components of positions j0 ..= j1. Every position has seen

@@ -14,30 +14,10 @@
 // loads one after another and pay less for a run at constant offsets.
 override RUN: u32 = 1u;
 
-const WG: u32 = 256u;
-
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
-
-var<workgroup> wg_count: array<u32, WG>;
-var<workgroup> wg_mean: array<vec4<f32>, WG>;
-var<workgroup> wg_m2: array<vec4<f32>, WG>;
-
-fn merge_into(a: u32, b: u32) {
-    let nb = wg_count[b];
-    if nb == 0u {
-        return;
-    }
-    let na = wg_count[a];
-    let n = na + nb;
-    let fb = f32(nb) / f32(n);
-    let delta = wg_mean[b] - wg_mean[a];
-    wg_mean[a] = wg_mean[a] + delta * fb;
-    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
-    wg_count[a] = n;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -50,7 +30,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lane_i = lane.i;
     let lane_c = lane.c;
     let lane_o = lane.o;
-    let slot = lane.slot;
     let u = wid.y * p.tile_c + lane_c;
 
     var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
@@ -82,36 +61,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-    w = subgroup_welford(w, p.tile_c, p.tile_i, span);
-    if lane.rep {
-        wg_count[slot] = u32(w.n);
-        wg_mean[slot] = w.mean;
-        wg_m2[slot] = w.m2;
-    }
+    let folded = fold_stats(lid, lane, w, p.tile_c, p.tile_i, span, 1u);
 
-    // Fold the lanes of one channel sixteen at a time, as stats_reduce does.
-    var lanes = fold_lanes(p.tile_c, span);
-    while lanes > 1u {
-        let fold = min(lanes, 16u);
-        let next = lanes / fold;
-        workgroupBarrier();
-        if lid / p.tile_c < next {
-            for (var j = 1u; j < fold; j++) {
-                merge_into(lid, lid + j * next * p.tile_c);
-            }
-        }
-        lanes = next;
-    }
-    // Where subgroups left no fold to do, slot lid still holds another lane's state.
-    workgroupBarrier();
-
-    // Slot lid < tile_c now holds unit `writer`.
+    // Lane lid < tile_c now holds unit `writer`.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < units_c {
         let first = x[writer * units_i];
-        let count = wg_count[lid];
-        let means = wg_mean[lid];
-        let m2s = wg_m2[lid];
+        let count = u32(folded.n);
+        let means = folded.mean;
+        let m2s = folded.m2;
         // Four equal-count states of one channel: Chan's merge in closed form.
         let m = (means.x + means.y + means.z + means.w) * 0.25;
         let dev = means - vec4<f32>(m);

@@ -5,7 +5,7 @@
 //!
 //! Each kernel is checked as the host builds it: the prelude, then the lane merges with or
 //! without subgroup operations (common/subgroups_on.wgsl, common/subgroups_off.wgsl), then the
-//! kernel. The first must pass with no optional capabilities and the oldest targets; the
+//! parts it shares with other kernels (`common_parts`), then the kernel. The first must pass with no optional capabilities and the oldest targets; the
 //! second with the subgroup capability and the oldest targets that have subgroup operations.
 //!
 //! Overrides (`override` constants) are resolved the way wgpu does it at pipeline creation:
@@ -211,6 +211,27 @@ fn wgsl_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The files of shaders/common/ that `Kernels::new` (src/gpu/kernels.rs, its `shader!` calls)
+/// puts between the subgroup merges and the kernel. A part missing here fails this test (the
+/// kernel does not compile without it); one too many fails every GPU test (as the host would
+/// lack it).
+fn common_parts(name: &str) -> &'static [&'static str] {
+    match name {
+        "stats_reduce.wgsl"
+        | "stats_reduce_vec4.wgsl"
+        | "stats_reduce_channels.wgsl"
+        | "stats_reduce_grouped.wgsl"
+        | "forward_fused.wgsl"
+        | "forward_fused_vec4.wgsl" => &["fold_stats.wgsl"],
+        "grad_reduce.wgsl"
+        | "grad_reduce_vec4.wgsl"
+        | "grad_reduce_channels.wgsl"
+        | "grad_reduce_grouped.wgsl" => &["fold_sums.wgsl"],
+        "apply_forward_vec4.wgsl" | "apply_backward_vec4.wgsl" => &["apply_vec4.wgsl"],
+        _ => &[],
+    }
+}
+
 /// The pipeline constants `Kernels::new` (src/gpu/kernels.rs) sets on each shader, besides
 /// none: every variant the host can build must translate.
 fn constant_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
@@ -265,6 +286,15 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
             }
         };
         // As the host builds it.
+        let mut parts = String::new();
+        for part in common_parts(&name) {
+            let path = dir.join("common").join(part);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => parts.push_str(&text),
+                Err(e) => failures.push((name.clone(), format!("cannot read {part}: {e}"))),
+            }
+        }
+        let source = format!("{parts}{source}");
         let builds = if name == PROBE {
             vec![("subgroups", source.clone(), SUBGROUPS)]
         } else {

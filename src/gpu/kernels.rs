@@ -123,12 +123,17 @@ const PRELUDE: &str = include_str!("../../shaders/common/prelude.wgsl");
 const SUBGROUPS_ON: &str = include_str!("../../shaders/common/subgroups_on.wgsl");
 const SUBGROUPS_OFF: &str = include_str!("../../shaders/common/subgroups_off.wgsl");
 
-/// Reads `shaders/<name>.wgsl` into the binary.
+/// Reads `shaders/<name>.wgsl` into the binary, after the parts it shares with other kernels
+/// (`shaders/common/<part>.wgsl`), which it names. tests/shader_portability.rs puts the same
+/// parts before each kernel (`common_parts`).
 macro_rules! shader {
-    ($name:literal) => {
+    ($name:literal $(, $part:literal)*) => {
         (
             $name,
-            include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            concat!(
+                $(include_str!(concat!("../../shaders/common/", $part, ".wgsl")),)*
+                include_str!(concat!("../../shaders/", $name, ".wgsl"))
+            ),
         )
     };
 }
@@ -204,33 +209,39 @@ impl Kernels {
                 .transpose()
         };
         Ok(Self {
-            stats_reduce: plain(shader!("stats_reduce"))?,
-            stats_reduce_vec4: plain(shader!("stats_reduce_vec4"))?,
-            stats_reduce_channels: channels(shader!("stats_reduce_channels"))?,
-            stats_reduce_vec4_runs: runs(shader!("stats_reduce_vec4"))?,
-            stats_reduce_grouped: plain(shader!("stats_reduce_grouped"))?,
+            stats_reduce: plain(shader!("stats_reduce", "fold_stats"))?,
+            stats_reduce_vec4: plain(shader!("stats_reduce_vec4", "fold_stats"))?,
+            stats_reduce_channels: channels(shader!("stats_reduce_channels", "fold_stats"))?,
+            stats_reduce_vec4_runs: runs(shader!("stats_reduce_vec4", "fold_stats"))?,
+            stats_reduce_grouped: plain(shader!("stats_reduce_grouped", "fold_stats"))?,
             stats_finalize: plain(shader!("stats_finalize"))?,
             eval_finalize: plain(shader!("eval_finalize"))?,
-            forward_fused: plain(shader!("forward_fused"))?,
-            forward_fused_vec4: plain(shader!("forward_fused_vec4"))?,
-            forward_fused_vec4_channels: channels_in_vec4(shader!("forward_fused_vec4"))?,
-            grad_reduce: plain(shader!("grad_reduce"))?,
-            grad_reduce_vec4: plain(shader!("grad_reduce_vec4"))?,
-            grad_reduce_channels: channels(shader!("grad_reduce_channels"))?,
-            grad_reduce_vec4_runs: runs(shader!("grad_reduce_vec4"))?,
-            grad_reduce_grouped: plain(shader!("grad_reduce_grouped"))?,
+            forward_fused: plain(shader!("forward_fused", "fold_stats"))?,
+            forward_fused_vec4: plain(shader!("forward_fused_vec4", "fold_stats"))?,
+            forward_fused_vec4_channels: channels_in_vec4(shader!(
+                "forward_fused_vec4",
+                "fold_stats"
+            ))?,
+            grad_reduce: plain(shader!("grad_reduce", "fold_sums"))?,
+            grad_reduce_vec4: plain(shader!("grad_reduce_vec4", "fold_sums"))?,
+            grad_reduce_channels: channels(shader!("grad_reduce_channels", "fold_sums"))?,
+            grad_reduce_vec4_runs: runs(shader!("grad_reduce_vec4", "fold_sums"))?,
+            grad_reduce_grouped: plain(shader!("grad_reduce_grouped", "fold_sums"))?,
             grad_finalize: plain(shader!("grad_finalize"))?,
             apply_forward: plain(shader!("apply_forward"))?,
-            apply_forward_vec4: by_channels(shader!("apply_forward_vec4"), false)?,
+            apply_forward_vec4: by_channels(shader!("apply_forward_vec4", "apply_vec4"), false)?,
             apply_backward: plain(shader!("apply_backward"))?,
-            apply_backward_vec4: by_channels(shader!("apply_backward_vec4"), false)?,
+            apply_backward_vec4: by_channels(shader!("apply_backward_vec4", "apply_vec4"), false)?,
             apply_backward_frozen: Kernel::new(
                 device,
                 shader!("apply_backward"),
                 subgroups,
                 &[("FROZEN", 1.0)],
             )?,
-            apply_backward_vec4_frozen: by_channels(shader!("apply_backward_vec4"), true)?,
+            apply_backward_vec4_frozen: by_channels(
+                shader!("apply_backward_vec4", "apply_vec4"),
+                true,
+            )?,
             copy: plain(shader!("copy"))?,
             subgroups,
         })
