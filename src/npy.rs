@@ -10,6 +10,7 @@
 //! The writer always produces a version 1.0 file (`'<f4'`, `fortran_order: False`, C-order
 //! data) whose data starts at a multiple of 64 bytes, exactly like `numpy.save`.
 
+use std::io::Read;
 use std::path::Path;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -41,19 +42,28 @@ fn npy_err(path: &str, reason: impl Into<String>) -> BnError {
 /// Reads a float32 `.npy` file.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| BnError::Io {
+    let io = |source| BnError::Io {
         path: shown.clone(),
         source,
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    // The magic string and version first: what does not start as an .npy is refused before
+    // the rest is read (a device such as /dev/zero has no end).
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(PREAMBLE as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    header_length_width(&bytes, &shown)?;
+    file.read_to_end(&mut bytes).map_err(io)?;
     parse_f32(&bytes, &shown)
 }
 
-/// Parses the bytes of a float32 `.npy` file. `path_for_errors` names the source in error
-/// messages (use `"<bytes>"` when there is no file).
-pub fn parse_f32(bytes: &[u8], path_for_errors: &str) -> Result<ArrayD<f32>> {
-    let path = path_for_errors;
+/// The magic string and the format version.
+const PREAMBLE: usize = MAGIC.len() + 2;
 
-    // Magic and version.
+/// Checks the preamble of `bytes`; returns how many bytes the header length takes.
+fn header_length_width(bytes: &[u8], path: &str) -> Result<usize> {
     let magic = bytes.get(..MAGIC.len()).ok_or_else(|| {
         npy_err(
             path,
@@ -78,18 +88,21 @@ pub fn parse_f32(bytes: &[u8], path_for_errors: &str) -> Result<ArrayD<f32>> {
             ))
         }
     };
-    let len_size = match (major, minor) {
-        (1, 0) => 2,
-        (2, 0) | (3, 0) => 4,
-        _ => {
-            return Err(npy_err(
-                path,
-                format!(
-                    "unsupported .npy format version {major}.{minor}: expected 1.0, 2.0 or 3.0"
-                ),
-            ))
-        }
-    };
+    match (major, minor) {
+        (1, 0) => Ok(2),
+        (2, 0) | (3, 0) => Ok(4),
+        _ => Err(npy_err(
+            path,
+            format!("unsupported .npy format version {major}.{minor}: expected 1.0, 2.0 or 3.0"),
+        )),
+    }
+}
+
+/// Parses the bytes of a float32 `.npy` file. `path_for_errors` names the source in error
+/// messages (use `"<bytes>"` when there is no file).
+pub fn parse_f32(bytes: &[u8], path_for_errors: &str) -> Result<ArrayD<f32>> {
+    let path = path_for_errors;
+    let len_size = header_length_width(bytes, path)?;
 
     // Header length and header.
     let header_start = 8 + len_size;
@@ -677,6 +690,38 @@ mod tests {
             let a = parse_f32(&bytes, BYTES_PATH).unwrap();
             assert_eq!(a.as_slice().unwrap(), &[1.0, -2.0]);
         }
+    }
+
+    /// What does not start as an .npy is refused from its first bytes, before the rest is
+    /// read: here a pipe whose writer sent a few bytes and stays open, so that a reader that
+    /// waits for the end never returns (as /dev/zero never ends).
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_stream_from_its_first_bytes() {
+        use std::io::Write;
+        use std::time::Duration;
+        let dir = std::env::temp_dir().join(format!("npy-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("x.npy");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+        let w = fifo.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
+            f.write_all(b"not an .npy file").unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_f32(&r).unwrap_err().to_string());
+        });
+        let why = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("read_f32 waited for the end of the stream");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(why.contains("magic"), "{why}");
     }
 
     #[test]
