@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpu_batchnorm::bench::{input, memory_dims, shape_name};
+use wgpu_batchnorm::bench::{input, layout_name, memory_dims, shape_name, DEFAULT_SHAPES};
 use wgpu_batchnorm::{
     BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
 };
 
-const SHAPES: &[&[usize]] = &[&[8, 64, 56, 56], &[64, 256, 14, 14], &[1024, 4096]];
-const TEST_SHAPES: &[&[usize]] = &[&[4, 8, 6, 6], &[16, 32]];
+/// `batchnorm bench`'s shapes; under test, small ones with the same kinds of plane (a
+/// multiple of four, an odd 7×7, none).
+const SHAPES: &[&[usize]] = DEFAULT_SHAPES;
+const TEST_SHAPES: &[&[usize]] = &[&[4, 8, 6, 6], &[4, 16, 7, 7], &[16, 32]];
 
 /// `cargo bench` passes `--bench`; `cargo test --benches` does not.
 fn benchmarking() -> bool {
@@ -64,15 +66,7 @@ fn bench(c: &mut Criterion) {
             let numel: usize = dims.iter().product();
             let x = input(&dims, 1, 0.5, 2.0);
             let dy = input(&dims, 2, 0.0, 1.0);
-            let name = format!(
-                "{}/{}",
-                shape_name(logical),
-                if layout == Layout::ChannelsFirst {
-                    "nchw"
-                } else {
-                    "nhwc"
-                }
-            );
+            let name = format!("{}/{}", shape_name(logical), layout_name(logical, layout));
 
             let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
             let buffer = |data: Option<&ndarray::ArrayD<f32>>| {

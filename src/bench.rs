@@ -15,6 +15,7 @@ use ndarray::ArrayD;
 use crate::config::{BatchNormConfig, Layout};
 use crate::error::{BnError, Result};
 use crate::gpu::context::read_staging;
+use crate::gpu::kernels::Geometry;
 use crate::gpu::{GpuBatchNorm, GpuContext, GpuTensor};
 use crate::layer::{BatchNorm, Device};
 use crate::shape::Shape;
@@ -68,8 +69,10 @@ pub struct Row {
     pub roof: Option<f64>,
 }
 
-fn layout_name(layout: Layout) -> &'static str {
+/// `nchw` or `nhwc`; `nc` for an (N, C) shape, which is the same memory in either layout.
+pub fn layout_name(logical: &[usize], layout: Layout) -> &'static str {
     match layout {
+        _ if logical.len() == 2 => "nc",
         Layout::ChannelsFirst => "nchw",
         Layout::ChannelsLast => "nhwc",
     }
@@ -357,11 +360,19 @@ fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(times))
 }
 
-/// Whether `bench_shape` takes the (N, C, ...) shape `logical` on `ctx`: a valid shape whose
-/// copy roof binds the whole tensor at once and copies whole vec4. The CLI checks every shape
-/// before it times any.
-pub fn check_shape(ctx: &GpuContext, logical: &[usize]) -> Result<()> {
-    let numel = Shape::new(logical, Layout::ChannelsFirst)?.numel();
+/// Whether `bench_shape` takes the (N, C, ...) shape `logical` stored in `layout` on `ctx`: a
+/// shape the GPU layer takes in training (more than one value per channel, within the
+/// adapter's limits) whose copy roof binds the whole tensor at once and copies whole vec4.
+/// The CLI checks every shape before it times any, or prints anything.
+pub fn check_shape(ctx: &GpuContext, logical: &[usize], layout: Layout) -> Result<()> {
+    let shape = Shape::new(&memory_dims(logical, layout), layout)?;
+    if shape.per_channel() < 2 {
+        return Err(BnError::SingleValuePerChannel {
+            shape: logical.to_vec(),
+        });
+    }
+    Geometry::new(&shape, ctx.limits(), ctx.tuning())?;
+    let numel = shape.numel();
     let binding = ctx.limits().max_storage_buffer_binding_size;
     if numel as u64 * 4 > binding {
         return Err(BnError::Limit {
@@ -403,13 +414,13 @@ pub fn bench_shape(
     iters: usize,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Row>> {
-    check_shape(ctx, logical)?;
+    check_shape(ctx, logical, layout)?;
     let memory = memory_dims(logical, layout);
     let dims = memory.as_slice();
     let shape = Shape::new(dims, layout)?;
     let (numel, channels) = (shape.numel(), shape.channels());
     let name = shape_name(logical);
-    let lname = layout_name(layout);
+    let lname = layout_name(logical, layout);
     progress(&format!(
         "{name} {lname}: verifying against the CPU reference"
     ));

@@ -33,6 +33,20 @@ pub struct BatchNormConfig {
 }
 
 impl BatchNormConfig {
+    /// Whether a layer of this config has the per-channel state `name`: gamma and beta only
+    /// when affine, the running statistics and their count only when tracked (PyTorch's
+    /// `None` otherwise), so that reading or setting one that is not there is an error
+    /// rather than a value that means nothing.
+    pub(crate) fn check_has(&self, name: &'static str) -> Result<()> {
+        match name {
+            "gamma" | "beta" if !self.affine => Err(BnError::NotAffine { name }),
+            "running_mean" | "running_var" | "num_batches_tracked" if !self.track_running_stats => {
+                Err(BnError::NotTracked { name })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// PyTorch's defaults: eps 1e-5, momentum 0.1, affine, tracked running statistics.
     pub fn new(num_features: usize) -> Self {
         Self {

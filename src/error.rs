@@ -43,8 +43,13 @@ pub enum BnError {
         reason: &'static str,
     },
 
-    #[error("{name} cannot be set: the layer is not affine (it has no gamma or beta)")]
+    #[error("the layer has no {name}: it is not affine (affine = false)")]
     NotAffine { name: &'static str },
+
+    #[error(
+        "the layer has no {name}: it tracks no running statistics (track_running_stats = false)"
+    )]
+    NotTracked { name: &'static str },
 
     #[error("{what} differs from the CPU reference by {error:.2e} (tolerance {tolerance:e})")]
     Verification {
@@ -74,6 +79,9 @@ pub enum BnError {
 
     #[error("no GPU adapter found ({0}); on Linux without a GPU install Mesa's software drivers: apt-get install -y mesa-vulkan-drivers")]
     NoAdapter(String),
+
+    #[error("WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {}", if found.is_empty() { "none".to_string() } else { found.join(", ") })]
+    NoSuchAdapter { wanted: String, found: Vec<String> },
 
     #[error("requesting the device failed: {0}")]
     RequestDevice(String),

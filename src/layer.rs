@@ -263,9 +263,13 @@ impl BatchNorm {
         }
     }
 
-    pub fn num_batches_tracked(&self) -> u64 {
+    /// Training forwards counted so far; `None` where the layer tracks no running statistics.
+    pub fn num_batches_tracked(&self) -> Option<u64> {
         match &self.engine {
-            Engine::Cpu(l) => l.num_batches_tracked,
+            Engine::Cpu(l) => l
+                .config
+                .track_running_stats
+                .then_some(l.num_batches_tracked),
             Engine::Gpu(l) => l.num_batches_tracked(),
         }
     }
@@ -273,6 +277,7 @@ impl BatchNorm {
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(l) => {
+                l.config.check_has("num_batches_tracked")?;
                 check_batch_count(count)?;
                 l.num_batches_tracked = count;
                 Ok(())
@@ -288,7 +293,10 @@ macro_rules! channel_vectors {
             $(
                 pub fn $get(&self) -> Result<Vec<f32>> {
                     match &self.engine {
-                        Engine::Cpu(l) => Ok(l.$get.clone()),
+                        Engine::Cpu(l) => {
+                            l.config.check_has(stringify!($get))?;
+                            Ok(l.$get.clone())
+                        }
                         Engine::Gpu(l) => l.$get(),
                     }
                 }
@@ -296,10 +304,7 @@ macro_rules! channel_vectors {
                 pub fn $set(&mut self, values: &[f32]) -> Result<()> {
                     match &mut self.engine {
                         Engine::Cpu(l) => {
-                            let parameter = matches!(stringify!($get), "gamma" | "beta");
-                            if parameter && !l.config.affine {
-                                return Err(BnError::NotAffine { name: stringify!($get) });
-                            }
+                            l.config.check_has(stringify!($get))?;
                             if values.len() != l.config.num_features {
                                 return Err(BnError::Length {
                                     name: stringify!($get),

@@ -161,8 +161,14 @@ impl Drop for Scratch {
 
 /// Runs the CLI; `Err` when it cannot be spawned or overruns `CHILD_TIMEOUT`.
 fn run(args: &[String]) -> Result<Output, String> {
+    run_with_env(args, &[])
+}
+
+/// `run` with these environment variables set besides.
+fn run_with_env(args: &[String], env: &[(&str, &str)]) -> Result<Output, String> {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -588,6 +594,10 @@ fn refusals_on_cpu() {
         &["forward", "--x", x, "--momentum", "fast"],
     );
     r.clap("bad layout", &["forward", "--x", x, "--layout", "nchwc"]);
+    r.clap(
+        "num-batches-tracked without running statistics",
+        &["forward", "--x", x, "--num-batches-tracked", "3"],
+    );
 
     // Rank outside 2..=5.
     for (tag, dims) in [
@@ -636,6 +646,22 @@ fn refusals_on_cpu() {
         r.forward(&format!("eps {eps}"), &["--x", x, &flag]);
     }
     r.backward("backward eps 0", &["--x", x, "--dy", &g.dy, "--eps", "0"]);
+    // Written as separate words, a negative number must still reach the checks, not be taken
+    // for a flag.
+    r.forward("eps -1 as two words", &["--x", x, "--eps", "-1"]);
+    r.forward(
+        "momentum -0.1 as two words",
+        &[
+            "--x",
+            x,
+            "--momentum",
+            "-0.1",
+            "--running-mean",
+            c3,
+            "--running-var",
+            c3,
+        ],
+    );
     for m in ["1.5", "1.0000001", "-0.1", "2", "nan", "inf", "-inf"] {
         let flag = format!("--momentum={m}");
         r.forward(
@@ -1121,6 +1147,9 @@ fn bench_refuses_bad_shapes_before_timing_any() {
     for (shape, says) in [
         ("8x8x4x4,2x3", "multiple of four"),
         ("2305843009213693952x2", "the most one allocation can"),
+        // Found by the layer only when it runs: the first shape must not be timed first.
+        ("4x8x16x16,1x8", "more than 1 value per channel"),
+        ("4x8x16x16,2x5000000", "channels is 5000000, over the limit"),
     ] {
         let out = run(&strs(&["bench", "--shape", shape, "--iters", "1"]))
             .unwrap_or_else(|e| panic!("bench: {e}"));
@@ -1132,6 +1161,77 @@ fn bench_refuses_bad_shapes_before_timing_any() {
             stderr.starts_with("error:") && stderr.contains(says) && stderr.lines().count() == 1,
             "{shape}: stderr {stderr}"
         );
+    }
+}
+
+/// An adapter name that matches nothing, or a backend that names none, is an error on one
+/// line, not a panic (wgpu's own adapter helper panics) nor a silent choice of another.
+#[test]
+fn adapter_and_backend_variables_that_match_nothing_are_refused() {
+    let s = Scratch::new("adapter-env");
+    let x = s.file("x.npy", &f32_npy(&[2, 3, 4]));
+    let mut failures = Vec::new();
+    for (env, says) in [
+        (
+            ("WGPU_ADAPTER_NAME", "no-such-adapter"),
+            "matches none of the adapters",
+        ),
+        (("WGPU_BACKEND", "vulkann"), "names none of"),
+    ] {
+        let out_dir = s.fresh_out(env.0);
+        let args = strs(&[
+            "forward",
+            "--x",
+            &x,
+            "--out",
+            &out_dir.display().to_string(),
+        ]);
+        let out = run_with_env(&args, &[env]).unwrap_or_else(|e| panic!("{env:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let left = listing(&out_dir).unwrap_or_default();
+        if out.status.code() != Some(1)
+            || !out.stdout.is_empty()
+            || !left.is_empty()
+            || !stderr.starts_with("error:")
+            || !stderr.contains(says)
+            || stderr.lines().count() != 1
+        {
+            failures.push(format!(
+                "{env:?}: exit {}, stdout {:?}, files {left:?}, stderr {stderr:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An (N, C) shape is the same memory in either layout: whatever --layout says, it runs once,
+/// labelled `nc`.
+#[test]
+fn bench_runs_an_nc_shape_once() {
+    for layout in ["nhwc", "both"] {
+        let args = strs(&["bench", "--shape", "16x32", "--layout", layout]);
+        let mut args = args;
+        args.extend(strs(&["--iters", "1", "--format", "csv"]));
+        let out = run(&args).unwrap_or_else(|e| panic!("bench: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{layout}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<Vec<&str>> = stdout
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect())
+            .collect();
+        assert!(rows.iter().all(|r| r[2] == "nc"), "{layout}: {stdout}");
+        let cpu_forward = rows
+            .iter()
+            .filter(|r| r[0] == "cpu" && r[3] == "forward")
+            .count();
+        assert_eq!(cpu_forward, 1, "{layout}: {stdout}");
     }
 }
 

@@ -117,8 +117,8 @@ fn long_use(iterations: usize, warm_up: usize) {
     }
 
     // Still right after all those steps: counter, running statistics and outputs.
-    assert_eq!(gpu.num_batches_tracked(), iterations as u64);
-    assert_eq!(cpu.num_batches_tracked(), iterations as u64);
+    assert_eq!(gpu.num_batches_tracked(), Some(iterations as u64));
+    assert_eq!(cpu.num_batches_tracked(), Some(iterations as u64));
     let close = |what: &str, got: &[f32], want: &[f32]| {
         let e = common::rel_l2(got, want.iter().map(|&v| v as f64));
         assert!(

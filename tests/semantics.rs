@@ -50,7 +50,7 @@ fn momentum_updates_running_stats_with_unbiased_variance() {
             &bn.running_var().unwrap(),
             &[0.9 + 0.1 * 5.0 / 3.0],
         );
-        assert_eq!(bn.num_batches_tracked(), 1, "{name}");
+        assert_eq!(bn.num_batches_tracked(), Some(1), "{name}");
     }
 }
 
@@ -94,7 +94,7 @@ fn momentum_none_is_a_cumulative_average_over_three_steps() {
                 &bn.running_var().unwrap(),
                 &[rv],
             );
-            assert_eq!(bn.num_batches_tracked(), step as u64 + 1);
+            assert_eq!(bn.num_batches_tracked(), Some(step as u64 + 1));
         }
     }
 }
@@ -134,7 +134,7 @@ fn eval_uses_running_stats_and_freezes_them() {
         assert_close(&format!("{name} dbeta"), &grads.dbeta.unwrap(), &[-0.5]);
         assert_close(&format!("{name} rm"), &bn.running_mean().unwrap(), &[1.0]);
         assert_close(&format!("{name} rv"), &bn.running_var().unwrap(), &[4.0]);
-        assert_eq!(bn.num_batches_tracked(), 0);
+        assert_eq!(bn.num_batches_tracked(), Some(0));
     }
 }
 
@@ -160,7 +160,7 @@ fn eval_without_tracked_stats_uses_batch_stats_and_full_backward() {
         let dot: f64 = dx.iter().zip(xhat).map(|(d, h)| d * h).sum();
         assert!(dot.abs() < 1e-6, "{name}: Σdx·x̂ = {dot}");
         assert!(dx[0] > 0.1, "{name}: dx = {dx:?}");
-        assert_eq!(bn.num_batches_tracked(), 0);
+        assert_eq!(bn.num_batches_tracked(), None);
     }
 }
 
@@ -201,7 +201,7 @@ fn one_value_per_channel_is_an_error_when_batch_stats_are_used() {
         assert!(bn.forward(x4.view(), CF).is_err(), "{name}: (1,3,1,1)");
         assert_eq!(
             bn.num_batches_tracked(),
-            0,
+            Some(0),
             "{name}: a refused step counted"
         );
 
@@ -299,28 +299,50 @@ fn batch_counter_stays_within_its_u32_range_on_both_devices() {
         bn.set_num_batches_tracked(u32::MAX as u64 - 1).unwrap();
         let x = column(&[1., 2., 3., 4.]);
         bn.forward(x.view(), CF).unwrap();
-        assert_eq!(bn.num_batches_tracked(), u32::MAX as u64, "{name}");
+        assert_eq!(bn.num_batches_tracked(), Some(u32::MAX as u64), "{name}");
         let err = bn.forward(x.view(), CF).unwrap_err();
         assert!(matches!(err, BnError::Limit { .. }), "{name}: {err}");
-        assert_eq!(bn.num_batches_tracked(), u32::MAX as u64, "{name}");
+        assert_eq!(bn.num_batches_tracked(), Some(u32::MAX as u64), "{name}");
     }
 }
 
+/// As PyTorch's `weight` and `bias` are None when not affine: reading or setting them is an
+/// error, not a value that does nothing.
 #[test]
-fn a_layer_without_affine_has_no_gamma_or_beta_to_set() {
+fn a_layer_without_affine_has_no_gamma_or_beta() {
     for (name, device) in devices() {
         let mut config = BatchNormConfig::new(2);
         config.affine = false;
         let mut bn = BatchNorm::new(config, device).unwrap();
-        assert!(
-            matches!(bn.set_gamma(&[2.0, 2.0]), Err(BnError::NotAffine { .. })),
-            "{name}"
-        );
-        assert!(
-            matches!(bn.set_beta(&[1.0, 1.0]), Err(BnError::NotAffine { .. })),
-            "{name}"
-        );
-        // Running statistics are no parameters: still settable.
+        let not_affine = |r: Result<_, BnError>| matches!(r, Err(BnError::NotAffine { .. }));
+        assert!(not_affine(bn.set_gamma(&[2.0, 2.0])), "{name}");
+        assert!(not_affine(bn.set_beta(&[1.0, 1.0])), "{name}");
+        assert!(not_affine(bn.gamma().map(drop)), "{name}");
+        assert!(not_affine(bn.beta().map(drop)), "{name}");
+        // Running statistics are no parameters: still there.
         bn.set_running_mean(&[1.0, 1.0]).unwrap();
+        assert_eq!(bn.running_mean().unwrap(), [1.0, 1.0], "{name}");
+    }
+}
+
+/// As PyTorch's `running_mean`, `running_var` and `num_batches_tracked` are None when
+/// track_running_stats is off: reading or setting them is an error (setting one did nothing
+/// before), and the count is None. A training step leaves that so.
+#[test]
+fn a_layer_without_tracking_has_no_running_statistics() {
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(1);
+        config.track_running_stats = false;
+        let mut bn = BatchNorm::new(config, device).unwrap();
+        bn.forward(column(&[1., 2., 3.]).view(), CF).unwrap();
+        let not_tracked = |r: Result<_, BnError>| matches!(r, Err(BnError::NotTracked { .. }));
+        assert!(not_tracked(bn.running_mean().map(drop)), "{name}");
+        assert!(not_tracked(bn.running_var().map(drop)), "{name}");
+        assert!(not_tracked(bn.set_running_mean(&[5.0])), "{name}");
+        assert!(not_tracked(bn.set_running_var(&[5.0])), "{name}");
+        assert!(not_tracked(bn.set_num_batches_tracked(3)), "{name}");
+        assert_eq!(bn.num_batches_tracked(), None, "{name}");
+        // Parameters are still there.
+        assert_eq!(bn.gamma().unwrap(), [1.0], "{name}");
     }
 }

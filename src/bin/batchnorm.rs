@@ -73,12 +73,12 @@ enum LayoutArg {
 struct BenchArgs {
     /// Shapes as (N, C, ...), comma separated, like 32x64x56x56,1024x4096; nhwc runs the same
     /// tensor stored channels-last (default: the standard set).
-    #[arg(long, value_name = "NxC[xHxW..][,..]", value_parser = parse_shapes)]
+    #[arg(long, value_name = "NxC[xHxW..][,..]", value_parser = parse_shapes, allow_hyphen_values = true)]
     shape: Option<Shapes>,
     #[arg(long, value_enum, default_value = "both")]
     layout: BenchLayout,
     /// Timed GPU iterations per pass (the CPU reference runs at most 5).
-    #[arg(long, value_name = "K", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     iters: u32,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -105,9 +105,16 @@ fn parse_shapes(s: &str) -> std::result::Result<Shapes, String> {
         .map(|shape| {
             shape
                 .split('x')
-                .map(|d| d.trim().parse::<usize>())
+                .map(|d| {
+                    let d = d.trim();
+                    d.parse::<usize>().map_err(|e| match e.kind() {
+                        std::num::IntErrorKind::PosOverflow => {
+                            format!("`{shape}`: {d} is more than {}", usize::MAX)
+                        }
+                        _ => format!("`{shape}` is not a shape like 32x64x56x56"),
+                    })
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| format!("`{shape}` is not a shape like 32x64x56x56"))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map(Shapes)
@@ -134,12 +141,25 @@ struct PassArgs {
     running_mean: Option<PathBuf>,
     #[arg(long, value_name = "RV.npy", requires = "running_mean")]
     running_var: Option<PathBuf>,
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    num_batches_tracked: u64,
-    #[arg(long, value_name = "E", default_value_t = 1e-5)]
+    // Negative values reach their parsers (and are refused there with what is wrong) rather
+    // than being taken for flags.
+    /// The count before this step (needs the running statistics).
+    #[arg(
+        long,
+        value_name = "K",
+        requires = "running_mean",
+        allow_negative_numbers = true
+    )]
+    num_batches_tracked: Option<u64>,
+    #[arg(
+        long,
+        value_name = "E",
+        default_value_t = 1e-5,
+        allow_negative_numbers = true
+    )]
     eps: f32,
     /// A factor in [0, 1], or `none` for a cumulative average.
-    #[arg(long, value_name = "F|none", default_value = "0.1", value_parser = parse_momentum)]
+    #[arg(long, value_name = "F|none", default_value = "0.1", value_parser = parse_momentum, allow_negative_numbers = true)]
     momentum: Momentum,
     /// Update running_var with the biased batch variance (ONNX) instead of the unbiased one.
     #[arg(long)]
@@ -253,7 +273,9 @@ fn build_layer(args: &PassArgs, x: &ArrayD<f32>) -> Result<BatchNorm> {
         layer.set_running_mean(&m)?;
         layer.set_running_var(&v)?;
     }
-    layer.set_num_batches_tracked(args.num_batches_tracked)?;
+    if let Some(count) = args.num_batches_tracked {
+        layer.set_num_batches_tracked(count)?;
+    }
     layer.set_training(!args.eval);
     Ok(layer)
 }
@@ -276,6 +298,13 @@ impl Outputs {
             let path = path.display().to_string();
             move |source| BnError::Io { path, source }
         };
+        if dir.exists() && !dir.is_dir() {
+            return Err(BnError::Config {
+                name: "--out",
+                value: dir.display().to_string(),
+                reason: "is a file, not a directory",
+            });
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut written = Vec::new();
         for (name, bytes) in &self.0 {
@@ -304,11 +333,13 @@ fn forward(args: &PassArgs) -> Result<()> {
         files.vector("var.npy", &stats.var);
         files.vector("invstd.npy", &stats.invstd);
     }
-    if layer.is_training() && layer.config().track_running_stats {
+    // A tracked layer's training step updates the running statistics and counts itself.
+    if let (true, Some(count)) = (layer.is_training(), layer.num_batches_tracked()) {
         files.vector("running_mean.npy", &layer.running_mean()?);
         files.vector("running_var.npy", &layer.running_var()?);
-        let count = format!("{}\n", layer.num_batches_tracked()).into_bytes();
-        files.0.push(("num_batches_tracked.txt", count));
+        files
+            .0
+            .push(("num_batches_tracked.txt", format!("{count}\n").into_bytes()));
     }
     files.write(&args.out)
 }
@@ -348,8 +379,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
     for dims in &shapes {
         wgpu_batchnorm::Shape::new(dims, Layout::ChannelsFirst)?;
         let layouts: &[Layout] = match args.layout {
-            // Rank 2 is the same memory either way.
-            BenchLayout::Both if dims.len() == 2 => &[Layout::ChannelsFirst],
+            // Rank 2 is the same memory either way: one run, labelled nc.
+            _ if dims.len() == 2 => &[Layout::ChannelsFirst],
             BenchLayout::Both => &[Layout::ChannelsFirst, Layout::ChannelsLast],
             BenchLayout::Nchw => &[Layout::ChannelsFirst],
             BenchLayout::Nhwc => &[Layout::ChannelsLast],
@@ -358,8 +389,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     let ctx = GpuContext::new()?;
     // Every shape is checked before any is timed, so that a bad one does not end the run late.
-    for (dims, _) in &runs {
-        check_shape(&ctx, dims)?;
+    for (dims, layout) in &runs {
+        check_shape(&ctx, dims, *layout)?;
     }
     let adapter = ctx
         .adapter_info()

@@ -175,8 +175,11 @@ impl GpuBatchNorm {
         self.training || !self.config.track_running_stats
     }
 
-    pub fn num_batches_tracked(&self) -> u64 {
-        self.num_batches_tracked
+    /// Training forwards counted so far; `None` where the layer tracks no running statistics.
+    pub fn num_batches_tracked(&self) -> Option<u64> {
+        self.config
+            .track_running_stats
+            .then_some(self.num_batches_tracked)
     }
 
     fn write(&self, buffer: &wgpu::Buffer, values: &[f32]) -> Result<()> {
@@ -198,13 +201,6 @@ impl GpuBatchNorm {
         })
     }
 
-    fn check_affine(&self, name: &'static str) -> Result<()> {
-        if !self.config.affine {
-            return Err(BnError::NotAffine { name });
-        }
-        Ok(())
-    }
-
     fn check_len(&self, name: &'static str, values: &[f32]) -> Result<()> {
         if values.len() != self.config.num_features {
             return Err(BnError::Length {
@@ -217,23 +213,25 @@ impl GpuBatchNorm {
     }
 
     pub fn set_gamma(&mut self, values: &[f32]) -> Result<()> {
-        self.check_affine("gamma")?;
+        self.config.check_has("gamma")?;
         self.check_len("gamma", values)?;
         self.write(&self.gamma, values)
     }
 
     pub fn set_beta(&mut self, values: &[f32]) -> Result<()> {
-        self.check_affine("beta")?;
+        self.config.check_has("beta")?;
         self.check_len("beta", values)?;
         self.write(&self.beta, values)
     }
 
     pub fn set_running_mean(&mut self, values: &[f32]) -> Result<()> {
+        self.config.check_has("running_mean")?;
         self.check_len("running_mean", values)?;
         self.write(&self.running_mean, values)
     }
 
     pub fn set_running_var(&mut self, values: &[f32]) -> Result<()> {
+        self.config.check_has("running_var")?;
         self.check_len("running_var", values)?;
         self.write(&self.running_var, values)
     }
@@ -243,6 +241,7 @@ impl GpuBatchNorm {
     /// forward. Written at once, it would land before a forward recorded earlier but not yet
     /// submitted, which would then count itself on top of it.
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
+        self.config.check_has("num_batches_tracked")?;
         check_batch_count(count)?;
         let counts = vec![count as u32; self.config.num_features];
         self.pending_count = Some(self.ctx.create_buffer_init(
@@ -275,15 +274,19 @@ impl GpuBatchNorm {
     }
 
     pub fn gamma(&self) -> Result<Vec<f32>> {
+        self.config.check_has("gamma")?;
         self.read_channels(&self.gamma, 1)
     }
     pub fn beta(&self) -> Result<Vec<f32>> {
+        self.config.check_has("beta")?;
         self.read_channels(&self.beta, 1)
     }
     pub fn running_mean(&self) -> Result<Vec<f32>> {
+        self.config.check_has("running_mean")?;
         self.read_channels(&self.running_mean, 1)
     }
     pub fn running_var(&self) -> Result<Vec<f32>> {
+        self.config.check_has("running_var")?;
         self.read_channels(&self.running_var, 1)
     }
 

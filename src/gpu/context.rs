@@ -57,15 +57,52 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
+/// The adapter whose name contains WGPU_ADAPTER_NAME (ignoring case), where it is set, or
+/// else wgpu's default for WGPU_POWER_PREF. wgpu's own helper for this panics when no name
+/// matches; this says which adapters there are instead.
+fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    check_backend_env()?;
+    let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") else {
+        return pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+            ..Default::default()
+        }))
+        .map_err(|e| BnError::NoAdapter(e.to_string()));
+    };
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let found: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            format!("{} ({:?})", info.name, info.backend)
+        })
+        .collect();
+    let needle = wanted.to_lowercase();
+    adapters
+        .into_iter()
+        .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+        .ok_or(BnError::NoSuchAdapter { wanted, found })
+}
+
+/// WGPU_BACKEND, where set, must name a backend: wgpu skips unknown names, and a list of
+/// none would end in "no adapter found" with no word of the typo.
+fn check_backend_env() -> Result<()> {
+    match std::env::var("WGPU_BACKEND") {
+        Ok(value) if wgpu::Backends::from_comma_list(&value).is_empty() => Err(BnError::Config {
+            name: "WGPU_BACKEND",
+            value,
+            reason: "names none of vulkan, metal, dx12, gl",
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl GpuContext {
     /// Picks an adapter (WGPU_ADAPTER_NAME, WGPU_BACKEND and WGPU_POWER_PREF are honoured),
     /// requests a device with the adapter's full limits, and builds the pipelines.
     pub fn new() -> Result<Arc<Self>> {
-        let instance = instance();
-        let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
-            &instance, None,
-        ))
-        .map_err(|e| BnError::NoAdapter(e.to_string()))?;
+        let adapter = pick_adapter(&instance())?;
         let info = adapter.get_info();
         if !has_compute(&adapter) {
             return Err(BnError::NoAdapter(format!(
