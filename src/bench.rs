@@ -366,6 +366,7 @@ fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
 /// The CLI checks every shape before it times any, or prints anything.
 pub fn check_shape(ctx: &GpuContext, logical: &[usize], layout: Layout) -> Result<()> {
     let shape = Shape::new(&memory_dims(logical, layout), layout)?;
+    shape.expect_values()?;
     if shape.per_channel() < 2 {
         return Err(BnError::SingleValuePerChannel {
             shape: logical.to_vec(),

@@ -8,7 +8,7 @@ pub enum BnError {
     #[error("rank {rank} is not supported: batch norm takes tensors of rank 2 to 5")]
     Rank { rank: usize },
 
-    #[error("dimension {axis} of shape {shape:?} is zero: there is nothing to normalize")]
+    #[error("dimension {axis} of shape {shape:?} is zero: this needs values")]
     ZeroSized { shape: Vec<usize>, axis: usize },
 
     #[error("shape {shape:?} holds more than {limit} bytes of f32, the most one allocation can")]

@@ -48,7 +48,8 @@ pub struct BatchStatistics {
 #[derive(Clone, Debug)]
 pub struct ForwardOutput {
     pub y: ArrayD<f32>,
-    /// Present when batch statistics normalized the input (training, or eval untracked).
+    /// Present when batch statistics normalized the input (training, or eval untracked); an
+    /// empty batch has none.
     pub stats: Option<BatchStatistics>,
 }
 
@@ -91,17 +92,29 @@ impl CpuBatchNorm {
     fn forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         let shape = Shape::new(x.shape(), layout)?;
         shape.expect_channels(self.config.num_features)?;
+        let batch_stats = self.training || !self.config.track_running_stats;
+        let counts = self.training && self.config.track_running_stats;
+        if shape.is_empty() {
+            // PyTorch: y empty, running statistics untouched, the training step counted.
+            if counts {
+                self.num_batches_tracked = next_batch_count(self.num_batches_tracked)?;
+            }
+            self.saved = Some((shape.clone(), Vec::new(), Vec::new(), !batch_stats));
+            return Ok(ForwardOutput {
+                y: ArrayD::zeros(shape.dims()),
+                stats: None,
+            });
+        }
         let data = x.as_standard_layout();
         let x = data.as_slice().expect("standard layout");
-        let batch_stats = self.training || !self.config.track_running_stats;
         let (mean, invstd, stats) = if batch_stats {
-            if shape.per_channel() < 2 {
+            if shape.per_channel() == 1 {
                 return Err(BnError::SingleValuePerChannel {
                     shape: shape.dims().to_vec(),
                 });
             }
             let stats = cpu::batch_stats(x, &shape);
-            if self.training && self.config.track_running_stats {
+            if counts {
                 self.num_batches_tracked = next_batch_count(self.num_batches_tracked)?;
                 let factor = match self.config.momentum {
                     Some(m) => m as f64,
@@ -163,6 +176,15 @@ impl CpuBatchNorm {
                 })
             }
         };
+        let affine = self.config.affine;
+        if shape.is_empty() {
+            let zeros = vec![0.0; self.config.num_features];
+            return Ok(BackwardOutput {
+                dx: ArrayD::zeros(shape.dims()),
+                dgamma: affine.then(|| zeros.clone()),
+                dbeta: affine.then_some(zeros),
+            });
+        }
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let grads = cpu::backward(
@@ -174,7 +196,6 @@ impl CpuBatchNorm {
             &self.gamma,
             frozen,
         );
-        let affine = self.config.affine;
         let to_f32 = |v: Vec<f64>| v.into_iter().map(|g| g as f32).collect();
         Ok(BackwardOutput {
             dx: ArrayD::from_shape_vec(shape.dims(), grads.dx).expect("numel matches"),

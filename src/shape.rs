@@ -4,6 +4,7 @@ use crate::config::Layout;
 use crate::error::{BnError, Result};
 
 /// A validated input shape. Per channel the reduction runs over `per_channel()` = N·S values.
+/// A dimension may be zero, as PyTorch takes an empty batch (see `is_empty`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
     dims: Vec<usize>,
@@ -15,17 +16,13 @@ impl Shape {
         if !(2..=5).contains(&dims.len()) {
             return Err(BnError::Rank { rank: dims.len() });
         }
-        if let Some(axis) = dims.iter().position(|&d| d == 0) {
-            return Err(BnError::ZeroSized {
-                shape: dims.to_vec(),
-                axis,
-            });
-        }
         // Bounded by what one allocation may hold, so that byte counts (numel · 4) never
-        // overflow anywhere downstream.
+        // overflow anywhere downstream. The non-zero dims only, so that an empty batch
+        // bounds its other dims too (as ndarray requires of the arrays made for it).
         let limit = isize::MAX as u64;
         let bytes = dims
             .iter()
+            .filter(|&&d| d != 0)
             .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64));
         if bytes.is_none_or(|b| b > limit) {
             return Err(BnError::TooLarge {
@@ -65,6 +62,23 @@ impl Shape {
 
     pub fn numel(&self) -> usize {
         self.dims.iter().product()
+    }
+
+    /// No values: PyTorch's forward of such a batch returns an empty y, leaves the running
+    /// statistics and still counts a training step; its backward gives zero dgamma and dbeta.
+    pub fn is_empty(&self) -> bool {
+        self.numel() == 0
+    }
+
+    /// Refuses an empty shape where there must be values (the kernels' geometry, the bench).
+    pub fn expect_values(&self) -> Result<()> {
+        match self.dims.iter().position(|&d| d == 0) {
+            Some(axis) => Err(BnError::ZeroSized {
+                shape: self.dims.clone(),
+                axis,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Values per channel, M = N·S.

@@ -271,6 +271,58 @@ fn a_count_set_before_submit_follows_recording_order() {
     }
 }
 
+/// An empty batch recorded into the caller's encoder runs no kernel but counts, as in
+/// PyTorch, and the GPU's count follows: with momentum None the next batch enters the average
+/// with 1/3 after one counted batch and one empty one, as on the CPU engine. Its backward
+/// zeroes dgamma and dbeta.
+#[test]
+fn an_empty_batch_recorded_is_counted_on_the_gpu_too() {
+    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
+    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
+    let dims = [8, 3, 4];
+    let empty = [0, 3, 4];
+    let mut rng = Rng::new(22);
+    let (x1, x2) = (rng.array(&dims, 1.0, 2.0), rng.array(&dims, -3.0, 1.0));
+    let mut config = BatchNormConfig::new(3);
+    config.momentum = None;
+    let layout = Layout::ChannelsFirst;
+
+    let mut gpu = GpuBatchNorm::new(ctx, config.clone()).unwrap();
+    gpu.forward_array(x1.view(), layout).unwrap();
+    gpu.backward_array(x1.view(), x2.view(), layout).unwrap();
+    let nothing = tensor_buffer(&device, &queue, &[0.0; 4]);
+    let out = tensor_buffer(&device, &queue, &[0.0; 4]);
+    let t = |b| GpuTensor::new(b, &empty, layout).unwrap();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    gpu.forward(&mut encoder, &t(&nothing), &t(&out)).unwrap();
+    gpu.backward(&mut encoder, &t(&nothing), &t(&nothing), &t(&out))
+        .unwrap();
+    queue.submit([encoder.finish()]);
+    assert_eq!(gpu.num_batches_tracked(), Some(2));
+    assert_eq!(read(&device, &queue, gpu.dgamma_buffer(), 0, 3), [0.0; 3]);
+    assert_eq!(read(&device, &queue, gpu.dbeta_buffer(), 0, 3), [0.0; 3]);
+    gpu.forward_array(x2.view(), layout).unwrap();
+
+    let mut cpu = BatchNorm::new(config, Device::Cpu).unwrap();
+    cpu.forward(x1.view(), layout).unwrap();
+    cpu.forward(
+        ndarray::ArrayD::zeros(ndarray::IxDyn(&empty)).view(),
+        layout,
+    )
+    .unwrap();
+    cpu.forward(x2.view(), layout).unwrap();
+
+    assert_eq!(gpu.num_batches_tracked(), Some(3));
+    assert_eq!(cpu.num_batches_tracked(), Some(3));
+    let (g, c) = (gpu.running_mean().unwrap(), cpu.running_mean().unwrap());
+    for (channel, (g, c)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            (g - c).abs() <= 1e-5 * (1.0 + c.abs()),
+            "channel {channel}: running_mean {g} on the GPU, {c} on the CPU"
+        );
+    }
+}
+
 /// Input the layer refuses leaves the caller's encoder as it was: what the caller recorded
 /// before still runs, and finish() raises nothing (a bind group made in the caller's pass
 /// and found invalid failed the whole encoder). Also refused: the layer's own buffers as

@@ -2,7 +2,7 @@
 //!
 //! Refusals: every bad input (wrong dtype, Fortran order, truncated or malformed .npy, wrong
 //! magic, x/dy shape mismatch, per-channel vectors of the wrong length, rank outside 2..=5,
-//! zero-sized dimensions, bad eps or momentum, training with one value per channel) must exit
+//! no channels, bad eps or momentum, training with one value per channel) must exit
 //! non-zero but never 101 (a Rust panic), print exactly one stderr line starting with
 //! `error:`, and leave no file in `--out`. Clap's own usage errors (missing or conflicting
 //! flags) may print several lines but must still start with `error:`, exit non-zero (not 101)
@@ -614,13 +614,11 @@ fn refusals_on_cpu() {
     let dy6 = s.file("dy_rank_6.npy", &f32_npy(&[2, 3, 1, 1, 1, 2]));
     r.backward("backward x rank 6", &["--x", &x6, "--dy", &dy6]);
 
-    // Zero-sized dimensions.
-    for dims in [
-        vec![0, 3],
-        vec![2, 0],
-        vec![2, 0, 4],
-        vec![2, 3, 0],
-        vec![0, 3, 2, 2],
+    // No channels (an empty batch is fine: output_file_sets).
+    for (dims, layout) in [
+        (vec![2, 0], "nchw"),
+        (vec![2, 0, 4], "nchw"),
+        (vec![2, 3, 0], "nhwc"),
     ] {
         let tag = dims
             .iter()
@@ -628,15 +626,14 @@ fn refusals_on_cpu() {
             .collect::<Vec<_>>()
             .join("x");
         let x = s.file(&format!("x_zero_{tag}.npy"), &f32_values(&dims, &[]));
-        r.forward(&format!("x zero-sized {dims:?}"), &["--x", &x]);
         r.forward(
-            &format!("x zero-sized {dims:?} nhwc"),
-            &["--x", &x, "--layout", "nhwc"],
+            &format!("x without channels {dims:?} {layout}"),
+            &["--x", &x, "--layout", layout],
         );
     }
-    let x0 = s.path("x_zero_2x3x0.npy");
+    let x0 = s.path("x_zero_2x0x4.npy");
     r.backward(
-        "backward x zero-sized [2, 3, 0]",
+        "backward x without channels [2, 0, 4]",
         &["--x", &x0, "--dy", &x0],
     );
 
@@ -879,7 +876,11 @@ fn output_file_sets() {
         s.file("dy4.npy", &f32_npy(&dims4)),
     );
     let c3 = s.file("c3.npy", &vec_npy(3));
+    // An empty batch, (0, C, H, W) = (0, 3, 2, 2).
+    let dims0 = vec![0usize, 3, 2, 2];
+    let x0 = s.file("x0.npy", &f32_values(&dims0, &[]));
     let (x3, dy3, x4, dy4) = (x3.as_str(), dy3.as_str(), x4.as_str(), dy4.as_str());
+    let x0 = x0.as_str();
     let ch = Some(vec![3usize]);
     let affine = ["--gamma", c3.as_str(), "--beta", c3.as_str()];
     let tracked = ["--running-mean", c3.as_str(), "--running-var", c3.as_str()];
@@ -954,6 +955,29 @@ fn output_file_sets() {
             a,
             files4,
             Some(1),
+        );
+
+        // An empty batch: y empty, no batch statistics, the running statistics as given and
+        // the step counted (PyTorch's module counts it too); backward: dx empty, zero dgamma
+        // and dbeta.
+        let mut empty_files = vec![("y.npy", Some(dims0.clone()))];
+        running(&mut empty_files);
+        let mut a = vec!["forward", "--x", x0];
+        a.extend(affine);
+        a.extend(tracked);
+        a.extend(["--num-batches-tracked", "7"]);
+        add("forward train tracked empty batch", a, empty_files, Some(8));
+        let mut a = vec!["backward", "--x", x0, "--dy", x0];
+        a.extend(affine);
+        add(
+            "backward affine empty batch",
+            a,
+            vec![
+                ("dx.npy", Some(dims0.clone())),
+                ("dgamma.npy", ch.clone()),
+                ("dbeta.npy", ch.clone()),
+            ],
+            None,
         );
 
         // Eval with running statistics: y only.

@@ -264,11 +264,6 @@ fn bad_configs_and_shapes_are_refused() {
             bn.forward(x.view(), CF),
             Err(BnError::Rank { rank: 1 })
         ));
-        let x = ArrayD::<f32>::zeros(IxDyn(&[0, 2]));
-        assert!(matches!(
-            bn.forward(x.view(), CF),
-            Err(BnError::ZeroSized { .. })
-        ));
         assert!(matches!(
             bn.set_gamma(&[1.0; 3]),
             Err(BnError::Length { .. })
@@ -344,5 +339,75 @@ fn a_layer_without_tracking_has_no_running_statistics() {
         assert_eq!(bn.num_batches_tracked(), None, "{name}");
         // Parameters are still there.
         assert_eq!(bn.gamma().unwrap(), [1.0], "{name}");
+    }
+}
+
+/// PyTorch's empty batch: y (and dx) empty, no batch statistics, the running statistics
+/// untouched, a training step counted all the same (so momentum None weighs the next batch
+/// by 1/(count + 1)), dgamma and dbeta zero; in eval nothing is counted. A batch of one
+/// value per channel is still refused: the check is for exactly one, as PyTorch's.
+#[test]
+fn an_empty_batch_is_counted_and_changes_nothing_else() {
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(2);
+        config.momentum = None;
+        config.eps = 1e-10;
+        let mut bn = BatchNorm::new(config, device).unwrap();
+        let rows =
+            |v: &[f32]| ArrayD::from_shape_vec(IxDyn(&[v.len() / 2, 2]), v.to_vec()).unwrap();
+        // One batch: the running statistics become its own (factor 1/1).
+        let x = rows(&[0., 10., 2., 20.]);
+        bn.forward(x.view(), CF).unwrap();
+        let g = bn
+            .backward(x.view(), rows(&[1., 0., 0., 1.]).view(), CF)
+            .unwrap();
+        assert_close(&format!("{name} dgamma"), &g.dgamma.unwrap(), &[-1.0, 1.0]);
+
+        for dims in [vec![0, 2], vec![0, 2, 5], vec![3, 2, 0], vec![1, 2, 0, 4]] {
+            let x = ArrayD::<f32>::zeros(IxDyn(&dims));
+            let out = bn.forward(x.view(), CF).unwrap();
+            assert_eq!(out.y.shape(), &dims[..], "{name}");
+            assert!(out.stats.is_none(), "{name} {dims:?}");
+            let g = bn.backward(x.view(), x.view(), CF).unwrap();
+            assert_eq!(g.dx.shape(), &dims[..], "{name}");
+            assert_eq!(g.dgamma, Some(vec![0.0; 2]), "{name} {dims:?}");
+            assert_eq!(g.dbeta, Some(vec![0.0; 2]), "{name} {dims:?}");
+        }
+        assert_eq!(bn.num_batches_tracked(), Some(5), "{name}");
+        assert_close(
+            &format!("{name} rm"),
+            &bn.running_mean().unwrap(),
+            &[1.0, 15.0],
+        );
+        assert_close(
+            &format!("{name} rv"),
+            &bn.running_var().unwrap(),
+            &[2.0, 50.0],
+        );
+
+        // The sixth batch: mean (5, 20), unbiased var (2, 800), factor 1/6.
+        bn.forward(rows(&[4., 0., 6., 40.]).view(), CF).unwrap();
+        let rm = [1.0 + 4.0 / 6.0, 15.0 + 5.0 / 6.0];
+        assert_close(
+            &format!("{name} rm after"),
+            &bn.running_mean().unwrap(),
+            &rm,
+        );
+        let rv = [2.0, 50.0 + 750.0 / 6.0];
+        assert_close(&format!("{name} rv after"), &bn.running_var().unwrap(), &rv);
+
+        bn.eval();
+        bn.forward(ArrayD::<f32>::zeros(IxDyn(&[0, 2])).view(), CF)
+            .unwrap();
+        assert_eq!(bn.num_batches_tracked(), Some(6), "{name}: eval counted");
+        bn.train();
+        let one = ArrayD::<f32>::zeros(IxDyn(&[1, 2, 1]));
+        assert!(
+            matches!(
+                bn.forward(one.view(), CF),
+                Err(BnError::SingleValuePerChannel { .. })
+            ),
+            "{name}"
+        );
     }
 }

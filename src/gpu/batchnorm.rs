@@ -243,14 +243,19 @@ impl GpuBatchNorm {
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         self.config.check_has("num_batches_tracked")?;
         check_batch_count(count)?;
+        self.pending_count = Some(self.count_buffer(count)?);
+        self.num_batches_tracked = count;
+        Ok(())
+    }
+
+    /// The batches_tracked buffer's contents for `count`, to be copied in by the next forward.
+    fn count_buffer(&self, count: u64) -> Result<wgpu::Buffer> {
         let counts = vec![count as u32; self.config.num_features];
-        self.pending_count = Some(self.ctx.create_buffer_init(
+        self.ctx.create_buffer_init(
             "num_batches_tracked",
             bytemuck::cast_slice(&counts),
             wgpu::BufferUsages::COPY_SRC,
-        )?);
-        self.num_batches_tracked = count;
-        Ok(())
+        )
     }
 
     pub fn gamma_buffer(&self) -> &wgpu::Buffer {
@@ -468,7 +473,8 @@ impl GpuBatchNorm {
     /// num_batches_tracked after the forward.
     fn check_forward(&self, shape: &Shape) -> Result<u64> {
         shape.expect_channels(self.config.num_features)?;
-        if self.uses_batch_stats() && shape.per_channel() < 2 {
+        // Exactly one, as PyTorch: an empty batch has no statistics to compute.
+        if self.uses_batch_stats() && shape.per_channel() == 1 {
             return Err(BnError::SingleValuePerChannel {
                 shape: shape.dims().to_vec(),
             });
@@ -478,6 +484,16 @@ impl GpuBatchNorm {
         } else {
             Ok(self.num_batches_tracked)
         }
+    }
+
+    /// An empty batch runs no kernel, but a training step of a tracked layer still counts (as
+    /// PyTorch's module counts before it calls batch_norm): the new count reaches the GPU as
+    /// `set_num_batches_tracked`'s does, by a copy recorded ahead of the next forward.
+    fn count_empty_batch(&mut self, batches_after: u64) -> Result<()> {
+        if batches_after != self.num_batches_tracked {
+            self.pending_count = Some(self.count_buffer(batches_after)?);
+        }
+        Ok(())
     }
 
     /// What the last forward saved for a backward of `shape`, or why there is none.
@@ -502,6 +518,14 @@ impl GpuBatchNorm {
         let batches_after = self.check_forward(&x.shape)?;
         let batch_stats = self.uses_batch_stats();
         let training = self.training;
+        let saved = Saved {
+            shape: x.shape.clone(),
+            training,
+        };
+        if x.shape.is_empty() {
+            self.count_empty_batch(batches_after)?;
+            return Ok((batches_after, saved, Vec::new()));
+        }
         self.plan(&x.shape)?;
         let plan = &self.plans[&x.shape];
         let g = &plan.geometry;
@@ -608,10 +632,6 @@ impl GpuBatchNorm {
                 });
             }
         }
-        let saved = Saved {
-            shape: x.shape.clone(),
-            training,
-        };
         Ok((batches_after, saved, steps))
     }
 
@@ -626,6 +646,11 @@ impl GpuBatchNorm {
     ) -> Result<()> {
         let ctx = self.ctx.clone();
         let steps = ctx.scoped("backward", || self.prepare_backward(&ctx, x, dy, dx))?;
+        if x.shape.is_empty() {
+            // PyTorch's gradients of an empty batch: dx empty, dgamma and dbeta zero.
+            encoder.clear_buffer(&self.dgamma, 0, None);
+            encoder.clear_buffer(&self.dbeta, 0, None);
+        }
         record(encoder, "batchnorm backward", &steps);
         Ok(())
     }
@@ -639,6 +664,9 @@ impl GpuBatchNorm {
     ) -> Result<Vec<Step<'k>>> {
         self.check_tensors(&[("x", x), ("dy", dy)], dx)?;
         let saved = self.saved_for(&x.shape)?;
+        if x.shape.is_empty() {
+            return Ok(Vec::new());
+        }
         // Normalized with running statistics (eval, tracked): dx = gamma·invstd·dy.
         let frozen = !saved.training && self.config.track_running_stats;
         let plan = &self.plans[&x.shape];
@@ -743,7 +771,19 @@ impl GpuBatchNorm {
     fn run_forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         let shape = Shape::new(x.shape(), layout)?;
         // Refused before io() makes or evicts anything.
-        self.check_forward(&shape)?;
+        let batches_after = self.check_forward(&shape)?;
+        if shape.is_empty() {
+            self.count_empty_batch(batches_after)?;
+            self.num_batches_tracked = batches_after;
+            self.saved_for_backward = Some(Saved {
+                shape: shape.clone(),
+                training: self.training,
+            });
+            return Ok(ForwardOutput {
+                y: ArrayD::zeros(shape.dims()),
+                stats: None,
+            });
+        }
         self.io(&shape)?;
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");
@@ -806,6 +846,17 @@ impl GpuBatchNorm {
         shape.expect_channels(self.config.num_features)?;
         // Refused before io() makes or evicts anything.
         self.saved_for(&shape)?;
+        if shape.is_empty() {
+            let zeros = vec![0.0; self.config.num_features];
+            self.write(&self.dgamma, &zeros)?;
+            self.write(&self.dbeta, &zeros)?;
+            let affine = self.config.affine;
+            return Ok(BackwardOutput {
+                dx: ArrayD::zeros(shape.dims()),
+                dgamma: affine.then(|| zeros.clone()),
+                dbeta: affine.then_some(zeros),
+            });
+        }
         self.io(&shape)?;
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");

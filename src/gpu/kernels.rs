@@ -523,6 +523,8 @@ impl Geometry {
     }
 
     pub(crate) fn new(shape: &Shape, limits: &wgpu::Limits, tuning: Tuning) -> Result<Self> {
+        // Empty batches never reach the kernels (see GpuBatchNorm::prepare_forward).
+        shape.expect_values()?;
         let (outer, channels, inner) = shape.view();
         let max_groups = limits.max_compute_workgroups_per_dimension as u64;
         let limit = |what, value: u64, limit: u64| {
