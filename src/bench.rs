@@ -365,13 +365,15 @@ fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
 /// adapter's limits) whose copy roof binds the whole tensor at once and copies whole vec4.
 /// The CLI checks every shape before it times any, or prints anything.
 pub fn check_shape(ctx: &GpuContext, logical: &[usize], layout: Layout) -> Result<()> {
-    let shape = Shape::new(&memory_dims(logical, layout), layout)?;
-    shape.expect_values()?;
-    if shape.per_channel() < 2 {
+    // Errors name the shape as given, (N, C, ...), whatever the layout.
+    let given = Shape::new(logical, Layout::ChannelsFirst)?;
+    given.expect_values()?;
+    if given.per_channel() < 2 {
         return Err(BnError::SingleValuePerChannel {
             shape: logical.to_vec(),
         });
     }
+    let shape = Shape::new(&memory_dims(logical, layout), layout)?;
     Geometry::new(&shape, ctx.limits(), ctx.tuning())?;
     let numel = shape.numel();
     let binding = ctx.limits().max_storage_buffer_binding_size;

@@ -162,11 +162,14 @@ fn steady_state_creates_no_buffers() {
     let ctx = GpuContext::new().unwrap();
     let mut rng = Rng::new(5);
     let x = rng.array(&[8, 4, 6, 6], 0.0, 1.0);
+    // Empty batches among them, which count on the GPU without a buffer of their own.
+    let empty = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[0, 4, 6, 6]));
     let mut bn = BatchNorm::new(BatchNormConfig::new(4), Device::Gpu(ctx.clone())).unwrap();
     let step = |bn: &mut BatchNorm| {
         let out = bn.forward(x.view(), Layout::ChannelsFirst).unwrap();
         bn.backward(x.view(), out.y.view(), Layout::ChannelsFirst)
             .unwrap();
+        bn.forward(empty.view(), Layout::ChannelsFirst).unwrap();
         bn.running_mean().unwrap();
     };
     step(&mut bn);
@@ -225,6 +228,19 @@ fn tensor_buffer(device: &wgpu::Device, queue: &wgpu::Queue, values: &[f32]) -> 
     buffer
 }
 
+/// Both layers counted `count` batches and hold the same running mean.
+fn same_count_and_running_mean(gpu: &GpuBatchNorm, cpu: &BatchNorm, count: u64) {
+    assert_eq!(gpu.num_batches_tracked(), Some(count));
+    assert_eq!(cpu.num_batches_tracked(), Some(count));
+    let (g, c) = (gpu.running_mean().unwrap(), cpu.running_mean().unwrap());
+    for (channel, (g, c)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            (g - c).abs() <= 1e-5 * (1.0 + c.abs()),
+            "channel {channel}: running_mean {g} on the GPU, {c} on the CPU"
+        );
+    }
+}
+
 /// `set_num_batches_tracked` between recording a training forward and submitting it: the
 /// count follows the order of recording, as the host's does, so with momentum None the next
 /// forward averages in its batch with 1/(k + 1), as the CPU engine does after the same calls.
@@ -260,15 +276,7 @@ fn a_count_set_before_submit_follows_recording_order() {
     cpu.set_num_batches_tracked(4).unwrap();
     cpu.forward(x2.view(), layout).unwrap();
 
-    assert_eq!(gpu.num_batches_tracked(), Some(5));
-    assert_eq!(cpu.num_batches_tracked(), Some(5));
-    let (g, c) = (gpu.running_mean().unwrap(), cpu.running_mean().unwrap());
-    for (channel, (g, c)) in g.iter().zip(&c).enumerate() {
-        assert!(
-            (g - c).abs() <= 1e-5 * (1.0 + c.abs()),
-            "channel {channel}: running_mean {g} on the GPU, {c} on the CPU"
-        );
-    }
+    same_count_and_running_mean(&gpu, &cpu, 5);
 }
 
 /// An empty batch recorded into the caller's encoder runs no kernel but counts, as in
@@ -312,15 +320,7 @@ fn an_empty_batch_recorded_is_counted_on_the_gpu_too() {
     .unwrap();
     cpu.forward(x2.view(), layout).unwrap();
 
-    assert_eq!(gpu.num_batches_tracked(), Some(3));
-    assert_eq!(cpu.num_batches_tracked(), Some(3));
-    let (g, c) = (gpu.running_mean().unwrap(), cpu.running_mean().unwrap());
-    for (channel, (g, c)) in g.iter().zip(&c).enumerate() {
-        assert!(
-            (g - c).abs() <= 1e-5 * (1.0 + c.abs()),
-            "channel {channel}: running_mean {g} on the GPU, {c} on the CPU"
-        );
-    }
+    same_count_and_running_mean(&gpu, &cpu, 3);
 }
 
 /// Input the layer refuses leaves the caller's encoder as it was: what the caller recorded

@@ -645,20 +645,27 @@ fn refusals_on_cpu() {
     r.backward("backward eps 0", &["--x", x, "--dy", &g.dy, "--eps", "0"]);
     // Written as separate words, a negative number must still reach the checks, not be taken
     // for a flag.
-    r.forward("eps -1 as two words", &["--x", x, "--eps", "-1"]);
-    r.forward(
-        "momentum -0.1 as two words",
-        &[
-            "--x",
-            x,
-            "--momentum",
-            "-0.1",
-            "--running-mean",
-            c3,
-            "--running-var",
-            c3,
-        ],
-    );
+    for eps in ["-1", "-1e-5", "-inf"] {
+        r.forward(
+            &format!("eps {eps} as two words"),
+            &["--x", x, "--eps", eps],
+        );
+    }
+    for m in ["-0.1", "-1e-3", "-inf"] {
+        r.forward(
+            &format!("momentum {m} as two words"),
+            &[
+                "--x",
+                x,
+                "--momentum",
+                m,
+                "--running-mean",
+                c3,
+                "--running-var",
+                c3,
+            ],
+        );
+    }
     for m in ["1.5", "1.0000001", "-0.1", "2", "nan", "inf", "-inf"] {
         let flag = format!("--momentum={m}");
         r.forward(
@@ -1168,15 +1175,31 @@ fn a_closed_stdout_ends_the_run_quietly() {
 /// so does a shape whose byte count wraps u64, which once panicked allocating its inputs.
 #[test]
 fn bench_refuses_bad_shapes_before_timing_any() {
-    for (shape, says) in [
-        ("8x8x4x4,2x3", "multiple of four"),
-        ("2305843009213693952x2", "the most one allocation can"),
+    for (shape, layout, says) in [
+        ("8x8x4x4,2x3", "both", "multiple of four"),
+        (
+            "2305843009213693952x2",
+            "both",
+            "the most one allocation can",
+        ),
         // Found by the layer only when it runs: the first shape must not be timed first.
-        ("4x8x16x16,1x8", "more than 1 value per channel"),
-        ("4x8x16x16,2x5000000", "channels is 5000000, over the limit"),
+        ("4x8x16x16,1x8", "both", "more than 1 value per channel"),
+        (
+            "4x8x16x16,2x5000000",
+            "both",
+            "channels is 5000000, over the limit",
+        ),
+        // Named as given, not as stored channels-last.
+        (
+            "4x8x16x16,1x4x0x2",
+            "nhwc",
+            "dimension 2 of shape [1, 4, 0, 2]",
+        ),
     ] {
-        let out = run(&strs(&["bench", "--shape", shape, "--iters", "1"]))
-            .unwrap_or_else(|e| panic!("bench: {e}"));
+        let args = [
+            "bench", "--shape", shape, "--layout", layout, "--iters", "1",
+        ];
+        let out = run(&strs(&args)).unwrap_or_else(|e| panic!("bench: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{shape}: stderr {stderr}");

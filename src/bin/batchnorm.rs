@@ -141,8 +141,8 @@ struct PassArgs {
     running_mean: Option<PathBuf>,
     #[arg(long, value_name = "RV.npy", requires = "running_mean")]
     running_var: Option<PathBuf>,
-    // Negative values reach their parsers (and are refused there with what is wrong) rather
-    // than being taken for flags.
+    // Negative values (-1, -1e-5, -inf) reach their parsers, and are refused there with what
+    // is wrong, rather than being taken for flags.
     /// The count before this step (needs the running statistics).
     #[arg(
         long,
@@ -155,11 +155,11 @@ struct PassArgs {
         long,
         value_name = "E",
         default_value_t = 1e-5,
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     eps: f32,
     /// A factor in [0, 1], or `none` for a cumulative average.
-    #[arg(long, value_name = "F|none", default_value = "0.1", value_parser = parse_momentum, allow_negative_numbers = true)]
+    #[arg(long, value_name = "F|none", default_value = "0.1", value_parser = parse_momentum, allow_hyphen_values = true)]
     momentum: Momentum,
     /// Update running_var with the biased batch variance (ONNX) instead of the unbiased one.
     #[arg(long)]

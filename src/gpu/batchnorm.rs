@@ -10,7 +10,7 @@ use crate::config::{BatchNormConfig, Layout, RunningVar};
 use crate::error::{BnError, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{
-    Geometry, Kernel, Params, BIASED_RUNNING_VAR, FROZEN_STATS, UPDATE_RUNNING,
+    Geometry, Kernel, Params, BIASED_RUNNING_VAR, FINALIZE_WORKGROUP, FROZEN_STATS, UPDATE_RUNNING,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
@@ -124,6 +124,16 @@ impl GpuBatchNorm {
     pub fn new(ctx: Arc<GpuContext>, config: BatchNormConfig) -> Result<Self> {
         config.validate()?;
         let c = config.num_features as u64;
+        // One lane per channel in the per-channel kernels, on one line of workgroups.
+        let most =
+            ctx.limits().max_compute_workgroups_per_dimension as u64 * FINALIZE_WORKGROUP as u64;
+        if c > most {
+            return Err(BnError::Limit {
+                what: "channels",
+                value: c,
+                limit: most,
+            });
+        }
         let buf = |label, bytes, usage| ctx.create_buffer(label, bytes, usage);
         let layer = Self {
             gamma: buf("gamma", c * 4, PER_CHANNEL)?,
@@ -459,13 +469,25 @@ impl GpuBatchNorm {
         // Nothing is recorded, and the layer's state stays, unless every dispatch was prepared
         // without error.
         let (batches, saved, steps) = ctx.scoped("forward", || self.prepare_forward(&ctx, x, y))?;
+        self.record_forward(encoder, batches, saved, &steps);
+        Ok(())
+    }
+
+    /// Records a prepared forward, after the count that `set_num_batches_tracked` left to
+    /// copy, and moves the layer's host state on with it.
+    fn record_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        batches: u64,
+        saved: Saved,
+        steps: &[Step],
+    ) {
         if let Some(counts) = self.pending_count.take() {
             encoder.copy_buffer_to_buffer(&counts, 0, &self.batches_tracked, 0, counts.size());
         }
-        record(encoder, "batchnorm forward", &steps);
+        record(encoder, "batchnorm forward", steps);
         self.num_batches_tracked = batches;
         self.saved_for_backward = Some(saved);
-        Ok(())
     }
 
     /// What a forward of `shape` is refused for before any buffer is made: one value per
@@ -486,14 +508,21 @@ impl GpuBatchNorm {
         }
     }
 
-    /// An empty batch runs no kernel, but a training step of a tracked layer still counts (as
-    /// PyTorch's module counts before it calls batch_norm): the new count reaches the GPU as
-    /// `set_num_batches_tracked`'s does, by a copy recorded ahead of the next forward.
-    fn count_empty_batch(&mut self, batches_after: u64) -> Result<()> {
-        if batches_after != self.num_batches_tracked {
-            self.pending_count = Some(self.count_buffer(batches_after)?);
+    /// An empty batch normalizes nothing, but a training step of a tracked layer still counts
+    /// (as PyTorch's module counts before it calls batch_norm): on the GPU too, by
+    /// count_batch.wgsl, so that the count follows the order of recording.
+    fn empty_batch_steps<'k>(&self, ctx: &'k GpuContext, batches_after: u64) -> Vec<Step<'k>> {
+        if batches_after == self.num_batches_tracked {
+            return Vec::new();
         }
-        Ok(())
+        let kernel = &ctx.kernels.count_batch;
+        let bind = kernel.bind(&ctx.device, &[self.batches_tracked.as_entire_binding()]);
+        let channels = self.config.num_features as u32;
+        vec![Step {
+            kernel,
+            bind,
+            groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1),
+        }]
     }
 
     /// What the last forward saved for a backward of `shape`, or why there is none.
@@ -523,8 +552,11 @@ impl GpuBatchNorm {
             training,
         };
         if x.shape.is_empty() {
-            self.count_empty_batch(batches_after)?;
-            return Ok((batches_after, saved, Vec::new()));
+            return Ok((
+                batches_after,
+                saved,
+                self.empty_batch_steps(ctx, batches_after),
+            ));
         }
         self.plan(&x.shape)?;
         let plan = &self.plans[&x.shape];
@@ -773,12 +805,15 @@ impl GpuBatchNorm {
         // Refused before io() makes or evicts anything.
         let batches_after = self.check_forward(&shape)?;
         if shape.is_empty() {
-            self.count_empty_batch(batches_after)?;
-            self.num_batches_tracked = batches_after;
-            self.saved_for_backward = Some(Saved {
+            let ctx = self.ctx.clone();
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            let steps = self.empty_batch_steps(&ctx, batches_after);
+            let saved = Saved {
                 shape: shape.clone(),
                 training: self.training,
-            });
+            };
+            self.record_forward(&mut encoder, batches_after, saved, &steps);
+            ctx.submit(encoder, "forward")?;
             return Ok(ForwardOutput {
                 y: ArrayD::zeros(shape.dims()),
                 stats: None,

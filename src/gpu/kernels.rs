@@ -165,6 +165,7 @@ pub(crate) struct Kernels {
     pub(crate) apply_backward_frozen: Kernel,
     pub(crate) apply_backward_vec4_frozen: ByChannels,
     pub(crate) copy: Kernel,
+    pub(crate) count_batch: Kernel,
     /// Whether the reductions merge lanes with subgroup operations.
     pub(crate) subgroups: bool,
 }
@@ -243,6 +244,7 @@ impl Kernels {
                 true,
             )?,
             copy: plain(shader!("copy"))?,
+            count_batch: plain(shader!("count_batch"))?,
             subgroups,
         })
     }
