@@ -17,7 +17,7 @@ use crate::error::{BnError, Result};
 use crate::gpu::context::read_staging;
 use crate::gpu::kernels::Geometry;
 use crate::gpu::{GpuBatchNorm, GpuContext, GpuTensor};
-use crate::layer::{BatchNorm, Device};
+use crate::layer::{BackwardOutput, BatchNorm, Device, ForwardOutput};
 use crate::shape::Shape;
 
 /// The shapes `batchnorm bench` runs by default.
@@ -126,13 +126,31 @@ pub fn input(dims: &[usize], seed: u64, mean: f32, std: f32) -> ArrayD<f32> {
     ArrayD::from_shape_vec(dims, values).expect("numel matches")
 }
 
+/// Relative L2 error of each output of a forward and backward (`got`) against the same of
+/// another layer (`want`): y, dx, and dgamma and dbeta where the layers are affine.
+pub fn output_errors(
+    got: (&ForwardOutput, &BackwardOutput),
+    want: (&ForwardOutput, &BackwardOutput),
+) -> [(&'static str, f64); 4] {
+    let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
+    let ((gf, gb), (wf, wb)) = (got, want);
+    let vector = |g: &Option<Vec<f32>>, w: &Option<Vec<f32>>| {
+        rel_l2(g.as_deref().unwrap_or(&[]), w.as_deref().unwrap_or(&[]))
+    };
+    [
+        ("y", rel_l2(&flat(&gf.y), &flat(&wf.y))),
+        ("dx", rel_l2(&flat(&gb.dx), &flat(&wb.dx))),
+        ("dgamma", vector(&gb.dgamma, &wb.dgamma)),
+        ("dbeta", vector(&gb.dbeta, &wb.dbeta)),
+    ]
+}
+
 /// Runs the GPU and CPU layers on the same input, train then eval, forward and backward, and
 /// fails unless every output agrees within the tolerance.
 fn verify(ctx: &Arc<GpuContext>, x: &ArrayD<f32>, dy: &ArrayD<f32>, layout: Layout) -> Result<()> {
     let channels = Shape::new(x.shape(), layout)?.channels();
     let mut gpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Gpu(ctx.clone()))?;
     let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu)?;
-    let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
     for training in [true, false] {
         gpu.set_training(training);
         cpu.set_training(training);
@@ -145,29 +163,14 @@ fn verify(ctx: &Arc<GpuContext>, x: &ArrayD<f32>, dy: &ArrayD<f32>, layout: Layo
             cpu.backward(x.view(), dy.view(), layout)?,
         );
         let mode = if training { "forward" } else { "eval" };
-        let checks = [
-            ("y", rel_l2(&flat(&g.y), &flat(&c.y))),
-            (
-                "running_var",
-                rel_l2(&gpu.running_var()?, &cpu.running_var()?),
-            ),
-            ("dx", rel_l2(&flat(&gb.dx), &flat(&cb.dx))),
-            (
-                "dgamma",
-                rel_l2(
-                    gb.dgamma.as_deref().unwrap_or(&[]),
-                    cb.dgamma.as_deref().unwrap_or(&[]),
-                ),
-            ),
-            (
-                "dbeta",
-                rel_l2(
-                    gb.dbeta.as_deref().unwrap_or(&[]),
-                    cb.dbeta.as_deref().unwrap_or(&[]),
-                ),
-            ),
-        ];
-        for (name, err) in checks {
+        let running_var = (
+            "running_var",
+            rel_l2(&gpu.running_var()?, &cpu.running_var()?),
+        );
+        for (name, err) in output_errors((&g, &gb), (&c, &cb))
+            .into_iter()
+            .chain([running_var])
+        {
             if err.is_nan() || err > TOLERANCE {
                 return Err(BnError::Verification {
                     what: format!("{name} of {mode} on {}", shape_name(x.shape())),

@@ -8,7 +8,7 @@ use crate::config::{BatchNormConfig, Layout, RunningVar};
 use crate::cpu;
 use crate::error::{BnError, Result};
 use crate::gpu::{GpuBatchNorm, GpuContext};
-use crate::shape::Shape;
+use crate::shape::{expect_same_dims, Shape};
 
 /// num_batches_tracked lives in a u32 on the GPU; both engines keep to that range.
 pub(crate) fn check_batch_count(count: u64) -> Result<()> {
@@ -158,14 +158,7 @@ impl CpuBatchNorm {
         dy: ArrayViewD<f32>,
         layout: Layout,
     ) -> Result<BackwardOutput> {
-        if x.shape() != dy.shape() {
-            return Err(BnError::ShapeMismatch {
-                a_name: "x",
-                a: x.shape().to_vec(),
-                b_name: "dy",
-                b: dy.shape().to_vec(),
-            });
-        }
+        expect_same_dims(x.shape(), dy.shape())?;
         let shape = Shape::new(x.shape(), layout)?;
         shape.expect_channels(self.config.num_features)?;
         let (mean, invstd, frozen) = match &self.saved {

@@ -11,6 +11,19 @@ pub struct Shape {
     layout: Layout,
 }
 
+/// Backward takes dy of x's own dims.
+pub fn expect_same_dims(x: &[usize], dy: &[usize]) -> Result<()> {
+    if x != dy {
+        return Err(BnError::ShapeMismatch {
+            a_name: "x",
+            a: x.to_vec(),
+            b_name: "dy",
+            b: dy.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 impl Shape {
     pub fn new(dims: &[usize], layout: Layout) -> Result<Self> {
         if !(2..=5).contains(&dims.len()) {

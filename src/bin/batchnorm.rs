@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{ArrayD, ArrayView1, ArrayViewD};
-use wgpu_batchnorm::bench::{input, rel_l2};
+use wgpu_batchnorm::bench::{input, output_errors};
 use wgpu_batchnorm::gpu::list_adapters;
 use wgpu_batchnorm::{
     npy, BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout, Result, RunningVar,
@@ -347,14 +347,7 @@ fn forward(args: &PassArgs) -> Result<()> {
 fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
     let x = npy::read_f32(&args.x)?;
     let dy = npy::read_f32(dy_path)?;
-    if x.shape() != dy.shape() {
-        return Err(BnError::ShapeMismatch {
-            a_name: "x",
-            a: x.shape().to_vec(),
-            b_name: "dy",
-            b: dy.shape().to_vec(),
-        });
-    }
+    wgpu_batchnorm::shape::expect_same_dims(x.shape(), dy.shape())?;
     let mut layer = build_layer(args, &x)?;
     let layout = layout(args.layout);
     // Training recomputes the batch statistics from x, as autograd would.
@@ -573,25 +566,7 @@ fn demo() -> Result<()> {
     })?;
     let (gf, gb) = (g_fwd.expect("ran"), g_bwd.expect("ran"));
     let (cf, cb) = (c_fwd.expect("ran"), c_bwd.expect("ran"));
-    let slice = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
-    let errors = [
-        ("y", rel_l2(&slice(&gf.y), &slice(&cf.y))),
-        ("dx", rel_l2(&slice(&gb.dx), &slice(&cb.dx))),
-        (
-            "dgamma",
-            rel_l2(
-                gb.dgamma.as_deref().unwrap_or(&[]),
-                cb.dgamma.as_deref().unwrap_or(&[]),
-            ),
-        ),
-        (
-            "dbeta",
-            rel_l2(
-                gb.dbeta.as_deref().unwrap_or(&[]),
-                cb.dbeta.as_deref().unwrap_or(&[]),
-            ),
-        ),
-    ];
+    let errors = output_errors((&gf, &gb), (&cf, &cb));
     let (worst_name, worst) =
         errors.iter().fold(
             ("", 0.0f64),

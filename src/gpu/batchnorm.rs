@@ -16,7 +16,7 @@ use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
     check_batch_count, next_batch_count, BackwardOutput, BatchStatistics, ForwardOutput,
 };
-use crate::shape::Shape;
+use crate::shape::{expect_same_dims, Shape};
 
 const PER_CHANNEL: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
@@ -869,14 +869,7 @@ impl GpuBatchNorm {
         dy: ArrayViewD<f32>,
         layout: Layout,
     ) -> Result<BackwardOutput> {
-        if x.shape() != dy.shape() {
-            return Err(BnError::ShapeMismatch {
-                a_name: "x",
-                a: x.shape().to_vec(),
-                b_name: "dy",
-                b: dy.shape().to_vec(),
-            });
-        }
+        expect_same_dims(x.shape(), dy.shape())?;
         let shape = Shape::new(x.shape(), layout)?;
         shape.expect_channels(self.config.num_features)?;
         // Refused before io() makes or evicts anything.
