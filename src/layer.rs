@@ -61,6 +61,18 @@ pub struct BackwardOutput {
     pub dbeta: Option<Vec<f32>>,
 }
 
+impl BackwardOutput {
+    /// PyTorch's gradients of an empty batch: dx empty, dgamma and dbeta zero.
+    pub(crate) fn of_empty_batch(shape: &Shape, config: &BatchNormConfig) -> Self {
+        let zeros = vec![0.0; config.num_features];
+        Self {
+            dx: ArrayD::zeros(shape.dims()),
+            dgamma: config.affine.then(|| zeros.clone()),
+            dbeta: config.affine.then_some(zeros),
+        }
+    }
+}
+
 /// The CPU reference's layer state: f32 parameters as PyTorch stores them, f64 saved stats.
 struct CpuBatchNorm {
     config: BatchNormConfig,
@@ -169,14 +181,8 @@ impl CpuBatchNorm {
                 })
             }
         };
-        let affine = self.config.affine;
         if shape.is_empty() {
-            let zeros = vec![0.0; self.config.num_features];
-            return Ok(BackwardOutput {
-                dx: ArrayD::zeros(shape.dims()),
-                dgamma: affine.then(|| zeros.clone()),
-                dbeta: affine.then_some(zeros),
-            });
+            return Ok(BackwardOutput::of_empty_batch(&shape, &self.config));
         }
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
@@ -189,6 +195,7 @@ impl CpuBatchNorm {
             &self.gamma,
             frozen,
         );
+        let affine = self.config.affine;
         let to_f32 = |v: Vec<f64>| v.into_iter().map(|g| g as f32).collect();
         Ok(BackwardOutput {
             dx: ArrayD::from_shape_vec(shape.dims(), grads.dx).expect("numel matches"),

@@ -10,7 +10,8 @@ use crate::config::{BatchNormConfig, Layout, RunningVar};
 use crate::error::{BnError, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{
-    Geometry, Kernel, Params, BIASED_RUNNING_VAR, FINALIZE_WORKGROUP, FROZEN_STATS, UPDATE_RUNNING,
+    max_channels, Geometry, Kernel, Params, BIASED_RUNNING_VAR, FINALIZE_WORKGROUP, FROZEN_STATS,
+    UPDATE_RUNNING,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
@@ -124,9 +125,8 @@ impl GpuBatchNorm {
     pub fn new(ctx: Arc<GpuContext>, config: BatchNormConfig) -> Result<Self> {
         config.validate()?;
         let c = config.num_features as u64;
-        // One lane per channel in the per-channel kernels, on one line of workgroups.
-        let most =
-            ctx.limits().max_compute_workgroups_per_dimension as u64 * FINALIZE_WORKGROUP as u64;
+        // Refused here, not at the first forward: an empty batch plans no geometry.
+        let most = max_channels(ctx.limits());
         if c > most {
             return Err(BnError::Limit {
                 what: "channels",
@@ -253,19 +253,14 @@ impl GpuBatchNorm {
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         self.config.check_has("num_batches_tracked")?;
         check_batch_count(count)?;
-        self.pending_count = Some(self.count_buffer(count)?);
-        self.num_batches_tracked = count;
-        Ok(())
-    }
-
-    /// The batches_tracked buffer's contents for `count`, to be copied in by the next forward.
-    fn count_buffer(&self, count: u64) -> Result<wgpu::Buffer> {
         let counts = vec![count as u32; self.config.num_features];
-        self.ctx.create_buffer_init(
+        self.pending_count = Some(self.ctx.create_buffer_init(
             "num_batches_tracked",
             bytemuck::cast_slice(&counts),
             wgpu::BufferUsages::COPY_SRC,
-        )
+        )?);
+        self.num_batches_tracked = count;
+        Ok(())
     }
 
     pub fn gamma_buffer(&self) -> &wgpu::Buffer {
@@ -679,12 +674,16 @@ impl GpuBatchNorm {
         let ctx = self.ctx.clone();
         let steps = ctx.scoped("backward", || self.prepare_backward(&ctx, x, dy, dx))?;
         if x.shape.is_empty() {
-            // PyTorch's gradients of an empty batch: dx empty, dgamma and dbeta zero.
-            encoder.clear_buffer(&self.dgamma, 0, None);
-            encoder.clear_buffer(&self.dbeta, 0, None);
+            self.clear_parameter_grads(encoder);
         }
         record(encoder, "batchnorm backward", &steps);
         Ok(())
+    }
+
+    /// PyTorch's gradients of an empty batch: dx empty, dgamma and dbeta zero.
+    fn clear_parameter_grads(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.clear_buffer(&self.dgamma, 0, None);
+        encoder.clear_buffer(&self.dbeta, 0, None);
     }
 
     fn prepare_backward<'k>(
@@ -875,15 +874,11 @@ impl GpuBatchNorm {
         // Refused before io() makes or evicts anything.
         self.saved_for(&shape)?;
         if shape.is_empty() {
-            let zeros = vec![0.0; self.config.num_features];
-            self.write(&self.dgamma, &zeros)?;
-            self.write(&self.dbeta, &zeros)?;
-            let affine = self.config.affine;
-            return Ok(BackwardOutput {
-                dx: ArrayD::zeros(shape.dims()),
-                dgamma: affine.then(|| zeros.clone()),
-                dbeta: affine.then_some(zeros),
-            });
+            let ctx = self.ctx.clone();
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            self.clear_parameter_grads(&mut encoder);
+            ctx.submit(encoder, "backward")?;
+            return Ok(BackwardOutput::of_empty_batch(&shape, &self.config));
         }
         self.io(&shape)?;
         let ctx = self.ctx.clone();

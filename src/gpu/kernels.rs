@@ -509,6 +509,11 @@ pub(crate) struct Chunk {
     pub apply_groups: (u32, u32),
 }
 
+/// The most channels the per-channel kernels reach: one lane each, on one line of workgroups.
+pub(crate) fn max_channels(limits: &wgpu::Limits) -> u64 {
+    limits.max_compute_workgroups_per_dimension as u64 * FINALIZE_WORKGROUP as u64
+}
+
 impl Geometry {
     /// The uniform of forward_fused: the single chunk's, with its own tiling.
     pub(crate) fn fused_params(&self) -> Option<Params> {
@@ -541,11 +546,7 @@ impl Geometry {
             shape.per_channel() as u64,
             u32::MAX as u64,
         )?;
-        limit(
-            "channels",
-            channels as u64,
-            max_groups * FINALIZE_WORKGROUP as u64,
-        )?;
+        limit("channels", channels as u64, max_channels(limits))?;
         // Rows per chunk: as many as one binding holds, starting at aligned offsets.
         let row_bytes = (channels * inner * 4) as u64;
         // At most 2 GiB per binding, whatever the adapter allows (Metal reports its whole
