@@ -1,5 +1,6 @@
-// Backward, stage 2, one invocation per channel: dgamma, dbeta, and the coefficients that
-// let apply_backward form dx = k1·dy + k2·(x − center) + k0 in one pass.
+// Backward, stage 2: each channel's split sums merged (by p.merge_lanes lanes, as in
+// stats_finalize), then dgamma, dbeta, and the coefficients that let apply_backward form
+// dx = k1·dy + k2·(x − center) + k0 in one pass.
 //
 // Training (batch statistics), with g = gamma·invstd, the three paths of the gradient:
 //   dx = g·(dy − sum_dy/M − (x − mean)·invstd²·sum_dy_xmu/M)
@@ -21,19 +22,32 @@ const FROZEN_STATS: u32 = 4u;
 // (center, k1, k2, k0) for apply_backward.
 @group(0) @binding(6) var<storage, read_write> coeff: array<vec4<f32>>;
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.channels {
+var<workgroup> wg_sums: array<vec2<f32>, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let lanes = p.merge_lanes;
+    let c = wid.x * (256u / lanes) + lid / lanes;
+    let lane = lid % lanes;
+    var sums = vec2<f32>(0.0);
+    if c < p.channels {
+        for (var k = lane; k < p.splits; k += lanes) {
+            let part = partials[partial_record(p, c, k)];
+            sums += vec2<f32>(part.sum_dy, part.sum_dy_xmu);
+        }
+    }
+    wg_sums[lid] = sums;
+    for (var half = lanes / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if lane < half {
+            wg_sums[lid] += wg_sums[lid + half];
+        }
+    }
+    if lane != 0u || c >= p.channels {
         return;
     }
-    var sum_dy = 0.0;
-    var sum_dy_xmu = 0.0;
-    for (var k = 0u; k < p.splits; k++) {
-        let part = partials[partial_record(p, c, k)];
-        sum_dy += part.sum_dy;
-        sum_dy_xmu += part.sum_dy_xmu;
-    }
+    let sum_dy = wg_sums[lid].x;
+    let sum_dy_xmu = wg_sums[lid].y;
     let stats = saved[c];
     let center = stats.x;
     let offset = stats.y;

@@ -1,6 +1,12 @@
-// Batch statistics, stage 2, one invocation per channel: merge the split partials, then
-// everything per channel that the element-wise kernels should not repeat: invstd, the
-// running-statistics update, and the folded (center, scale, shift) used by apply_forward.
+// Batch statistics, stage 2: merge each channel's split partials, then everything per
+// channel that the element-wise kernels should not repeat: invstd, the running-statistics
+// update, and the folded (center, scale, shift) used by apply_forward.
+//
+// p.merge_lanes lanes (a power of two) share a channel: each merges every merge_lanes-th
+// split, neighbouring lanes reading neighbouring records, and then the lanes fold in
+// workgroup memory. One lane per channel walking all of its splits in turn was the
+// slowest kernel of a pass on an H100 wherever splits ran into the hundreds (channels-last:
+// 0.5 ms of a 0.58 ms forward, PERF.md 41).
 //
 // The mean is kept as the unevaluated sum center + offset: center is the channel's shift (one
 // of its values, so near the mean), offset the shifted mean. apply_forward computes
@@ -27,31 +33,59 @@ const BIASED_RUNNING_VAR: u32 = 2u;
 // (center, scale, shift, 0) for apply_forward.
 @group(0) @binding(8) var<storage, read_write> coeff: array<vec4<f32>>;
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.channels {
+var<workgroup> wg_count: array<u32, 256>;
+var<workgroup> wg_mean: array<f32, 256>;
+var<workgroup> wg_m2: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let lanes = p.merge_lanes;
+    let c = wid.x * (256u / lanes) + lid / lanes;
+    let lane = lid % lanes;
+    // Every lane's mean is of its values shifted by the channel's first record's shift.
+    var shift = 0.0;
+    var n = 0u;
+    var mean = 0.0;
+    var m2 = 0.0;
+    if c < p.channels {
+        shift = partials[partial_record(p, c, 0u)].shift;
+        for (var k = lane; k < p.splits; k += lanes) {
+            let b = partials[partial_record(p, c, k)];
+            if b.count == 0u {
+                continue;
+            }
+            let total = n + b.count;
+            let fb = f32(b.count) / f32(total);
+            // Chunks of a large tensor shift by their own first value; both shifts are values
+            // of this channel, so their difference is exact where it matters.
+            let delta = (b.shift - shift) + (b.mean - mean);
+            mean += delta * fb;
+            m2 += b.m2 + delta * delta * f32(n) * fb;
+            n = total;
+        }
+    }
+    wg_count[lid] = n;
+    wg_mean[lid] = mean;
+    wg_m2[lid] = m2;
+    for (var half = lanes / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        let other = lid + half;
+        if lane < half && wg_count[other] != 0u {
+            let na = wg_count[lid];
+            let total = na + wg_count[other];
+            let fb = f32(wg_count[other]) / f32(total);
+            let delta = wg_mean[other] - wg_mean[lid];
+            wg_mean[lid] += delta * fb;
+            wg_m2[lid] += wg_m2[other] + delta * delta * f32(na) * fb;
+            wg_count[lid] = total;
+        }
+    }
+    if lane != 0u || c >= p.channels {
         return;
     }
-    let first = partials[partial_record(p, c, 0u)];
-    var n = first.count;
-    var mean = first.mean;
-    var m2 = first.m2;
-    let shift = first.shift;
-    for (var k = 1u; k < p.splits; k++) {
-        let b = partials[partial_record(p, c, k)];
-        if b.count == 0u {
-            continue;
-        }
-        let total = n + b.count;
-        let fb = f32(b.count) / f32(total);
-        // Chunks of a large tensor shift by their own first value; both shifts are values
-        // of this channel, so their difference is exact where it matters.
-        let delta = (b.shift - shift) + (b.mean - mean);
-        mean += delta * fb;
-        m2 += b.m2 + delta * delta * f32(n) * fb;
-        n = total;
-    }
+    n = wg_count[lid];
+    mean = wg_mean[lid];
+    m2 = wg_m2[lid];
 
     // No clamp at zero: every Welford and Chan step adds a non-negative amount to M2, even
     // rounded (the new mean lies between the old one and the value), so M2 >= 0 unless it

@@ -31,7 +31,8 @@ struct Params {
     // inner_per_split units (what one lane loads at a time): inner_splits of them.
     inner_splits: u32,
     inner_per_split: u32,
-    _pad0: u32,
+    // Lanes that merge one channel's splits in stats_finalize and grad_finalize.
+    merge_lanes: u32,
 }
 
 // One split's statistics of one channel: count, mean and M2 of the values shifted by

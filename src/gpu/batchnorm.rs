@@ -620,7 +620,7 @@ impl GpuBatchNorm {
             steps.push(Step {
                 kernel: &k.stats_finalize,
                 bind,
-                groups: g.finalize_groups,
+                groups: g.merge_groups,
             });
         } else {
             let bind = k.eval_finalize.bind(
@@ -741,7 +741,7 @@ impl GpuBatchNorm {
         steps.push(Step {
             kernel: &k.grad_finalize,
             bind,
-            groups: g.finalize_groups,
+            groups: g.merge_groups,
         });
         for (i, chunk) in g.chunks.iter().enumerate() {
             let bind = k.apply_backward(g, frozen).bind(
