@@ -205,8 +205,9 @@ impl GpuContext {
 
     /// Makes the training forward read x once where a workgroup can hold whole channels
     /// (`true`), or always in two passes, statistics then normalize (`false`), instead of
-    /// what suits the device (single read on GPUs, two passes on CPU rasterizers). For tests
-    /// and comparisons; it applies to input shapes that layers meet from then on.
+    /// what suits the device (two passes on lavapipe and on an H100, where they measured
+    /// faster). For tests and comparisons; it applies to input shapes that layers meet from
+    /// then on.
     pub fn set_single_read_forward(&self, enabled: bool) {
         let choice = if enabled {
             SINGLE_READ_ON

@@ -407,7 +407,9 @@ impl Tuning {
                 max_tile_i: WORKGROUP,
                 run: 1,
                 contiguous_rows: false,
-                single_read: true,
+                // Measured slower on an H100 too (PERF.md 41): with whole channels per
+                // workgroup, too few workgroups run to keep the memory busy.
+                single_read: false,
             },
         }
     }
