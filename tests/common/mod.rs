@@ -23,8 +23,8 @@ pub fn set_runtime_dir() {
 }
 
 /// The GPU context of this test binary, with the single-read forward on wherever shapes
-/// allow it (a GPU's default; a CPU rasterizer's default is off). No adapter is a failure,
-/// never a skip.
+/// allow it (no device's default since it measured slower on lavapipe and on an H100, but
+/// callers can turn it on). No adapter is a failure, never a skip.
 pub fn gpu() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
     CTX.get_or_init(|| {
