@@ -4,9 +4,9 @@
 //
 // p.merge_lanes lanes (a power of two) share a channel: each merges every merge_lanes-th
 // split, neighbouring lanes reading neighbouring records, and then the lanes fold in
-// workgroup memory. One lane per channel walking all of its splits in turn was the
-// slowest kernel of a pass on an H100 wherever splits ran into the hundreds (channels-last:
-// 0.5 ms of a 0.58 ms forward, PERF.md 41).
+// workgroup memory. One lane per channel walking all of its splits in turn made a pass
+// on an H100 several times slower wherever splits ran into the hundreds (channels-last
+// 32×64×56×56 forward 0.58 ms, against 0.14 ms with the lanes; PERF.md 41).
 //
 // The mean is kept as the unevaluated sum center + offset: center is the channel's shift (one
 // of its values, so near the mean), offset the shifted mean. apply_forward computes
@@ -54,6 +54,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             if b.count == 0u {
                 continue;
             }
+            if n == 0u {
+                // Taken whole: the merge below would form 0·delta², NaN for |delta| > 1.8e19.
+                mean = (b.shift - shift) + b.mean;
+                m2 = b.m2;
+                n = b.count;
+                continue;
+            }
             let total = n + b.count;
             let fb = f32(b.count) / f32(total);
             // Chunks of a large tensor shift by their own first value; both shifts are values
@@ -70,7 +77,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var half = lanes / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         let other = lid + half;
-        if lane < half && wg_count[other] != 0u {
+        if lane < half && wg_count[lid] == 0u {
+            wg_count[lid] = wg_count[other];
+            wg_mean[lid] = wg_mean[other];
+            wg_m2[lid] = wg_m2[other];
+        } else if lane < half && wg_count[other] != 0u {
             let na = wg_count[lid];
             let total = na + wg_count[other];
             let fb = f32(wg_count[other]) / f32(total);

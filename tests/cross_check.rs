@@ -117,6 +117,14 @@ fn lanes_over_several_rows_should_match_reference() {
     run_all(&[(&[65, 96, 512], CF, 0.5, 2.0)]);
 }
 
+/// Channels-last 32×64×56×56: under a GPU's tuning (gpu_caller) its reduction makes 483
+/// splits per channel, which stats_finalize and grad_finalize merge with 64 lanes each
+/// (kernels::tests::merge_lanes_share_the_splits); a CPU rasterizer's tuning makes 32.
+#[test]
+fn hundreds_of_splits_per_channel_should_match_reference() {
+    run_all(&[(&[32, 56, 56, 64], CL, 0.5, 2.0)]);
+}
+
 /// M ≥ 2^20 values per channel.
 #[test]
 fn over_a_million_values_per_channel_should_match_reference() {

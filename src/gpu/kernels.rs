@@ -8,7 +8,8 @@ use crate::shape::Shape;
 
 /// Invocations per workgroup of the reduction and element-wise kernels (the shaders' WG).
 pub(crate) const WORKGROUP: u32 = 256;
-/// Invocations per workgroup of the per-channel finalize kernels.
+/// Invocations per workgroup of the kernels with one lane per channel (eval_finalize,
+/// count_batch).
 pub(crate) const FINALIZE_WORKGROUP: u32 = 64;
 /// Workgroup size of the kernels that merge split partials (stats_finalize, grad_finalize).
 const MERGE_WORKGROUP: u32 = 256;
@@ -518,7 +519,9 @@ pub(crate) struct Chunk {
     pub apply_groups: (u32, u32),
 }
 
-/// The most channels the per-channel kernels reach: one lane each, on one line of workgroups.
+/// The most channels the per-channel kernels reach: those with one lane per channel, on one
+/// line of workgroups (at that count the merging finalize kernels give each channel at most
+/// four lanes).
 pub(crate) fn max_channels(limits: &wgpu::Limits) -> u64 {
     limits.max_compute_workgroups_per_dimension as u64 * FINALIZE_WORKGROUP as u64
 }
@@ -847,50 +850,53 @@ mod tests {
         }
     }
 
-    /// The finalize kernels give each channel enough lanes that none merges more than
-    /// MERGES_PER_LANE splits (up to a workgroup's worth), and never more workgroups than a
-    /// dimension holds, down to the most channels a layer takes.
+    /// The finalize kernels give each channel a power of two of lanes, enough that none
+    /// merges more than MERGES_PER_LANE splits, up to a workgroup's worth, and fewer only
+    /// where the channels would otherwise need more workgroups than a dimension holds.
     #[test]
     fn merge_lanes_share_the_splits() {
         let limits = wgpu::Limits::default();
-        for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
-            let tuning = Tuning::for_device(Some(device));
-            let most = max_channels(&limits) as usize;
-            for (dims, layout) in [
-                (&[32, 64, 56, 56][..], Layout::ChannelsLast),
-                (&[32, 64, 56, 56], Layout::ChannelsFirst),
-                (&[1024, 4096], Layout::ChannelsFirst),
-                (&[2, 1, 1 << 22], Layout::ChannelsFirst),
-                (&[2, most], Layout::ChannelsFirst),
-            ] {
-                let shape = Shape::new(dims, layout).unwrap();
-                let g = Geometry::new(&shape, &limits, tuning).unwrap();
-                let lanes = g.chunks[0].params.merge_lanes;
-                let channels = g.chunks[0].params.channels;
-                assert!(
-                    lanes.is_power_of_two() && lanes <= MERGE_WORKGROUP,
-                    "{lanes}"
-                );
-                assert!(
-                    g.splits.div_ceil(lanes) <= MERGES_PER_LANE
-                        || lanes == MERGE_WORKGROUP
-                        || dims[1] == most,
-                    "{dims:?} {device:?}: {} splits over {lanes} lanes",
-                    g.splits
-                );
-                assert_eq!(g.merge_groups.0, channels.div_ceil(MERGE_WORKGROUP / lanes));
-                assert!(g.merge_groups.0 <= limits.max_compute_workgroups_per_dimension);
-            }
-            // The channels-last shape that took 0.5 ms to merge on an H100 has hundreds of
-            // splits on a GPU.
-            let shape = Shape::new(&[32, 64, 56, 56], Layout::ChannelsLast).unwrap();
+        let max_groups = limits.max_compute_workgroups_per_dimension;
+        let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
+        let cpu = Tuning::for_device(Some(wgpu::DeviceType::Cpu));
+        let most = max_channels(&limits) as usize;
+        // (dims, layout, tuning, splits, lanes) worked out by hand from the split rules.
+        let cases: [(&[usize], Layout, Tuning, u32, u32); 5] = [
+            // 32×64×56×56 channels-last, the H100's slow merge (PERF.md 41): rows of 64
+            // channels in 16 vec4, 128·16 loads per split, 483 splits.
+            (&[32, 56, 56, 64], Layout::ChannelsLast, gpu, 483, 64),
+            // (N, C) with 4096 channels: 1024 rows over 128 splits of 8 rows.
+            (&[1024, 4096], Layout::ChannelsFirst, gpu, 128, 16),
+            // 2^20 channels: 16 lanes would take 65536 workgroups, one more than a
+            // dimension holds, so 8.
+            (&[4096, 1 << 20], Layout::ChannelsLast, gpu, 128, 8),
+            // The same 32×64×56×56 under a CPU rasterizer's tuning: few, long splits.
+            (&[32, 56, 56, 64], Layout::ChannelsLast, cpu, 32, 4),
+            // The most channels a layer takes: one split each, one lane.
+            (&[2, most], Layout::ChannelsFirst, gpu, 1, 1),
+        ];
+        for (dims, layout, tuning, splits, lanes) in cases {
+            let shape = Shape::new(dims, layout).unwrap();
             let g = Geometry::new(&shape, &limits, tuning).unwrap();
-            if device == wgpu::DeviceType::DiscreteGpu {
-                assert!(
-                    g.splits > 256 && g.chunks[0].params.merge_lanes >= 32,
-                    "{g:?}"
-                );
-            }
+            let p = g.chunks[0].params;
+            assert_eq!((g.splits, p.merge_lanes), (splits, lanes), "{dims:?}");
+            assert!(g.chunks.iter().all(|c| c.params.merge_lanes == lanes));
+            let per_group = MERGE_WORKGROUP / lanes;
+            assert_eq!(
+                g.merge_groups,
+                (p.channels.div_ceil(per_group), 1),
+                "{dims:?}"
+            );
+            assert!(g.merge_groups.0 <= max_groups);
+            // Fewer than the splits ask for only where twice as many would not fit.
+            let wanted = splits
+                .div_ceil(MERGES_PER_LANE)
+                .next_power_of_two()
+                .min(MERGE_WORKGROUP);
+            assert!(
+                lanes == wanted || p.channels.div_ceil(per_group / 2) > max_groups,
+                "{dims:?}"
+            );
         }
     }
 }
