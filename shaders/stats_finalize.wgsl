@@ -6,7 +6,7 @@
 // split, neighbouring lanes reading neighbouring records, and then the lanes fold in
 // workgroup memory. One lane per channel walking all of its splits in turn made a pass
 // on an H100 several times slower wherever splits ran into the hundreds (channels-last
-// 32×64×56×56 forward 0.58 ms, against 0.14 ms with the lanes; PERF.md 41).
+// 32×64×56×56 forward 0.58 ms, against 0.12–0.14 ms with the lanes; PERF.md 41).
 //
 // The mean is kept as the unevaluated sum center + offset: center is the channel's shift (one
 // of its values, so near the mean), offset the shifted mean. apply_forward computes

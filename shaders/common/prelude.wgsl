@@ -121,8 +121,9 @@ fn channel_part(v: vec4<f32>, j: u32, e0: u32, e1: u32) -> f32 {
 }
 
 // Where the record of (channel, split) is: channel-major, each channel's splits side by
-// side for the finalize lanes that merge them. `split` counts over all chunks. (Split-major records measured
-// slower on lavapipe: 8×64×56×56 forward at 0.32 of the copy roof against 0.42; PERF.md 26.)
+// side for the finalize lanes that merge them. `split` counts over all chunks. (Split-major
+// records measured slower on lavapipe: 8×64×56×56 forward at 0.32 of the copy roof against
+// 0.42; PERF.md 26.)
 fn partial_record(q: Params, channel: u32, split: u32) -> u32 {
     return channel * q.splits + split;
 }

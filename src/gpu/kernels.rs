@@ -862,8 +862,8 @@ mod tests {
         let most = max_channels(&limits) as usize;
         // (dims, layout, tuning, splits, lanes) worked out by hand from the split rules.
         let cases: [(&[usize], Layout, Tuning, u32, u32); 5] = [
-            // 32×64×56×56 channels-last, the H100's slow merge (PERF.md 41): rows of 64
-            // channels in 16 vec4, 128·16 loads per split, 483 splits.
+            // 32×64×56×56 channels-last, the H100's slow merge (PERF.md 41): 100,352 rows of
+            // 16 vec4, cut for 512 workgroups into splits of 208 rows, so 483 splits.
             (&[32, 56, 56, 64], Layout::ChannelsLast, gpu, 483, 64),
             // (N, C) with 4096 channels: 1024 rows over 128 splits of 8 rows.
             (&[1024, 4096], Layout::ChannelsFirst, gpu, 128, 16),
