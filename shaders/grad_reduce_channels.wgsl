@@ -1,6 +1,6 @@
 // Backward, stage 1, for channels-last tensors (and (N, C)) whose channel count divides by
 // four: sum_dy and sum_dy_xmu of four channels per vec4, with stats_reduce_channels' layout
-// of lanes and its pipeline constant. x − mean is formed as (x − center) − offset, as in
+// of lanes and its pipeline constants. x − mean is formed as (x − center) − offset, as in
 // grad_reduce.
 
 override CONTIGUOUS_ROWS: bool = false;
@@ -28,10 +28,11 @@ fn centers(u: u32) -> Centers {
     return mu;
 }
 
-// Unit `unit`'s partial records for this split: four channels.
-fn write_partials(unit: u32, split: u32, s: vec4<f32>, sx: vec4<f32>) {
+// Unit `unit`'s partial records for this split (record `record` of each channel's): four
+// channels.
+fn write_partials(unit: u32, record: u32, s: vec4<f32>, sx: vec4<f32>) {
     for (var c = 0u; c < 4u; c++) {
-        partials[partial_index(p, 4u * unit + c, split)] = GradPartial(s[c], sx[c]);
+        partials[partial_index(p, 4u * unit + c, record)] = GradPartial(s[c], sx[c]);
     }
 }
 
@@ -66,11 +67,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
 
-    let folded = fold_sums(lid, lane, GradSums(sum_dy, sum_dy_xmu), p.tile_c, 1u, span, 1u);
+    if LANE_RECORDS {
+        // Every lane of a unit writes (see stats_reduce).
+        if u < units_c {
+            write_partials(u, lane_record(split, lane.o, p.tile_o), sum_dy, sum_dy_xmu);
+        }
+    } else {
+        let folded = fold_sums(lid, lane, GradSums(sum_dy, sum_dy_xmu), p.tile_c, 1u, span, 1u);
 
-    // Lane lid < tile_c now holds unit wid.y·tile_c + lid.
-    let unit = wid.y * p.tile_c + lid;
-    if lid < p.tile_c && unit < units_c {
-        write_partials(unit, split, folded.sum_dy, folded.sum_dy_xmu);
+        // Lane lid < tile_c now holds unit wid.y·tile_c + lid.
+        let unit = wid.y * p.tile_c + lid;
+        if lid < p.tile_c && unit < units_c {
+            write_partials(unit, split, folded.sum_dy, folded.sum_dy_xmu);
+        }
     }
 }

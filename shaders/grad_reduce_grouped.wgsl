@@ -1,7 +1,9 @@
 // Backward, stage 1, for the shapes of stats_reduce_grouped (channels-first, inner % 4 != 0,
 // channels % 4 == 0), laid out the same way: a lane keeps to one vec4 position of a group of
 // four channels, so each component's channel is fixed; lanes are summed over rows only, then
-// four lanes per group add up, each for one channel, the components that belong to it.
+// four lanes per group add up, each for one channel, the components that belong to it. On CPU
+// rasterizers (LANE_RECORDS) each lane writes its own records instead, laid out as
+// stats_reduce_grouped's.
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,14 +28,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     var sum_dy = vec4<f32>(0.0);
     var sum_dy_xmu = vec4<f32>(0.0);
-    if g < groups && lane_i < units_i {
-        var center: vec4<f32>;
-        var offset: vec4<f32>;
-        for (var k = 0u; k < 4u; k++) {
-            let stats = saved[4u * g + (4u * lane_i + k) / p.inner];
-            center[k] = stats.x;
-            offset[k] = stats.y;
-        }
+    let reads = g < groups && lane_i < units_i;
+    // The lane's components lie in channels a and b of the group (the same, or neighbours).
+    let split_at = group_channel_split(lane_i, p.inner);
+    let in_b = second_channel(lane_i, split_at, p.inner);
+    if reads {
+        let stats_a = saved[4u * g + split_at.x];
+        let stats_b = saved[4u * g + split_at.y];
+        let center = select(vec4<f32>(stats_a.x), vec4<f32>(stats_b.x), in_b);
+        let offset = select(vec4<f32>(stats_a.y), vec4<f32>(stats_b.y), in_b);
         let row_stride = groups * units_i;
         // Rows are at most 256 units long here: splits never cut them (inner_splits = 1).
         let r = split_range(p, split, units_i);
@@ -55,6 +58,27 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             sum_dy_xmu += gy * ((x[at] - center) - offset);
         }
     }
+    if LANE_RECORDS {
+        // Each lane writes its own records, laid out as stats_reduce_grouped's.
+        if reads {
+            let positions = grouped_positions(p.inner);
+            let lanes = p.tile_o * positions;
+            for (var k = 0u; k < grouped_channels(split_at); k++) {
+                let s = grouped_slot(lane_i, split_at, in_b, k, p.inner);
+                let channel = 4u * g + s.c;
+                let ones = vec4<f32>(1.0);
+                let zero = vec4<f32>(0.0);
+                let sums = GradPartial(dot(select(zero, sum_dy, s.mine), ones), dot(select(zero, sum_dy_xmu, s.mine), ones));
+                partials[partial_index(p, channel, lane_record(split, lane_o * positions + s.slot, lanes))] = sums;
+                for (var slot = s.empty_from; slot < positions; slot++) {
+                    let empty = lane_record(split, lane_o * positions + slot, lanes);
+                    partials[partial_index(p, channel, empty)] = GradPartial(0.0, 0.0);
+                }
+            }
+        }
+        return;
+    }
+
     // Sum over rows only, as stats_reduce_grouped folds.
     fold_sums(lid, lane, GradSums(sum_dy, sum_dy_xmu), p.tile_c, p.tile_i, no_span, p.tile_i);
 

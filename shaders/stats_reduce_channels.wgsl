@@ -10,6 +10,9 @@
 // by lane, and one group up to its next barrier before the next, so this turns its reads
 // into sequential streams rather than short pieces of rows far apart (PERF.md 26). The mode
 // is a pipeline constant rather than a uniform: lavapipe runs both sides of a branch.
+// Where a workgroup has one lane per unit (tile_o = 1), CPU rasterizers take the twin whose
+// lanes write their records themselves (LANE_RECORDS, common/fold_stats.wgsl): the same
+// records, no fold.
 
 override CONTIGUOUS_ROWS: bool = false;
 
@@ -18,11 +21,11 @@ override CONTIGUOUS_ROWS: bool = false;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
 
-// Unit `unit`'s partial records for this split: four channels, one count.
-fn write_partials(unit: u32, split: u32, w: Welford) {
-    let first = x[unit];
+// Unit `unit`'s partial records for this split (record `record` of each channel's): four
+// channels, one count, shifted by the unit's first row.
+fn write_partials(unit: u32, record: u32, w: Welford, first: vec4<f32>) {
     for (var c = 0u; c < 4u; c++) {
-        partials[partial_index(p, 4u * unit + c, split)] = StatsPartial(u32(w.n), w.mean[c], w.m2[c], first[c]);
+        partials[partial_index(p, 4u * unit + c, record)] = StatsPartial(u32(w.n), w.mean[c], w.m2[c], first[c]);
     }
 }
 
@@ -35,10 +38,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let u = wid.y * p.tile_c + lane.c;
 
     var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
+    var shift = vec4<f32>(0.0);
     if u < units_c {
         let r = split_range(p, split, 1u);
         let rows = lane_rows(r, lane.o, p.tile_o, CONTIGUOUS_ROWS);
-        let shift = x[u];
+        shift = x[u];
         // Two rows per step, merged as a pair (add_pair in the prelude).
         let t = rows.step * units_c;
         var at = rows.o_begin * units_c + u;
@@ -51,11 +55,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
 
-    let folded = fold_stats(lid, lane, w, p.tile_c, 1u, span, 1u);
+    if LANE_RECORDS {
+        // Every lane of a unit writes (see stats_reduce).
+        if u < units_c {
+            write_partials(u, lane_record(split, lane.o, p.tile_o), w, shift);
+        }
+    } else {
+        let folded = fold_stats(lid, lane, w, p.tile_c, 1u, span, 1u);
 
-    // Lane lid < tile_c now holds unit wid.y·tile_c + lid.
-    let unit = wid.y * p.tile_c + lid;
-    if lid < p.tile_c && unit < units_c {
-        write_partials(unit, split, folded);
+        // Lane lid < tile_c now holds unit wid.y·tile_c + lid.
+        let unit = wid.y * p.tile_c + lid;
+        if lid < p.tile_c && unit < units_c {
+            write_partials(unit, split, folded, x[unit]);
+        }
     }
 }

@@ -4,6 +4,9 @@
 // a group (tile_i >= inner), so each of its components always belongs to the same channel,
 // (4j + k) / inner, and carries that channel's Welford state. Lanes are folded over rows only;
 // then four lanes per group merge, each for one channel, the components that belong to it.
+// On CPU rasterizers (LANE_RECORDS, common/fold_stats.wgsl) there is no fold and no merge:
+// each lane writes a record for each channel its position holds, and stats_finalize merges
+// a channel's positions with its splits.
 // Values are shifted by their channel's first value, as in stats_reduce.
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
@@ -14,6 +17,17 @@
 // One value of x, by its index as a float.
 fn value(index: u32) -> f32 {
     return x[index / 4u][index % 4u];
+}
+
+// The record of the components `mine` of a lane's state, all of one channel and all shifted
+// by that channel's first value: equal-count states, merged in closed form.
+fn group_record(w: Welford, mine: vec4<bool>, first: f32) -> StatsPartial {
+    let ones = vec4<f32>(1.0);
+    let k = dot(select(vec4<f32>(0.0), ones, mine), ones);
+    let m = dot(select(vec4<f32>(0.0), w.mean, mine), ones) / k;
+    let dev = w.mean - vec4<f32>(m);
+    let m2 = dot(select(vec4<f32>(0.0), w.m2 + w.n * dev * dev, mine), ones);
+    return StatsPartial(u32(w.n * k), m, m2, first);
 }
 
 @compute @workgroup_size(256)
@@ -30,12 +44,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let g = wid.y * p.tile_c + lane_c;
 
     var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
-    if g < groups && lane_i < units_i {
-        var shift: vec4<f32>;
-        for (var k = 0u; k < 4u; k++) {
-            let channel = 4u * g + (4u * lane_i + k) / p.inner;
-            shift[k] = value(channel * p.inner);
-        }
+    let reads = g < groups && lane_i < units_i;
+    // The lane's components lie in channels a and b of the group (the same, or neighbours).
+    let split_at = group_channel_split(lane_i, p.inner);
+    let in_b = second_channel(lane_i, split_at, p.inner);
+    var first_a = 0.0;
+    var first_b = 0.0;
+    if reads {
+        first_a = value((4u * g + split_at.x) * p.inner);
+        first_b = value((4u * g + split_at.y) * p.inner);
+        let shift = select(vec4<f32>(first_a), vec4<f32>(first_b), in_b);
         let row_stride = groups * units_i;
         // Rows are at most 256 units long here: splits never cut them (inner_splits = 1).
         let r = split_range(p, split, units_i);
@@ -52,6 +70,25 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             w = add_one(w, x[at] - shift);
         }
     }
+    if LANE_RECORDS {
+        if reads {
+            let positions = grouped_positions(p.inner);
+            let lanes = p.tile_o * positions;
+            for (var k = 0u; k < grouped_channels(split_at); k++) {
+                let s = grouped_slot(lane_i, split_at, in_b, k, p.inner);
+                let channel = 4u * g + s.c;
+                let first = select(first_a, first_b, k == 1u);
+                let record = lane_record(split, lane_o * positions + s.slot, lanes);
+                partials[partial_index(p, channel, record)] = group_record(w, s.mine, first);
+                for (var slot = s.empty_from; slot < positions; slot++) {
+                    let empty = lane_record(split, lane_o * positions + slot, lanes);
+                    partials[partial_index(p, channel, empty)] = StatsPartial(0u, 0.0, 0.0, first);
+                }
+            }
+        }
+        return;
+    }
+
     // Fold over rows only, keeping the tile_i slots of a group apart: slots r and r + j·next
     // hold the same vec4 position while next is a multiple of tile_i.
     fold_stats(lid, lane, w, p.tile_c, p.tile_i, no_span, p.tile_i);

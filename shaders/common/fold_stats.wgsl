@@ -2,6 +2,14 @@
 // host puts before them (src/gpu/kernels.rs): one Welford state per lane in, one per channel
 // unit out. The one-value-per-load kernels carry theirs in component x.
 
+// Set in the grouped and channels-last reductions on CPU rasterizers (Tuning::lane_records;
+// Geometry::new says where): each lane writes its own partial records, which the finalize
+// kernels merge, and the workgroup does no fold. Lavapipe runs a workgroup with barriers as
+// coroutines and pays per lane for every workgroup-memory access, which cost 16×2048×7×7's
+// statistics a third of their time (PERF.md 42); a GPU folds for next to nothing and keeps
+// its records few.
+override LANE_RECORDS: bool = false;
+
 var<workgroup> wg_count: array<u32, 256>;
 var<workgroup> wg_mean: array<vec4<f32>, 256>;
 var<workgroup> wg_m2: array<vec4<f32>, 256>;

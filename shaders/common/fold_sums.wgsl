@@ -2,6 +2,9 @@
 // them (src/gpu/kernels.rs): fold_stats' layout and steps (common/fold_stats.wgsl), for
 // sums. The one-value-per-load kernel carries its sums in component x.
 
+// Each lane writes its own records instead of folding (see fold_stats).
+override LANE_RECORDS: bool = false;
+
 var<workgroup> wg_sum_dy: array<vec4<f32>, 256>;
 var<workgroup> wg_sum_dy_xmu: array<vec4<f32>, 256>;
 

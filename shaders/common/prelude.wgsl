@@ -120,6 +120,54 @@ fn channel_part(v: vec4<f32>, j: u32, e0: u32, e1: u32) -> f32 {
     return dot(select(vec4<f32>(0.0), v, inside), vec4<f32>(1.0));
 }
 
+// The channels, within its group of four, of the first and the last component of position j
+// in the grouped kernels: with inner >= 2 and j's components starting at a multiple of four,
+// they span at most two channels (so a lane loads its per-channel constants twice, not
+// four times).
+fn group_channel_split(j: u32, inner: u32) -> vec2<u32> {
+    return vec2<u32>(4u * j / inner, (4u * j + 3u) / inner);
+}
+
+// Which components of position j belong to the second of those channels, `split`.y, where
+// it differs from the first (none where the position lies in one channel).
+fn second_channel(j: u32, split: vec2<u32>, inner: u32) -> vec4<bool> {
+    let e = vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
+    return (e >= vec4<u32>(split.y * inner)) & vec4<bool>(split.y != split.x);
+}
+
+// How many positions of a group hold values of one channel, at most: the lanes of one
+// channel in the grouped kernels, as many records per split where each lane writes its own
+// (LANE_RECORDS). Channel c spans positions c·inner / 4 ..= ((c + 1)·inner - 1) / 4.
+// Written once more in src/gpu/kernels.rs (grouped_positions).
+fn grouped_positions(inner: u32) -> u32 {
+    return (inner + 2u) / 4u + 1u;
+}
+
+// How many channels position j's components lie in (see group_channel_split).
+fn grouped_channels(split: vec2<u32>) -> u32 {
+    return select(2u, 1u, split.x == split.y);
+}
+
+// Under LANE_RECORDS, the records a grouped lane at position j writes for the k-th channel
+// of its position: that channel's records are one per position it spans, the lane's at
+// `slot`; the slots from `empty_from` up to grouped_positions are written empty by the lane
+// at the channel's last position (grouped_positions if this is not it).
+struct GroupedSlot {
+    // The channel within the group, and which of the lane's components lie in it.
+    c: u32,
+    mine: vec4<bool>,
+    slot: u32,
+    empty_from: u32,
+}
+
+fn grouped_slot(j: u32, split: vec2<u32>, in_b: vec4<bool>, k: u32, inner: u32) -> GroupedSlot {
+    let c = split[k];
+    let j0 = c * inner / 4u;
+    let j1 = ((c + 1u) * inner - 1u) / 4u;
+    let empty_from = select(grouped_positions(inner), j1 - j0 + 1u, j == j1);
+    return GroupedSlot(c, select(!in_b, in_b, k == 1u), j - j0, empty_from);
+}
+
 // Where the record of (channel, split) is: channel-major, each channel's splits side by
 // side for the finalize lanes that merge them. `split` counts over all chunks. (Split-major
 // records measured slower on lavapipe: 8×64×56×56 forward at 0.32 of the copy roof against
@@ -132,6 +180,12 @@ fn partial_record(q: Params, channel: u32, split: u32) -> u32 {
 // chunk's first (split_offset).
 fn partial_index(q: Params, channel: u32, split: u32) -> u32 {
     return partial_record(q, channel, q.split_offset + split);
+}
+
+// Under LANE_RECORDS a split of a reduction holds `lanes` records of each channel, one per
+// lane of the channel in the workgroup: this is the one of the lane of rank `rank`.
+fn lane_record(split: u32, rank: u32, lanes: u32) -> u32 {
+    return split * lanes + rank;
 }
 
 // The rows of a split that one lane along rows reads: every tile_o-th from its own, or, with

@@ -147,9 +147,13 @@ pub(crate) struct Kernels {
     pub(crate) stats_reduce: Kernel,
     pub(crate) stats_reduce_vec4: Kernel,
     pub(crate) stats_reduce_channels: Kernel,
+    /// Twin whose lanes write their own records (LANE_RECORDS), where the tuning has them:
+    /// taken where a workgroup has one lane per unit (Geometry::lane_records).
+    pub(crate) stats_reduce_channels_lanes: Option<Kernel>,
     /// Twin that reads runs per lane (Tuning::run), where the tuning has them: a uniform
     /// could switch one kernel between the two, but lavapipe runs both sides of a branch.
     pub(crate) stats_reduce_vec4_runs: Option<Kernel>,
+    /// With lane records wherever the tuning has them.
     pub(crate) stats_reduce_grouped: Kernel,
     pub(crate) stats_finalize: Kernel,
     pub(crate) eval_finalize: Kernel,
@@ -159,6 +163,7 @@ pub(crate) struct Kernels {
     pub(crate) grad_reduce: Kernel,
     pub(crate) grad_reduce_vec4: Kernel,
     pub(crate) grad_reduce_channels: Kernel,
+    pub(crate) grad_reduce_channels_lanes: Option<Kernel>,
     pub(crate) grad_reduce_vec4_runs: Option<Kernel>,
     pub(crate) grad_reduce_grouped: Kernel,
     pub(crate) grad_finalize: Kernel,
@@ -183,6 +188,11 @@ impl Kernels {
         // The vec4 reductions read their runs in pairs.
         debug_assert!(tuning.run == 1 || tuning.run.is_multiple_of(2));
         let plain = |shader| Kernel::new(device, shader, subgroups, &[]);
+        // The grouped reductions write lane records wherever the tuning asks for them.
+        let grouped = |shader| {
+            let lane_records = tuning.lane_records as u8 as f64;
+            Kernel::new(device, shader, subgroups, &[("LANE_RECORDS", lane_records)])
+        };
         let channels_in_vec4 =
             |shader| Kernel::new(device, shader, subgroups, &[("CHANNELS_IN_VEC4", 1.0)]);
         let by_channels = |shader, frozen: bool| -> Result<ByChannels> {
@@ -201,13 +211,22 @@ impl Kernels {
             })
         };
         let contiguous = tuning.contiguous_rows as u8 as f64;
-        let channels = |shader| {
+        let channels = |shader, lane_records: bool| {
             Kernel::new(
                 device,
                 shader,
                 subgroups,
-                &[("CONTIGUOUS_ROWS", contiguous)],
+                &[
+                    ("CONTIGUOUS_ROWS", contiguous),
+                    ("LANE_RECORDS", lane_records as u8 as f64),
+                ],
             )
+        };
+        let channels_lanes = |shader| {
+            tuning
+                .lane_records
+                .then(|| channels(shader, true))
+                .transpose()
         };
         let runs = |shader| {
             (tuning.run > 1)
@@ -217,9 +236,13 @@ impl Kernels {
         Ok(Self {
             stats_reduce: plain(shader!("stats_reduce", "fold_stats"))?,
             stats_reduce_vec4: plain(shader!("stats_reduce_vec4", "fold_stats"))?,
-            stats_reduce_channels: channels(shader!("stats_reduce_channels", "fold_stats"))?,
+            stats_reduce_channels: channels(shader!("stats_reduce_channels", "fold_stats"), false)?,
+            stats_reduce_channels_lanes: channels_lanes(shader!(
+                "stats_reduce_channels",
+                "fold_stats"
+            ))?,
             stats_reduce_vec4_runs: runs(shader!("stats_reduce_vec4", "fold_stats"))?,
-            stats_reduce_grouped: plain(shader!("stats_reduce_grouped", "fold_stats"))?,
+            stats_reduce_grouped: grouped(shader!("stats_reduce_grouped", "fold_stats"))?,
             stats_finalize: plain(shader!("stats_finalize"))?,
             eval_finalize: plain(shader!("eval_finalize"))?,
             forward_fused: plain(shader!("forward_fused", "fold_stats"))?,
@@ -230,9 +253,13 @@ impl Kernels {
             ))?,
             grad_reduce: plain(shader!("grad_reduce", "fold_sums"))?,
             grad_reduce_vec4: plain(shader!("grad_reduce_vec4", "fold_sums"))?,
-            grad_reduce_channels: channels(shader!("grad_reduce_channels", "fold_sums"))?,
+            grad_reduce_channels: channels(shader!("grad_reduce_channels", "fold_sums"), false)?,
+            grad_reduce_channels_lanes: channels_lanes(shader!(
+                "grad_reduce_channels",
+                "fold_sums"
+            ))?,
             grad_reduce_vec4_runs: runs(shader!("grad_reduce_vec4", "fold_sums"))?,
-            grad_reduce_grouped: plain(shader!("grad_reduce_grouped", "fold_sums"))?,
+            grad_reduce_grouped: grouped(shader!("grad_reduce_grouped", "fold_sums"))?,
             grad_finalize: plain(shader!("grad_finalize"))?,
             apply_forward: plain(shader!("apply_forward"))?,
             apply_forward_vec4: by_channels(shader!("apply_forward_vec4", "apply_vec4"), false)?,
@@ -260,7 +287,10 @@ impl Kernels {
             (Reduce::Vec4Inner, Some(runs)) if geometry.runs => runs,
             (Reduce::Scalar, _) => &self.stats_reduce,
             (Reduce::Vec4Inner, _) => &self.stats_reduce_vec4,
-            (Reduce::Vec4Channels, _) => &self.stats_reduce_channels,
+            (Reduce::Vec4Channels, _) => match &self.stats_reduce_channels_lanes {
+                Some(lanes) if geometry.lane_records => lanes,
+                _ => &self.stats_reduce_channels,
+            },
             (Reduce::Vec4Grouped, _) => &self.stats_reduce_grouped,
         }
     }
@@ -280,7 +310,10 @@ impl Kernels {
             (Reduce::Vec4Inner, Some(runs)) if geometry.runs => runs,
             (Reduce::Scalar, _) => &self.grad_reduce,
             (Reduce::Vec4Inner, _) => &self.grad_reduce_vec4,
-            (Reduce::Vec4Channels, _) => &self.grad_reduce_channels,
+            (Reduce::Vec4Channels, _) => match &self.grad_reduce_channels_lanes {
+                Some(lanes) if geometry.lane_records => lanes,
+                _ => &self.grad_reduce_channels,
+            },
             (Reduce::Vec4Grouped, _) => &self.grad_reduce_grouped,
         }
     }
@@ -388,6 +421,12 @@ pub(crate) struct Tuning {
     pub contiguous_rows: bool,
     /// Whether the training forward may read x once when channels fit (forward_fused).
     pub single_read: bool,
+    /// Whether the lanes of a reduction may write their own partial records instead of
+    /// folding the workgroup's lanes in workgroup memory (the shaders' LANE_RECORDS; where,
+    /// Geometry::new says): a GPU folds for next to nothing and keeps its records few; a CPU
+    /// rasterizer runs a workgroup with barriers as coroutines and pays per lane for each
+    /// workgroup-memory access, dearest where lanes read little (16×2048×7×7, PERF.md 42).
+    pub lane_records: bool,
 }
 
 impl Tuning {
@@ -401,6 +440,7 @@ impl Tuning {
                 contiguous_rows: true,
                 // Measured slower there: lavapipe saves every lane's registers at each barrier.
                 single_read: false,
+                lane_records: true,
             },
             _ => Self {
                 loads_per_lane: 64,
@@ -411,6 +451,7 @@ impl Tuning {
                 // Measured slower on an H100 too (PERF.md 41): with whole channels per
                 // workgroup, too few workgroups run to keep the memory busy.
                 single_read: false,
+                lane_records: false,
             },
         }
     }
@@ -493,6 +534,8 @@ pub(crate) struct Geometry {
     pub reduce: Reduce,
     /// The vec4 reductions are the run-reading twins (Kernels::stats_reduce_vec4_runs).
     pub runs: bool,
+    /// The reductions' lanes write their own partial records (Tuning::lane_records).
+    pub lane_records: bool,
     /// Set when the training forward can read x once (see forward_fused_vec4.wgsl); only for
     /// tensors that fit one storage binding.
     pub fused: Option<Fused>,
@@ -677,6 +720,25 @@ impl Geometry {
         // The grouped shaders keep a lane to one position of a whole row of groups.
         debug_assert!(reduce != Reduce::Vec4Grouped || inner_splits == 1);
         let (rows_per_split, inner_per_split) = (rows_per_split as u32, inner_per_split as u32);
+        // Lane records where the tuning wants them and they cost no more records than the
+        // fold (one lane per unit), or where the fold's merge is dear (the grouped kernels,
+        // whose writer lanes merge a channel's positions one after another). A lane record
+        // is written and read back per lane, as dear as the fold per lane on lavapipe, so
+        // where a workgroup has many lanes per unit (channels-last 56×56: 16) they measured
+        // slower (PERF.md 42).
+        let lane_records = tuning.lane_records
+            && match reduce {
+                Reduce::Vec4Grouped => true,
+                Reduce::Vec4Channels => tile_o == 1,
+                Reduce::Scalar | Reduce::Vec4Inner => false,
+            };
+        // Records per channel that one split writes: one, but the grouped lane records, one
+        // per lane along rows and position the channel spans.
+        let records_per_split = if lane_records && reduce == Reduce::Vec4Grouped {
+            tile_o * grouped_positions(inner)
+        } else {
+            1
+        };
 
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
         let plane = channels as u64 * inner as u64;
@@ -708,6 +770,7 @@ impl Geometry {
         while first_row < outer as u64 {
             let rows = (outer as u64 - first_row).min(rows_per_chunk);
             let chunk_splits = (rows as u32).div_ceil(rows_per_split) * inner_splits;
+            let chunk_records = chunk_splits * records_per_split;
             let apply_rows = rows.div_ceil(planes_per_row);
             let apply_rows_per_group = apply_rows.min(16).max(apply_rows.div_ceil(max_groups));
             let params = Params {
@@ -742,7 +805,7 @@ impl Geometry {
                     apply_rows.div_ceil(apply_rows_per_group) as u32,
                 ),
             });
-            splits += chunk_splits;
+            splits += chunk_records;
             first_row += rows;
         }
         // Lanes enough per channel that each merges about MERGES_PER_LANE splits, but never so
@@ -764,6 +827,7 @@ impl Geometry {
         Ok(Self {
             reduce,
             runs: run > 1,
+            lane_records,
             fused,
             apply,
             finalize_groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1),
@@ -772,6 +836,13 @@ impl Geometry {
             chunks,
         })
     }
+}
+
+/// How many vec4 positions of a group of four channels hold values of one channel, at most
+/// (as `grouped_positions` in shaders/common/prelude.wgsl): channel c spans positions
+/// c·inner / 4 ..= ((c + 1)·inner − 1) / 4.
+fn grouped_positions(inner: u32) -> u32 {
+    (inner + 2) / 4 + 1
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -897,6 +968,54 @@ mod tests {
                 lanes == wanted || p.channels.div_ceil(per_group / 2) > max_groups,
                 "{dims:?}"
             );
+        }
+    }
+
+    /// Lane records under a CPU rasterizer's tuning where they add no records (a workgroup
+    /// with one lane per unit) and in the grouped reductions (a record per lane along rows
+    /// and position of a channel); the fold everywhere else and under a GPU's tuning.
+    #[test]
+    fn lane_records_where_the_tiling_asks() {
+        let limits = wgpu::Limits::default();
+        let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
+        let cpu = Tuning::for_device(Some(wgpu::DeviceType::Cpu));
+        // (dims, layout, tuning, lane records, records per channel) worked out by hand.
+        let cases: [(&[usize], Layout, Tuning, bool, u32); 6] = [
+            // Groups of four 7×7 channels: 64 lanes along inner, 4 groups, 1 along rows; all
+            // 16 rows in one split; a channel spans 13 of a group's 49 positions.
+            (&[16, 2048, 7, 7], Layout::ChannelsFirst, cpu, true, 13),
+            // The same under a GPU's tuning: four splits wanted, but at least 8 loads per
+            // lane (11 rows), so two splits, folded.
+            (&[16, 2048, 7, 7], Layout::ChannelsFirst, gpu, false, 2),
+            // 512 units of four channels: 256 lanes along channels, one along rows; 392
+            // rows over 16 splits of 25 for the 32 workgroups wanted.
+            (&[8, 7, 7, 2048], Layout::ChannelsLast, cpu, true, 16),
+            // 16 units: 16 lanes along rows, so folded.
+            (&[32, 56, 56, 64], Layout::ChannelsLast, cpu, false, 32),
+            // (N, C) of 1024 units: 1024 rows over 8 splits of 128 for 32 workgroups.
+            (&[1024, 4096], Layout::ChannelsFirst, cpu, true, 8),
+            // Channels-first vec4 reductions always fold (here over 8 splits of 4 rows, each
+            // cut into 4 ranges along inner for the 32 workgroups wanted).
+            (&[32, 64, 56, 56], Layout::ChannelsFirst, cpu, false, 32),
+        ];
+        for (dims, layout, tuning, lane_records, splits) in cases {
+            let shape = Shape::new(dims, layout).unwrap();
+            let g = Geometry::new(&shape, &limits, tuning).unwrap();
+            assert_eq!(
+                (g.lane_records, g.splits),
+                (lane_records, splits),
+                "{dims:?}"
+            );
+        }
+        // Every channel's positions fit its records: channel c spans positions c·inner / 4
+        // ..= ((c + 1)·inner − 1) / 4 of its group.
+        for inner in 2..=256u32 {
+            let most = (0..4)
+                .map(|c| ((c + 1) * inner - 1) / 4 - c * inner / 4 + 1)
+                .max()
+                .unwrap();
+            assert!(most <= grouped_positions(inner), "inner {inner}");
+            assert!(grouped_positions(inner) <= most + 1, "inner {inner}");
         }
     }
 }
