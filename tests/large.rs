@@ -98,6 +98,26 @@ fn a_sample_over_one_binding_is_refused() {
     }
 }
 
+/// 1024 channels over 64 chunks of a 64 KiB binding: even one split per chunk makes 64
+/// records per channel, 1 MiB of them, which no binding holds; refused before anything runs.
+#[test]
+fn partial_records_over_one_binding_are_refused() {
+    let ctx = small_binding_context(64 << 10, false);
+    let mut bn = BatchNorm::new(BatchNormConfig::new(1024), Device::Gpu(ctx)).unwrap();
+    let before = bn.running_mean().unwrap();
+    let x = ndarray::ArrayD::<f32>::ones(ndarray::IxDyn(&[1024, 1024]));
+    match bn.forward(x.view(), CF) {
+        Err(BnError::Limit { what, value, limit }) => {
+            assert!(what.contains("partial records"), "{what}");
+            assert!(value >= 1024 * 64 * 16, "{value}");
+            assert_eq!(limit, 64 << 10);
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    assert_eq!(bn.running_mean().unwrap(), before);
+    assert_eq!(bn.num_batches_tracked(), Some(0));
+}
+
 /// (N, C) with N·C > 65535·256: more workgroups than fit one dispatch dimension, were they
 /// laid out in a line; and M > 2^24 values in one channel, where an f32 count would stop
 /// counting.

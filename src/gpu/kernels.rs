@@ -817,6 +817,13 @@ impl Geometry {
         while channels.div_ceil(MERGE_WORKGROUP / merge_lanes) as u64 > max_groups {
             merge_lanes /= 2;
         }
+        // The finalize kernels bind every channel's records at once: at least one per chunk,
+        // so a tensor of many chunks and many channels can need more than a binding holds.
+        limit(
+            "bytes of the partial records (channels × splits × 16), in one storage binding",
+            channels as u64 * splits as u64 * PARTIAL_BYTES,
+            max_binding,
+        )?;
         for chunk in &mut chunks {
             chunk.params.splits = splits;
             chunk.params.merge_lanes = merge_lanes;
@@ -931,24 +938,39 @@ mod tests {
         let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
         let cpu = Tuning::for_device(Some(wgpu::DeviceType::Cpu));
         let most = max_channels(&limits) as usize;
-        // (dims, layout, tuning, splits, lanes) worked out by hand from the split rules.
-        let cases: [(&[usize], Layout, Tuning, u32, u32); 5] = [
+        // A GPU that binds 2 GiB at once, as an H100 does (our cap).
+        let wide = wgpu::Limits {
+            max_storage_buffer_binding_size: MAX_BINDING_BYTES,
+            ..limits.clone()
+        };
+        // (dims, layout, tuning, limits, splits, lanes) worked out by hand from the split
+        // rules.
+        type Case<'a> = (&'a [usize], Layout, Tuning, &'a wgpu::Limits, u32, u32);
+        let cases: [Case; 5] = [
             // 32×64×56×56 channels-last, the H100's slow merge (PERF.md 41): 100,352 rows of
             // 16 vec4, cut for 512 workgroups into splits of 208 rows, so 483 splits.
-            (&[32, 56, 56, 64], Layout::ChannelsLast, gpu, 483, 64),
+            (
+                &[32, 56, 56, 64],
+                Layout::ChannelsLast,
+                gpu,
+                &limits,
+                483,
+                64,
+            ),
             // (N, C) with 4096 channels: 1024 rows over 128 splits of 8 rows.
-            (&[1024, 4096], Layout::ChannelsFirst, gpu, 128, 16),
-            // 2^20 channels: 16 lanes would take 65536 workgroups, one more than a
-            // dimension holds, so 8.
-            (&[4096, 1 << 20], Layout::ChannelsLast, gpu, 128, 8),
+            (&[1024, 4096], Layout::ChannelsFirst, gpu, &limits, 128, 16),
+            // 3·2^20 channels, 12 MiB rows: 11 chunks of 170 rows, each 3 splits of at most
+            // 64, so 33 splits (1.66 GB of records) and 8 lanes; but 8 lanes would take
+            // 98,304 workgroups, more than a dimension holds, so 4.
+            (&[1870, 3 << 20], Layout::ChannelsFirst, gpu, &wide, 33, 4),
             // The same 32×64×56×56 under a CPU rasterizer's tuning: few, long splits.
-            (&[32, 56, 56, 64], Layout::ChannelsLast, cpu, 32, 4),
+            (&[32, 56, 56, 64], Layout::ChannelsLast, cpu, &limits, 32, 4),
             // The most channels a layer takes: one split each, one lane.
-            (&[2, most], Layout::ChannelsFirst, gpu, 1, 1),
+            (&[2, most], Layout::ChannelsFirst, gpu, &limits, 1, 1),
         ];
-        for (dims, layout, tuning, splits, lanes) in cases {
+        for (dims, layout, tuning, limits, splits, lanes) in cases {
             let shape = Shape::new(dims, layout).unwrap();
-            let g = Geometry::new(&shape, &limits, tuning).unwrap();
+            let g = Geometry::new(&shape, limits, tuning).unwrap();
             let p = g.chunks[0].params;
             assert_eq!((g.splits, p.merge_lanes), (splits, lanes), "{dims:?}");
             assert!(g.chunks.iter().all(|c| c.params.merge_lanes == lanes));
