@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::config::Layout;
+
 /// Everything that can go wrong in this crate. Limit violations carry the value and the limit.
 #[derive(Debug, Error)]
 pub enum BnError {
@@ -34,6 +36,14 @@ pub enum BnError {
         a: Vec<usize>,
         b_name: &'static str,
         b: Vec<usize>,
+    },
+
+    #[error("layouts differ: {a_name} is {a:?} but {b_name} is {b:?}")]
+    LayoutMismatch {
+        a_name: &'static str,
+        a: Layout,
+        b_name: &'static str,
+        b: Layout,
     },
 
     #[error("invalid {name} = {value}: {reason}")]

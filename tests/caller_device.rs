@@ -4,7 +4,7 @@ mod common;
 
 use common::{rel_l2, Rng};
 use wgpu_batchnorm::{
-    BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
+    BatchNorm, BatchNormConfig, BnError, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
 };
 
 fn read(
@@ -145,6 +145,28 @@ fn records_into_the_callers_encoder_on_the_callers_buffers() {
         GpuTensor::new(&y, &[4, 6, 5, 4], layout).is_err(),
         "short buffer accepted"
     );
+    // An output of x's dims in the other layout, and a dx of other dims: each error names
+    // the tensor at fault.
+    let y_last = GpuTensor::new(&y, &dims, Layout::ChannelsLast).unwrap();
+    match layer.forward(&mut encoder, &x_t, &y_last) {
+        Err(BnError::LayoutMismatch {
+            a_name,
+            b_name,
+            a,
+            b,
+        }) => {
+            assert_eq!((a_name, b_name), ("x", "y"));
+            assert_eq!((a, b), (layout, Layout::ChannelsLast));
+        }
+        other => panic!("expected a layout mismatch, got {other:?}"),
+    }
+    let dx_other = GpuTensor::new(&dx, &[4, 6, 3, 5], layout).unwrap();
+    match layer.backward(&mut encoder, &x_t, &dy_t, &dx_other) {
+        Err(BnError::ShapeMismatch { b_name, b, .. }) => {
+            assert_eq!((b_name, b), ("dx", vec![4, 6, 3, 5]));
+        }
+        other => panic!("expected a shape mismatch, got {other:?}"),
+    }
     // A shape whose byte count wraps u64 (2^61 · 2 · 4 = 2^66) must not pass as small.
     assert!(
         matches!(

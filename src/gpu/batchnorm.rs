@@ -400,7 +400,11 @@ impl GpuBatchNorm {
     /// Checks that the tensors share one shape with num_features channels, sit at bindable
     /// offsets, that no output aliases an input, and that none is one of the layer's own
     /// buffers.
-    fn check_tensors(&self, inputs: &[(&str, &GpuTensor)], output: &GpuTensor) -> Result<()> {
+    fn check_tensors(
+        &self,
+        inputs: &[(&'static str, &GpuTensor)],
+        (output_name, output): (&'static str, &GpuTensor),
+    ) -> Result<()> {
         let shape = &inputs[0].1.shape;
         shape.expect_channels(self.config.num_features)?;
         let align = self.ctx.limits().min_storage_buffer_offset_alignment as u64;
@@ -414,13 +418,21 @@ impl GpuBatchNorm {
             &self.dgamma,
             &self.dbeta,
         ];
-        for (name, t) in inputs.iter().chain([&("output", output)]) {
-            if t.shape.dims() != shape.dims() || t.shape.layout() != shape.layout() {
+        for &(name, t) in inputs.iter().chain([&(output_name, output)]) {
+            if t.shape.dims() != shape.dims() {
                 return Err(BnError::ShapeMismatch {
                     a_name: "x",
                     a: shape.dims().to_vec(),
-                    b_name: if *name == "dy" { "dy" } else { "output" },
+                    b_name: name,
                     b: t.shape.dims().to_vec(),
+                });
+            }
+            if t.shape.layout() != shape.layout() {
+                return Err(BnError::LayoutMismatch {
+                    a_name: "x",
+                    a: shape.layout(),
+                    b_name: name,
+                    b: t.shape.layout(),
                 });
             }
             if t.offset % align != 0 {
@@ -440,11 +452,11 @@ impl GpuBatchNorm {
                     ),
                 });
             }
-            if *name != "output" && t.buffer == output.buffer {
+            if name != output_name && t.buffer == output.buffer {
                 return Err(BnError::Buffer {
                     name: "tensor",
                     reason: format!(
-                        "{name} and the output share a buffer: in-place is not supported"
+                        "{name} and {output_name} share a buffer: in-place is not supported"
                     ),
                 });
             }
@@ -538,7 +550,7 @@ impl GpuBatchNorm {
         x: &GpuTensor,
         y: &GpuTensor,
     ) -> Result<(u64, Saved, Vec<Step<'k>>)> {
-        self.check_tensors(&[("x", x)], y)?;
+        self.check_tensors(&[("x", x)], ("y", y))?;
         let batches_after = self.check_forward(&x.shape)?;
         let batch_stats = self.uses_batch_stats();
         let training = self.training;
@@ -693,7 +705,7 @@ impl GpuBatchNorm {
         dy: &GpuTensor,
         dx: &GpuTensor,
     ) -> Result<Vec<Step<'k>>> {
-        self.check_tensors(&[("x", x), ("dy", dy)], dx)?;
+        self.check_tensors(&[("x", x), ("dy", dy)], ("dx", dx))?;
         let saved = self.saved_for(&x.shape)?;
         if x.shape.is_empty() {
             return Ok(Vec::new());
