@@ -39,7 +39,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         units_c = p.channels / 4u;
         units_i = 1u;
     }
-    let span = subgroup_span(p.tile_c, p.tile_i);
+    let span = subgroup_span(lid, p.tile_c, p.tile_i);
     let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;

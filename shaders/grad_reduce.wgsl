@@ -14,7 +14,7 @@
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let split = wid.x;
-    let span = subgroup_span(p.tile_c, p.tile_i);
+    let span = subgroup_span(lid, p.tile_c, p.tile_i);
     let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;

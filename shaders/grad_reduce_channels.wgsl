@@ -40,7 +40,12 @@ fn write_partials(unit: u32, record: u32, s: vec4<f32>, sx: vec4<f32>) {
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let units_c = p.channels / 4u;
     let split = wid.x;
-    let span = subgroup_span(p.tile_c, 1u);
+    // The span matters only to the fold, which lane records skip, and its reading costs a
+    // barrier (subgroups_on.wgsl), the thing lane records are there to save.
+    var span = vec2<u32>(1u, 1u);
+    if !LANE_RECORDS {
+        span = subgroup_span(lid, p.tile_c, 1u);
+    }
     let lane = lane_of(lid, p.tile_c, 1u, span);
     let u = wid.y * p.tile_c + lane.c;
 

@@ -25,7 +25,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let units_c = p.channels;
     let units_i = p.inner / 4u;
     let split = wid.x;
-    let span = subgroup_span(p.tile_c, p.tile_i);
+    let span = subgroup_span(lid, p.tile_c, p.tile_i);
     let lane = lane_of(lid, p.tile_c, p.tile_i, span);
     let lane_i = lane.i;
     let lane_c = lane.c;

@@ -1,7 +1,7 @@
 // Without subgroup operations every lane enters the workgroup fold with its own state.
 // (Twin of subgroups_on.wgsl; the host appends one of the two to the prelude.)
 
-fn subgroup_span(tile_c: u32, tile_i: u32) -> vec2<u32> {
+fn subgroup_span(lid: u32, tile_c: u32, tile_i: u32) -> vec2<u32> {
     return vec2<u32>(1u, 1u);
 }
 

@@ -7,8 +7,19 @@
 // belong to one channel; the butterfly exchanges over exactly those and leaves the merged
 // state in every lane of the group. Call from uniform control flow: all lanes active.
 
-fn subgroup_span(tile_c: u32, tile_i: u32) -> vec2<u32> {
-    let size = subgroupAdd(1u);
+var<workgroup> wg_subgroup_size: u32;
+
+// The lanes along inner and along rows that a subgroup spans. Call from uniform control
+// flow, once per workgroup: the fold's barriers loop on the span, so it must be uniform to
+// WGSL's analysis, and subgroupAdd's sum, though the same in every lane of a 256-lane
+// workgroup of whole subgroups, is not; workgroupUniformLoad's result is (at the price of a
+// barrier).
+fn subgroup_span(lid: u32, tile_c: u32, tile_i: u32) -> vec2<u32> {
+    let lanes = subgroupAdd(1u);
+    if lid == 0u {
+        wg_subgroup_size = lanes;
+    }
+    let size = workgroupUniformLoad(&wg_subgroup_size);
     return vec2<u32>(min(tile_i, size), max(size / (tile_i * tile_c), 1u));
 }
 

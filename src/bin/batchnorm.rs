@@ -483,6 +483,8 @@ fn info() -> Result<()> {
         "reductions: {}",
         if ctx.subgroups() {
             "subgroup operations, then workgroup memory"
+        } else if ctx.device().features().contains(wgpu::Features::SUBGROUP) {
+            "workgroup memory (subgroups unused on a CPU rasterizer)"
         } else {
             "workgroup memory (no usable subgroups)"
         }

@@ -148,10 +148,11 @@ impl GpuContext {
         queue: wgpu::Queue,
         adapter_info: Option<wgpu::AdapterInfo>,
     ) -> Result<Self> {
-        let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
-            && subgroups_are_lane_runs(&device, &queue)?;
         // A caller's device is taken to be a GPU.
         let tuning = Tuning::for_device(adapter_info.as_ref().map(|i| i.device_type));
+        let subgroups = tuning.subgroups
+            && device.features().contains(wgpu::Features::SUBGROUP)
+            && subgroups_are_lane_runs(&device, &queue)?;
         let kernels = Kernels::new(&device, subgroups, tuning)?;
         Ok(Self {
             limits: device.limits(),

@@ -427,6 +427,10 @@ pub(crate) struct Tuning {
     /// rasterizer runs a workgroup with barriers as coroutines and pays per lane for each
     /// workgroup-memory access, dearest where lanes read little (16×2048×7×7, PERF.md 42).
     pub lane_records: bool,
+    /// Whether the reductions merge lanes with subgroup operations where the device has
+    /// them: on GPUs it saves a fold level; on lavapipe it saved nothing (PERF.md 18) and
+    /// reading the subgroup size uniformly costs a barrier (PERF.md 43).
+    pub subgroups: bool,
 }
 
 impl Tuning {
@@ -441,6 +445,7 @@ impl Tuning {
                 // Measured slower there: lavapipe saves every lane's registers at each barrier.
                 single_read: false,
                 lane_records: true,
+                subgroups: false,
             },
             _ => Self {
                 loads_per_lane: 64,
@@ -452,6 +457,7 @@ impl Tuning {
                 // workgroup, too few workgroups run to keep the memory busy.
                 single_read: false,
                 lane_records: false,
+                subgroups: true,
             },
         }
     }
