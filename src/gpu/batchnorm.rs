@@ -808,7 +808,23 @@ impl GpuBatchNorm {
     /// yet submitted.
     pub fn forward_array(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         let ctx = self.ctx.clone();
-        ctx.scoped("forward", || self.run_forward(x, layout))
+        // A forward that fails once recorded (its submission refused, or its results lost
+        // with the device) gives the caller nothing, so it counts for nothing: the host
+        // state goes back to where it was, as after any refusal.
+        let before = (
+            self.num_batches_tracked,
+            self.saved_for_backward.clone(),
+            self.pending_count.clone(),
+        );
+        let result = ctx.scoped("forward", || self.run_forward(x, layout));
+        if result.is_err() {
+            (
+                self.num_batches_tracked,
+                self.saved_for_backward,
+                self.pending_count,
+            ) = before;
+        }
+        result
     }
 
     fn run_forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
