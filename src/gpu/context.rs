@@ -224,7 +224,8 @@ impl GpuContext {
     }
 
     /// How many buffers this crate has made on the context: flat in steady state, since
-    /// every buffer is made once per layer or per input shape and then reused.
+    /// every buffer is made once per layer or per input shape and then reused (but for one
+    /// small buffer per call of `set_num_batches_tracked`, the count it carries to the GPU).
     pub fn buffers_created(&self) -> u64 {
         self.buffers_created.load(Ordering::Relaxed)
     }
