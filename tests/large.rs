@@ -25,6 +25,22 @@ fn small_binding_context(binding: u64, subgroups: bool) -> Arc<GpuContext> {
     ctx
 }
 
+/// The same, described as a CPU rasterizer whatever the adapter is: its reductions write
+/// lane records (grouped planes, and channels-last rows of one lane per unit), whose record
+/// offsets run on from chunk to chunk.
+fn small_binding_cpu_tuned_context(binding: u64) -> Arc<GpuContext> {
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: binding,
+        ..wgpu::Limits::default()
+    };
+    let (device, queue, info) = common::caller_adapter_device(false, Some(limits));
+    let info = wgpu::AdapterInfo {
+        device_type: wgpu::DeviceType::Cpu,
+        ..info
+    };
+    GpuContext::from_adapter_device(device, queue, info).unwrap()
+}
+
 fn check_all(ctx: Arc<GpuContext>, cases: &[(&[usize], Layout, f64, f64)]) {
     let mut errors = Vec::new();
     for (i, &(dims, layout, mean, std)) in cases.iter().enumerate() {
@@ -52,6 +68,7 @@ fn chunked_bindings_should_match_reference() {
     for subgroups in [true, false] {
         chunked_bindings(small_binding_context(64 << 10, subgroups));
     }
+    chunked_bindings(small_binding_cpu_tuned_context(64 << 10));
 }
 
 fn chunked_bindings(ctx: Arc<GpuContext>) {
@@ -64,6 +81,14 @@ fn chunked_bindings(ctx: Arc<GpuContext>) {
             (&[90, 3, 5, 11], CF, -1.0, 1.0), // scalar
             (&[70, 5, 9, 3], CL, -1.0, 1.0),  // scalar, channels last
             (&[20000, 3], CF, 2.0, 0.5),      // (N, C), many small rows
+            (&[300, 8, 5, 5], CF, 0.5, 2.0),  // grouped, two positions per channel
+            // (N, C) of 256 units, one lane per unit, over 3 chunks of 16 rows: a CPU
+            // rasterizer's tuning wants two splits per chunk, the binding holds four records
+            // per channel, so one per chunk.
+            (&[48, 1024], CF, -1.0, 1.0),
+            // 256 channels over 10 chunks of 64 rows: the splits that a GPU's tuning wants,
+            // two per chunk, would make more records than the binding holds; one per chunk.
+            (&[640, 256], CF, 0.5, 2.0),
         ],
     );
 }

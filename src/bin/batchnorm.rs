@@ -483,10 +483,15 @@ fn info() -> Result<()> {
         "reductions: {}",
         if ctx.subgroups() {
             "subgroup operations, then workgroup memory"
-        } else if ctx.device().features().contains(wgpu::Features::SUBGROUP) {
+        } else if !ctx.device().features().contains(wgpu::Features::SUBGROUP) {
+            "workgroup memory (no subgroups)"
+        } else if ctx
+            .adapter_info()
+            .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
+        {
             "workgroup memory (subgroups unused on a CPU rasterizer)"
         } else {
-            "workgroup memory (no usable subgroups)"
+            "workgroup memory (subgroups not runs of consecutive invocations)"
         }
     );
     let l = ctx.limits();

@@ -810,7 +810,9 @@ impl GpuBatchNorm {
         let ctx = self.ctx.clone();
         // A forward that fails once recorded (its submission refused, or its results lost
         // with the device) gives the caller nothing, so it counts for nothing: the host
-        // state goes back to where it was, as after any refusal.
+        // state goes back to where it was, as after any refusal. (A read-back failing on a
+        // device that is not lost, never seen, would leave the GPU's running statistics and
+        // count one batch ahead of the host's count.)
         let before = (
             self.num_batches_tracked,
             self.saved_for_backward.clone(),

@@ -718,14 +718,6 @@ impl Geometry {
                 .next_multiple_of(sweep)
                 .min(units_i as u64);
         }
-        let inner_splits = (units_i as u64).div_ceil(inner_per_split) as u32;
-        // The run loop has no tail: every split's range divides into whole runs.
-        debug_assert!(
-            run == 1 || (units_i.is_multiple_of(run) && inner_per_split.is_multiple_of(run as u64))
-        );
-        // The grouped shaders keep a lane to one position of a whole row of groups.
-        debug_assert!(reduce != Reduce::Vec4Grouped || inner_splits == 1);
-        let (rows_per_split, inner_per_split) = (rows_per_split as u32, inner_per_split as u32);
         // Lane records where the tuning wants them and they cost no more records than the
         // fold (one lane per unit), or where the fold's merge is dear (the grouped kernels,
         // whose writer lanes merge a channel's positions one after another). A lane record
@@ -745,6 +737,32 @@ impl Geometry {
         } else {
             1
         };
+        // The finalize kernels bind every channel's records at once. Where the splits above
+        // would make more than one binding holds (many channels over many chunks), fewer and
+        // longer ones, down to one per chunk; past that the shape is refused below.
+        let chunk_count = (outer as u64).div_ceil(rows_per_chunk);
+        let inner_splits = (units_i as u64).div_ceil(inner_per_split);
+        let per_channel_split = channels as u64 * PARTIAL_BYTES * records_per_split as u64;
+        let splits_fit = max_binding / per_channel_split;
+        let (rows_per_split, inner_per_split) =
+            if chunk_count * row_splits * inner_splits > splits_fit {
+                let per_chunk = (splits_fit / chunk_count).max(1);
+                let rows = chunk_rows
+                    .div_ceil(per_chunk)
+                    .max(chunk_rows.div_ceil(max_groups))
+                    .next_multiple_of(tile_o64);
+                (rows, units_i as u64)
+            } else {
+                (rows_per_split, inner_per_split)
+            };
+        let inner_splits = (units_i as u64).div_ceil(inner_per_split) as u32;
+        // The run loop has no tail: every split's range divides into whole runs.
+        debug_assert!(
+            run == 1 || (units_i.is_multiple_of(run) && inner_per_split.is_multiple_of(run as u64))
+        );
+        // The grouped shaders keep a lane to one position of a whole row of groups.
+        debug_assert!(reduce != Reduce::Vec4Grouped || inner_splits == 1);
+        let (rows_per_split, inner_per_split) = (rows_per_split as u32, inner_per_split as u32);
 
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
         let plane = channels as u64 * inner as u64;
@@ -1045,5 +1063,25 @@ mod tests {
             assert!(most <= grouped_positions(inner), "inner {inner}");
             assert!(grouped_positions(inner) <= most + 1, "inner {inner}");
         }
+    }
+
+    /// Many channels over many chunks: where the splits chosen for workgroups would make more
+    /// partial records than one binding holds, the splits grow longer until they fit.
+    #[test]
+    fn partial_records_fit_one_binding() {
+        let wide = wgpu::Limits {
+            max_storage_buffer_binding_size: MAX_BINDING_BYTES,
+            ..wgpu::Limits::default()
+        };
+        let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
+        // 3·2^20 channels, 12 MiB rows: 15 chunks of up to 170 rows. Splits of 64 rows make
+        // 3 per chunk, 45 in all, 2.26 GB of records; 2 GiB holds 42 splits, so 2 per chunk
+        // of 85 rows (the last chunk's 20 rows one): 29 splits, 1.46 GB.
+        let shape = Shape::new(&[2400, 3 << 20], Layout::ChannelsFirst).unwrap();
+        let g = Geometry::new(&shape, &wide, gpu).unwrap();
+        assert_eq!(g.chunks.len(), 15);
+        assert_eq!(g.splits, 29);
+        assert!(g.chunks.iter().all(|c| c.params.rows_per_split == 85));
+        assert!(g.partials_bytes() <= MAX_BINDING_BYTES);
     }
 }
