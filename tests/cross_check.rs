@@ -60,6 +60,7 @@ fn odd_and_small_shapes_should_match_reference() {
 fn grouped_planes_should_match_reference() {
     run_all(&[
         (&[16, 8, 7, 7], CF, 0.5, 2.0),
+        (&[6, 8, 5, 5], CF, 0.5, 2.0),
         (&[5, 8, 3], CF, -1.0, 1.0),
         (&[3, 4, 255], CF, 0.0, 1.0),
         (&[2, 12, 2], CF, 0.0, 1.0),
