@@ -11,7 +11,7 @@ const CAPACITY: u32 = 64u;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 // After the fold (common/fold_stats.wgsl), slot lid < tile_c of wg_mean and wg_m2 holds its
@@ -68,9 +68,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let invstd = 1.0 / sqrt(var_biased + p.eps);
         let scale = gamma[writer] * invstd;
         // The whole channel is in the first split's record; the others are empty.
-        partials[partial_index(p, writer, 0u)] = StatsPartial(count, folded.mean.x, folded.m2.x, center);
+        partials[partial_index(p, writer, 0u)] = pack_stats(StatsPartial(count, folded.mean.x, folded.m2.x, center));
         for (var s = 1u; s < p.splits; s++) {
-            partials[partial_index(p, writer, s)] = StatsPartial(0u, 0.0, 0.0, 0.0);
+            partials[partial_index(p, writer, s)] = pack_stats(StatsPartial(0u, 0.0, 0.0, 0.0));
         }
         wg_shift[lid] = beta[writer] - folded.mean.x * scale;
         wg_mean[lid].x = center;

@@ -24,7 +24,7 @@ const CAPACITY: u32 = 16u;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> y: array<vec4<f32>>;
 
 // After the fold (common/fold_stats.wgsl), slot lid < tile_c of wg_mean and wg_m2 holds its
@@ -102,9 +102,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             shifts[k] = beta[c] - means[k] * scales[k];
             if k < lanes_out {
                 // The whole channel is in the first split's record; the others are empty.
-                partials[partial_index(p, c, 0u)] = StatsPartial(count, means[k], m2s[k], centers[k]);
+                partials[partial_index(p, c, 0u)] = pack_stats(StatsPartial(count, means[k], m2s[k], centers[k]));
                 for (var s = 1u; s < p.splits; s++) {
-                    partials[partial_index(p, c, s)] = StatsPartial(0u, 0.0, 0.0, 0.0);
+                    partials[partial_index(p, c, s)] = pack_stats(StatsPartial(0u, 0.0, 0.0, 0.0));
                 }
             }
         }

@@ -14,7 +14,7 @@ const FROZEN_STATS: u32 = 4u;
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> partials: array<GradPartial>;
+@group(0) @binding(1) var<storage, read> partials: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read> saved: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dgamma: array<f32>;
@@ -32,7 +32,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var sums = vec2<f32>(0.0);
     if c < p.channels {
         for (var k = lane; k < p.splits; k += lanes) {
-            let part = partials[partial_record(p, c, k)];
+            let part = unpack_grad(partials[partial_record(p, c, k)]);
             sums += vec2<f32>(part.sum_dy, part.sum_dy_xmu);
         }
     }

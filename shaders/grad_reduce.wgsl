@@ -9,7 +9,7 @@
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 // (center, offset, invstd, var), mean = center + offset
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -43,6 +43,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Lane lid < tile_c now holds channel `writer`.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
-        partials[partial_index(p, writer, split)] = GradPartial(folded.sum_dy.x, folded.sum_dy_xmu.x);
+        partials[partial_index(p, writer, split)] = pack_grad(GradPartial(folded.sum_dy.x, folded.sum_dy_xmu.x));
     }
 }

@@ -11,7 +11,7 @@ override CONTIGUOUS_ROWS: bool = false;
 @group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
 // (center, offset, invstd, var), mean = center + offset
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
 
 // The four channels' center and offset of unit u.
 struct Centers {
@@ -32,7 +32,7 @@ fn centers(u: u32) -> Centers {
 // channels.
 fn write_partials(unit: u32, record: u32, s: vec4<f32>, sx: vec4<f32>) {
     for (var c = 0u; c < 4u; c++) {
-        partials[partial_index(p, 4u * unit + c, record)] = GradPartial(s[c], sx[c]);
+        partials[partial_index(p, 4u * unit + c, record)] = pack_grad(GradPartial(s[c], sx[c]));
     }
 }
 

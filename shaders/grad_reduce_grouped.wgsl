@@ -11,7 +11,7 @@
 @group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
 // (center, offset, invstd, var), mean = center + offset
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -69,10 +69,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let ones = vec4<f32>(1.0);
                 let zero = vec4<f32>(0.0);
                 let sums = GradPartial(dot(select(zero, sum_dy, s.mine), ones), dot(select(zero, sum_dy_xmu, s.mine), ones));
-                partials[partial_index(p, channel, lane_record(split, lane_o * positions + s.slot, lanes))] = sums;
+                partials[partial_index(p, channel, lane_record(split, lane_o * positions + s.slot, lanes))] = pack_grad(sums);
                 for (var slot = s.empty_from; slot < positions; slot++) {
                     let empty = lane_record(split, lane_o * positions + slot, lanes);
-                    partials[partial_index(p, channel, empty)] = GradPartial(0.0, 0.0);
+                    partials[partial_index(p, channel, empty)] = pack_grad(GradPartial(0.0, 0.0));
                 }
             }
         }
@@ -96,6 +96,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             s += channel_part(wg_sum_dy[at], j, e0, e1);
             sx += channel_part(wg_sum_dy_xmu[at], j, e0, e1);
         }
-        partials[partial_index(p, 4u * writer + c, split)] = GradPartial(s, sx);
+        partials[partial_index(p, 4u * writer + c, split)] = pack_grad(GradPartial(s, sx));
     }
 }

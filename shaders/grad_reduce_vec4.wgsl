@@ -11,7 +11,7 @@ override RUN: u32 = 1u;
 @group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
 // (center, offset, invstd, var), mean = center + offset
 @group(0) @binding(3) var<storage, read> saved: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> partials: array<GradPartial>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -73,6 +73,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < units_c {
         let ones = vec4<f32>(1.0);
-        partials[partial_index(p, writer, split)] = GradPartial(dot(folded.sum_dy, ones), dot(folded.sum_dy_xmu, ones));
+        partials[partial_index(p, writer, split)] = pack_grad(GradPartial(dot(folded.sum_dy, ones), dot(folded.sum_dy_xmu, ones)));
     }
 }

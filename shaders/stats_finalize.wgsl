@@ -21,7 +21,7 @@ const BIASED_RUNNING_VAR: u32 = 2u;
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> partials: array<StatsPartial>;
+@group(0) @binding(1) var<storage, read> partials: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
@@ -48,9 +48,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var mean = 0.0;
     var m2 = 0.0;
     if c < p.channels {
-        shift = partials[partial_record(p, c, 0u)].shift;
+        shift = unpack_stats(partials[partial_record(p, c, 0u)]).shift;
         for (var k = lane; k < p.splits; k += lanes) {
-            let b = partials[partial_record(p, c, k)];
+            let b = unpack_stats(partials[partial_record(p, c, k)]);
             if b.count == 0u {
                 continue;
             }

@@ -13,7 +13,7 @@
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(2) var<storage, read_write> partials: array<vec4<u32>>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -51,6 +51,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
         let first = x[writer * p.inner];
-        partials[partial_index(p, writer, split)] = StatsPartial(u32(folded.n), folded.mean.x, folded.m2.x, first);
+        partials[partial_index(p, writer, split)] = pack_stats(StatsPartial(u32(folded.n), folded.mean.x, folded.m2.x, first));
     }
 }

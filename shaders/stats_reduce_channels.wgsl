@@ -19,13 +19,13 @@ override CONTIGUOUS_ROWS: bool = false;
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(2) var<storage, read_write> partials: array<vec4<u32>>;
 
 // Unit `unit`'s partial records for this split (record `record` of each channel's): four
 // channels, one count, shifted by the unit's first row.
 fn write_partials(unit: u32, record: u32, w: Welford, first: vec4<f32>) {
     for (var c = 0u; c < 4u; c++) {
-        partials[partial_index(p, 4u * unit + c, record)] = StatsPartial(u32(w.n), w.mean[c], w.m2[c], first[c]);
+        partials[partial_index(p, 4u * unit + c, record)] = pack_stats(StatsPartial(u32(w.n), w.mean[c], w.m2[c], first[c]));
     }
 }
 

@@ -12,7 +12,7 @@
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(2) var<storage, read_write> partials: array<vec4<u32>>;
 
 // One value of x, by its index as a float.
 fn value(index: u32) -> f32 {
@@ -79,10 +79,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let channel = 4u * g + s.c;
                 let first = select(first_a, first_b, k == 1u);
                 let record = lane_record(split, lane_o * positions + s.slot, lanes);
-                partials[partial_index(p, channel, record)] = group_record(w, s.mine, first);
+                partials[partial_index(p, channel, record)] = pack_stats(group_record(w, s.mine, first));
                 for (var slot = s.empty_from; slot < positions; slot++) {
                     let empty = lane_record(split, lane_o * positions + slot, lanes);
-                    partials[partial_index(p, channel, empty)] = StatsPartial(0u, 0.0, 0.0, first);
+                    partials[partial_index(p, channel, empty)] = pack_stats(StatsPartial(0u, 0.0, 0.0, first));
                 }
             }
         }
@@ -121,6 +121,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             s2 += channel_part(wg_m2[at] + f32(n) * dev * dev, j, e0, e1);
         }
         let channel = 4u * writer + c;
-        partials[partial_index(p, channel, split)] = StatsPartial(n * p.inner, m, s2, value(channel * p.inner));
+        partials[partial_index(p, channel, split)] = pack_stats(StatsPartial(n * p.inner, m, s2, value(channel * p.inner)));
     }
 }

@@ -17,7 +17,7 @@ override RUN: u32 = 1u;
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> partials: array<StatsPartial>;
+@group(0) @binding(2) var<storage, read_write> partials: array<vec4<u32>>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -74,6 +74,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let m = (means.x + means.y + means.z + means.w) * 0.25;
         let dev = means - vec4<f32>(m);
         let m2_all = m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev);
-        partials[partial_index(p, writer, split)] = StatsPartial(4u * count, m, m2_all, first.x);
+        partials[partial_index(p, writer, split)] = pack_stats(StatsPartial(4u * count, m, m2_all, first.x));
     }
 }

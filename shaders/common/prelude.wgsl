@@ -50,6 +50,26 @@ struct GradPartial {
     sum_dy_xmu: f32,
 }
 
+// The records are stored as one vector each (the floats' bits in a vec4<u32>, so that no
+// float move can touch them, the count being a denormal's bits): one 16- or 8-byte access
+// per record where a struct's members would be four or two, and lavapipe pays per access
+// (PERF.md 46).
+fn pack_stats(r: StatsPartial) -> vec4<u32> {
+    return vec4<u32>(r.count, bitcast<u32>(r.mean), bitcast<u32>(r.m2), bitcast<u32>(r.shift));
+}
+
+fn unpack_stats(v: vec4<u32>) -> StatsPartial {
+    return StatsPartial(v.x, bitcast<f32>(v.y), bitcast<f32>(v.z), bitcast<f32>(v.w));
+}
+
+fn pack_grad(g: GradPartial) -> vec2<f32> {
+    return vec2<f32>(g.sum_dy, g.sum_dy_xmu);
+}
+
+fn unpack_grad(v: vec2<f32>) -> GradPartial {
+    return GradPartial(v.x, v.y);
+}
+
 // A lane's running state: count, shifted mean and M2 for each of four components.
 struct Welford {
     n: f32,
