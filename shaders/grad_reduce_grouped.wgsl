@@ -61,17 +61,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if LANE_RECORDS {
         // Each lane writes its own records, laid out as stats_reduce_grouped's.
         if reads {
-            let positions = grouped_positions(p.inner);
-            let lanes = p.tile_o * positions;
+            let ones = vec4<f32>(1.0);
+            let zero = vec4<f32>(0.0);
             for (var k = 0u; k < grouped_channels(split_at); k++) {
                 let s = grouped_slot(lane_i, split_at, in_b, k, p.inner);
                 let channel = 4u * g + s.c;
-                let ones = vec4<f32>(1.0);
-                let zero = vec4<f32>(0.0);
                 let sums = GradPartial(dot(select(zero, sum_dy, s.mine), ones), dot(select(zero, sum_dy_xmu, s.mine), ones));
-                partials[partial_index(p, channel, lane_record(split, lane_o * positions + s.slot, lanes))] = pack_grad(sums);
-                for (var slot = s.empty_from; slot < positions; slot++) {
-                    let empty = lane_record(split, lane_o * positions + slot, lanes);
+                let record = grouped_record(p, split, lane_o, s.slot);
+                partials[partial_index(p, channel, record)] = pack_grad(sums);
+                for (var slot = s.empty_from; slot < grouped_positions(p.inner); slot++) {
+                    let empty = grouped_record(p, split, lane_o, slot);
                     partials[partial_index(p, channel, empty)] = pack_grad(GradPartial(0.0, 0.0));
                 }
             }

@@ -72,16 +72,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     if LANE_RECORDS {
         if reads {
-            let positions = grouped_positions(p.inner);
-            let lanes = p.tile_o * positions;
             for (var k = 0u; k < grouped_channels(split_at); k++) {
                 let s = grouped_slot(lane_i, split_at, in_b, k, p.inner);
                 let channel = 4u * g + s.c;
                 let first = select(first_a, first_b, k == 1u);
-                let record = lane_record(split, lane_o * positions + s.slot, lanes);
+                let record = grouped_record(p, split, lane_o, s.slot);
                 partials[partial_index(p, channel, record)] = pack_stats(group_record(w, s.mine, first));
-                for (var slot = s.empty_from; slot < positions; slot++) {
-                    let empty = lane_record(split, lane_o * positions + slot, lanes);
+                for (var slot = s.empty_from; slot < grouped_positions(p.inner); slot++) {
+                    let empty = grouped_record(p, split, lane_o, slot);
                     partials[partial_index(p, channel, empty)] = pack_stats(StatsPartial(0u, 0.0, 0.0, first));
                 }
             }

@@ -180,6 +180,13 @@ struct GroupedSlot {
     empty_from: u32,
 }
 
+// The record of slot `slot` of the grouped lane along rows lane_o in `split`: each lane
+// along rows has grouped_positions slots per channel.
+fn grouped_record(q: Params, split: u32, lane_o: u32, slot: u32) -> u32 {
+    let positions = grouped_positions(q.inner);
+    return lane_record(split, lane_o * positions + slot, q.tile_o * positions);
+}
+
 fn grouped_slot(j: u32, split: vec2<u32>, in_b: vec4<bool>, k: u32, inner: u32) -> GroupedSlot {
     let c = split[k];
     let j0 = c * inner / 4u;
