@@ -198,3 +198,43 @@ fn a_layer_behind_a_mutex_is_usable_from_any_thread() {
         bits(&alone.running_var().unwrap())
     );
 }
+
+/// The getters take `&self`, so one layer may be read from several threads at once (it is
+/// `Sync`): each read must still return its own buffer's values, not another getter's, and
+/// never fail on a staging buffer that another read holds mapped.
+#[test]
+fn concurrent_getters_on_one_layer_each_read_their_own_values() {
+    let ctx = common::gpu();
+    let c = 6;
+    let mut layer = BatchNorm::new(BatchNormConfig::new(c), Device::Gpu(ctx)).unwrap();
+    let want: Vec<Vec<f32>> = (0..4)
+        .map(|k| (0..c).map(|i| (10 * k + i) as f32 + 0.5).collect())
+        .collect();
+    layer.set_gamma(&want[0]).unwrap();
+    layer.set_beta(&want[1]).unwrap();
+    layer.set_running_mean(&want[2]).unwrap();
+    layer.set_running_var(&want[3]).unwrap();
+
+    let layer = &layer;
+    type Getter = fn(&BatchNorm) -> wgpu_batchnorm::Result<Vec<f32>>;
+    let getters: [Getter; 4] = [
+        BatchNorm::gamma,
+        BatchNorm::beta,
+        BatchNorm::running_mean,
+        BatchNorm::running_var,
+    ];
+    let start = Barrier::new(getters.len());
+    std::thread::scope(|s| {
+        for (k, get) in getters.iter().enumerate() {
+            let (start, want) = (&start, &want[k]);
+            s.spawn(move || {
+                start.wait();
+                for round in 0..100 {
+                    let got =
+                        get(layer).unwrap_or_else(|e| panic!("getter {k}, round {round}: {e}"));
+                    assert_eq!(&got, want, "getter {k}, round {round}");
+                }
+            });
+        }
+    });
+}

@@ -2,7 +2,7 @@
 //! recorded into the caller's command encoder, and an upload/run/read-back path for ndarray.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ndarray::{ArrayD, ArrayViewD};
 
@@ -111,7 +111,10 @@ pub struct GpuBatchNorm {
     coeff: wgpu::Buffer,
     dgamma: wgpu::Buffer,
     dbeta: wgpu::Buffer,
-    channel_staging: wgpu::Buffer,
+    /// Where the getters read a per-channel buffer back. They take `&self` and the layer is
+    /// `Sync`, so reads from several threads take turns with it: one read's copy into it, and
+    /// its mapping, must not meet another's.
+    channel_staging: Mutex<wgpu::Buffer>,
     saved_for_backward: Option<Saved>,
     /// A count set since the last recorded forward, copied into `batches_tracked` ahead of
     /// the next one (see set_num_batches_tracked).
@@ -145,7 +148,7 @@ impl GpuBatchNorm {
             coeff: buf("coeff", c * 16, wgpu::BufferUsages::STORAGE)?,
             dgamma: buf("dgamma", c * 4, PER_CHANNEL)?,
             dbeta: buf("dbeta", c * 4, PER_CHANNEL)?,
-            channel_staging: buf("channel staging", c * 16, STAGING)?,
+            channel_staging: Mutex::new(buf("channel staging", c * 16, STAGING)?),
             ctx,
             config,
             training: true,
@@ -303,11 +306,17 @@ impl GpuBatchNorm {
     /// Reads `width` f32 per channel from a per-channel buffer.
     fn read_channels(&self, buffer: &wgpu::Buffer, width: u64) -> Result<Vec<f32>> {
         let bytes = self.config.num_features as u64 * 4 * width;
+        // A poisoned lock only means that another read panicked: a buffer it left mapped makes
+        // this copy a validation error, returned like any other.
+        let staging = self
+            .channel_staging
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.ctx.scoped("parameter read-back", || {
             let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, 0, &self.channel_staging, 0, bytes);
+            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
             self.ctx.submit(encoder, "read-back copy")?;
-            self.ctx.read_mapped(&self.channel_staging, bytes)
+            self.ctx.read_mapped(&staging, bytes)
         })
     }
 
