@@ -270,8 +270,11 @@ impl BatchNorm {
     }
 
     /// Gradients for `dy`, through the statistics saved by the most recent forward, which
-    /// must have had this shape: call it after the forward it differentiates, as autograd
-    /// does, before the next forward of the layer.
+    /// must have had this shape: call it after the forward it differentiates, before the
+    /// next forward of the layer. Unlike autograd, which saves statistics per call, the layer
+    /// keeps only the last forward's: a layer applied twice before its backwards (shared
+    /// weights, siamese branches) differentiates both calls with the second call's
+    /// statistics, and only a different shape is refused (`NoSavedStatistics`).
     pub fn backward(
         &mut self,
         x: ArrayViewD<f32>,

@@ -48,14 +48,57 @@ const SUBGROUPS: Target = Target {
     hlsl: hlsl::ShaderModel::V6_0,
 };
 
-/// Parses, validates and translates one WGSL source. Returns the entry point names on success
-/// and every problem found (all entry points, all back ends) on failure.
+/// What an entry point takes of the device's limits: storage buffers, and bytes of workgroup
+/// storage, counting only the globals it uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Needs {
+    storage_buffers: u32,
+    workgroup_bytes: u32,
+}
+
+impl Needs {
+    fn max(self, other: Needs) -> Needs {
+        Needs {
+            storage_buffers: self.storage_buffers.max(other.storage_buffers),
+            workgroup_bytes: self.workgroup_bytes.max(other.workgroup_bytes),
+        }
+    }
+}
+
+fn needs_of(module: &naga::Module, info: &naga::valid::ModuleInfo, ep_name: &str) -> Needs {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .expect("a validated module lays out");
+    let index = module
+        .entry_points
+        .iter()
+        .position(|ep| ep.name == ep_name)
+        .expect("the entry point is in the module");
+    let uses = info.get_entry_point(index);
+    let mut needs = Needs::default();
+    for (handle, var) in module.global_variables.iter() {
+        if uses[handle].is_empty() {
+            continue;
+        }
+        match var.space {
+            naga::AddressSpace::Storage { .. } => needs.storage_buffers += 1,
+            naga::AddressSpace::WorkGroup => needs.workgroup_bytes += layouter[var.ty].size,
+            _ => {}
+        }
+    }
+    needs
+}
+
+/// Parses, validates and translates one WGSL source. Returns the entry point names and what
+/// they need of a device's limits (the most any of them needs) on success, and every problem
+/// found (all entry points, all back ends) on failure.
 fn check_wgsl(
     name: &str,
     source: &str,
     target: Target,
     constants: &PipelineConstants,
-) -> Result<Vec<String>, String> {
+) -> Result<(Vec<String>, Needs), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| {
         format!(
             "WGSL parse error:\n{}",
@@ -89,6 +132,7 @@ fn check_wgsl(
 
     let mut problems = Vec::new();
     let mut entry_points = Vec::new();
+    let mut needs = Needs::default();
     for ep in &module.entry_points {
         let stage = ep.stage;
         let ep_name = ep.name.as_str();
@@ -109,6 +153,7 @@ fn check_wgsl(
                 continue;
             }
         };
+        needs = needs.max(needs_of(&ep_module, &ep_info, ep_name));
 
         // SPIR-V (Vulkan).
         let spv_options = spv::Options {
@@ -179,7 +224,7 @@ fn check_wgsl(
     }
 
     if problems.is_empty() {
-        Ok(entry_points)
+        Ok((entry_points, needs))
     } else {
         Err(problems.join("\n"))
     }
@@ -273,6 +318,7 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
     );
 
     let mut failures = Vec::new();
+    let mut needs = Needs::default();
     for path in &files {
         let name = path
             .file_name()
@@ -314,10 +360,13 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
                     .map(|set| set.iter().map(|&(k, v)| (k.to_string(), v)).collect()),
             ) {
                 match check_wgsl(&name, &source, target, &constants) {
-                    Ok(entry_points) => eprintln!(
-                        "ok   {name} ({variant}, {constants:?}): {}",
-                        entry_points.join(", ")
-                    ),
+                    Ok((entry_points, kernel_needs)) => {
+                        needs = needs.max(kernel_needs);
+                        eprintln!(
+                            "ok   {name} ({variant}, {constants:?}): {}, {kernel_needs:?}",
+                            entry_points.join(", ")
+                        )
+                    }
                     Err(problem) => {
                         failures.push((format!("{name} ({variant}, {constants:?})"), problem))
                     }
@@ -340,6 +389,19 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
             details.join("\n\n")
         );
     }
+
+    // What GpuContext::required_limits promises a caller is what the kernels need, exactly:
+    // less would let from_device accept a device the kernels do not fit, more would refuse
+    // one they do.
+    let required = wgpu_batchnorm::GpuContext::required_limits();
+    assert_eq!(
+        needs,
+        Needs {
+            storage_buffers: required.max_storage_buffers_per_shader_stage,
+            workgroup_bytes: required.max_compute_workgroup_storage_size,
+        },
+        "the kernels' needs (left) against GpuContext::required_limits (right)"
+    );
 }
 
 #[test]
@@ -441,6 +503,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 "#;
     assert_eq!(
         check_wgsl("good.wgsl", good, PLAIN, &PipelineConstants::default()),
-        Ok(vec!["main".to_string()])
+        Ok((
+            vec!["main".to_string()],
+            Needs {
+                storage_buffers: 1,
+                workgroup_bytes: 0
+            }
+        ))
     );
 }

@@ -143,11 +143,29 @@ impl GpuContext {
         Self::build(device, queue, Some(info)).map(Arc::new)
     }
 
+    /// What the pipelines need of a device, on top of WebGPU's downlevel defaults: request at
+    /// least these when you make the device for `from_device` (`Limits::downlevel_defaults()`
+    /// alone allows four storage buffers per stage; stats_finalize binds eight). A device
+    /// short of any of them is refused by `from_device` with `BnError::Limit`, before any
+    /// pipeline is built. tests/shader_portability.rs checks every kernel against them.
+    pub fn required_limits() -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 8,
+            // The largest fold (common/fold_stats.wgsl, 9,216 bytes) beside forward_fused_vec4's
+            // shifts (4,096) and the subgroup size (4).
+            max_compute_workgroup_storage_size: 13_316,
+            max_compute_invocations_per_workgroup: 256,
+            max_compute_workgroup_size_x: 256,
+            ..wgpu::Limits::downlevel_defaults()
+        }
+    }
+
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         adapter_info: Option<wgpu::AdapterInfo>,
     ) -> Result<Self> {
+        check_limits(&device.limits())?;
         // A caller's device is taken to be a GPU.
         let tuning = Tuning::for_device(adapter_info.as_ref().map(|i| i.device_type));
         let subgroups = tuning.subgroups
@@ -289,6 +307,43 @@ impl GpuContext {
     /// Maps the first `bytes` of a MAP_READ buffer and copies them out as f32.
     pub(crate) fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
         read_staging(&self.device, staging, bytes)
+    }
+}
+
+/// Refuses a device whose limits fall short of `GpuContext::required_limits`, naming the
+/// first limit that does: without this, the shortfall would surface as a pipeline error, or
+/// (workgroup storage, which wgpu does not check) in the driver.
+fn check_limits(device: &wgpu::Limits) -> Result<()> {
+    let needed = GpuContext::required_limits();
+    let pairs = [
+        (
+            "storage buffers per shader stage that the kernels need",
+            needed.max_storage_buffers_per_shader_stage,
+            device.max_storage_buffers_per_shader_stage,
+        ),
+        (
+            "bytes of workgroup storage that the kernels need",
+            needed.max_compute_workgroup_storage_size,
+            device.max_compute_workgroup_storage_size,
+        ),
+        (
+            "invocations per workgroup that the kernels need",
+            needed.max_compute_invocations_per_workgroup,
+            device.max_compute_invocations_per_workgroup,
+        ),
+        (
+            "workgroup size along x that the kernels need",
+            needed.max_compute_workgroup_size_x,
+            device.max_compute_workgroup_size_x,
+        ),
+    ];
+    match pairs.into_iter().find(|&(_, need, has)| need > has) {
+        Some((what, need, has)) => Err(BnError::Limit {
+            what,
+            value: need as u64,
+            limit: has as u64,
+        }),
+        None => Ok(()),
     }
 }
 
