@@ -479,3 +479,56 @@ fn a_device_with_the_required_limits_runs_and_one_short_of_them_is_refused() {
         other => panic!("expected a Limit error, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Refusals that come from the device's limits (a tensor over max_buffer_size; a row over one
+/// storage binding) make no buffer and cost none of the layer's kept plans its place: every
+/// shape it kept runs again without a buffer made.
+#[test]
+fn refusals_by_the_devices_limits_keep_the_layers_plans() {
+    let limits = wgpu::Limits {
+        max_buffer_size: 1 << 20,
+        max_storage_buffer_binding_size: 1 << 18,
+        ..GpuContext::required_limits()
+    };
+    let (device, queue) = common::caller_device(false, Some(limits));
+    let ctx = GpuContext::from_device(device, queue).unwrap();
+    let mut layer = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(4)).unwrap();
+    let mut rng = Rng::new(9);
+    // Eight shapes: as many as a layer keeps plans for.
+    let xs: Vec<_> = (2..10).map(|n| rng.array(&[n, 4, 3], 0.0, 1.0)).collect();
+    for x in &xs {
+        layer
+            .forward_array(x.view(), Layout::ChannelsFirst)
+            .unwrap();
+    }
+    let before = ctx.buffers_created();
+
+    // 1 MiB of values, and the channel records beside them in the staging buffer.
+    let big = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1 << 16, 4]));
+    match layer.forward_array(big.view(), Layout::ChannelsFirst) {
+        Err(BnError::Limit { what, .. }) => assert_eq!(what, "tensor bytes in one buffer"),
+        other => panic!("expected a Limit error, got {:?}", other.map(|_| ())),
+    }
+    // A sample of 4 × 16385 values is one row, 16 bytes over one binding.
+    let wide = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 16385]));
+    match layer.forward_array(wide.view(), Layout::ChannelsFirst) {
+        Err(BnError::Limit { what, .. }) => assert!(what.contains("one row"), "{what}"),
+        other => panic!("expected a Limit error, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        ctx.buffers_created(),
+        before,
+        "buffers made by refused calls"
+    );
+
+    for x in &xs {
+        layer
+            .forward_array(x.view(), Layout::ChannelsFirst)
+            .unwrap();
+    }
+    assert_eq!(
+        ctx.buffers_created(),
+        before,
+        "kept plans dropped by refused calls"
+    );
+}

@@ -323,8 +323,9 @@ impl GpuBatchNorm {
     fn plan(&mut self, shape: &Shape) -> Result<&mut Plan> {
         self.uses += 1;
         if !self.plans.contains_key(shape) {
-            self.evict_a_plan_if_full();
+            // A shape the device cannot run is refused before it costs a kept plan its place.
             let geometry = Geometry::new(shape, self.ctx.limits(), self.ctx.tuning())?;
+            self.evict_a_plan_if_full();
             let biased = match self.config.running_var {
                 RunningVar::Biased => BIASED_RUNNING_VAR,
                 RunningVar::Unbiased => 0,
@@ -787,18 +788,19 @@ impl GpuBatchNorm {
     fn io(&mut self, shape: &Shape) -> Result<()> {
         let ctx = self.ctx.clone();
         let channels = self.config.num_features as u64;
+        let bytes = shape.numel() as u64 * 4;
+        // Refused here, before any buffer is made or kept plan dropped, rather than as an
+        // allocation failure.
+        let max = ctx.limits().max_buffer_size;
+        if bytes + channels * 16 > max {
+            return Err(BnError::Limit {
+                what: "tensor bytes in one buffer",
+                value: bytes + channels * 16,
+                limit: max,
+            });
+        }
         let plan = self.plan(shape)?;
         if plan.io.is_none() {
-            let bytes = shape.numel() as u64 * 4;
-            // Refused here, before any GPU work, rather than as an allocation failure.
-            let max = ctx.limits().max_buffer_size;
-            if bytes + channels * 16 > max {
-                return Err(BnError::Limit {
-                    what: "tensor bytes in one buffer",
-                    value: bytes + channels * 16,
-                    limit: max,
-                });
-            }
             let tensor = wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC;
