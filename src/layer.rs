@@ -309,6 +309,37 @@ impl BatchNorm {
             Engine::Gpu(l) => l.set_num_batches_tracked(count),
         }
     }
+
+    /// PyTorch's `reset_running_stats()`: running_mean 0, running_var 1, num_batches_tracked
+    /// 0; nothing where the layer tracks no running statistics.
+    pub fn reset_running_stats(&mut self) -> Result<()> {
+        match &mut self.engine {
+            Engine::Cpu(l) => {
+                if l.config.track_running_stats {
+                    l.running_mean.fill(0.0);
+                    l.running_var.fill(1.0);
+                    l.num_batches_tracked = 0;
+                }
+                Ok(())
+            }
+            Engine::Gpu(l) => l.reset_running_stats(),
+        }
+    }
+
+    /// PyTorch's `reset_parameters()`: `reset_running_stats`, then gamma 1 and beta 0 where
+    /// the layer is affine.
+    pub fn reset_parameters(&mut self) -> Result<()> {
+        match &mut self.engine {
+            Engine::Cpu(l) => {
+                if l.config.affine {
+                    l.gamma.fill(1.0);
+                    l.beta.fill(0.0);
+                }
+            }
+            Engine::Gpu(l) => return l.reset_parameters(),
+        }
+        self.reset_running_stats()
+    }
 }
 
 macro_rules! channel_vectors {

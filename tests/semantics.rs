@@ -411,3 +411,59 @@ fn an_empty_batch_is_counted_and_changes_nothing_else() {
         );
     }
 }
+
+/// reset_running_stats and reset_parameters do what PyTorch's do: after them a layer with
+/// momentum None starts its cumulative average again, so the next training batch's mean and
+/// unbiased variance become the running statistics exactly; reset_running_stats leaves gamma
+/// and beta alone, and does nothing (and fails nothing) on a layer that tracks nothing.
+#[test]
+fn resets_start_the_running_statistics_and_parameters_again() {
+    let values = [1.0f32, 2.0, 4.0, 9.0];
+    let mean = 4.0f64;
+    let unbiased = (9.0 + 4.0 + 0.0 + 25.0) / 3.0;
+    for (name, device) in devices() {
+        let mut config = BatchNormConfig::new(1);
+        config.momentum = None;
+        let mut layer = BatchNorm::new(config.clone(), device.clone()).unwrap();
+        layer.set_gamma(&[3.0]).unwrap();
+        layer.set_beta(&[-2.0]).unwrap();
+        for k in 0..3 {
+            let x = column(&[k as f32, 10.0, -5.0 * k as f32]);
+            layer.forward(x.view(), CF).unwrap();
+        }
+
+        layer.reset_running_stats().unwrap();
+        assert_eq!(layer.num_batches_tracked(), Some(0), "{name}");
+        assert_eq!(layer.running_mean().unwrap(), vec![0.0], "{name}");
+        assert_eq!(layer.running_var().unwrap(), vec![1.0], "{name}");
+        assert_eq!(layer.gamma().unwrap(), vec![3.0], "{name}: gamma kept");
+        assert_eq!(layer.beta().unwrap(), vec![-2.0], "{name}: beta kept");
+
+        layer.forward(column(&values).view(), CF).unwrap();
+        assert_eq!(layer.num_batches_tracked(), Some(1), "{name}");
+        assert_close(
+            &format!("{name} running_mean"),
+            &layer.running_mean().unwrap(),
+            &[mean],
+        );
+        assert_close(
+            &format!("{name} running_var"),
+            &layer.running_var().unwrap(),
+            &[unbiased],
+        );
+
+        layer.reset_parameters().unwrap();
+        assert_eq!(layer.gamma().unwrap(), vec![1.0], "{name}");
+        assert_eq!(layer.beta().unwrap(), vec![0.0], "{name}");
+        assert_eq!(layer.running_mean().unwrap(), vec![0.0], "{name}");
+        assert_eq!(layer.running_var().unwrap(), vec![1.0], "{name}");
+        assert_eq!(layer.num_batches_tracked(), Some(0), "{name}");
+
+        config.track_running_stats = false;
+        config.affine = false;
+        let mut bare = BatchNorm::new(config, device).unwrap();
+        bare.reset_parameters().unwrap();
+        assert!(bare.running_mean().is_err(), "{name}");
+        assert_eq!(bare.num_batches_tracked(), None, "{name}");
+    }
+}

@@ -266,6 +266,31 @@ impl GpuBatchNorm {
         Ok(())
     }
 
+    /// PyTorch's `reset_running_stats()`: running_mean 0, running_var 1, num_batches_tracked
+    /// 0; nothing where the layer tracks no running statistics. Made of the setters, it
+    /// reaches the GPU as they do (the statistics at once, the count in recording order).
+    pub fn reset_running_stats(&mut self) -> Result<()> {
+        if !self.config.track_running_stats {
+            return Ok(());
+        }
+        let c = self.config.num_features;
+        self.set_running_mean(&vec![0.0; c])?;
+        self.set_running_var(&vec![1.0; c])?;
+        self.set_num_batches_tracked(0)
+    }
+
+    /// PyTorch's `reset_parameters()`: `reset_running_stats`, then gamma 1 and beta 0 where
+    /// the layer is affine.
+    pub fn reset_parameters(&mut self) -> Result<()> {
+        self.reset_running_stats()?;
+        if self.config.affine {
+            let c = self.config.num_features;
+            self.set_gamma(&vec![1.0; c])?;
+            self.set_beta(&vec![0.0; c])?;
+        }
+        Ok(())
+    }
+
     pub fn gamma_buffer(&self) -> &wgpu::Buffer {
         &self.gamma
     }
