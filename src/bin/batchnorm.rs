@@ -171,7 +171,8 @@ struct PassArgs {
     layout: LayoutArg,
     #[arg(long, value_enum, default_value = "gpu")]
     device: DeviceArg,
-    /// Output directory (created if missing).
+    /// Output directory (created if missing); files of an earlier run that this one does not
+    /// write stay there, so give each run its own.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }
