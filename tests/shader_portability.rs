@@ -392,7 +392,8 @@ fn all_shaders_translate_to_spirv_msl_and_hlsl() {
 
     // What GpuContext::required_limits promises a caller is what the kernels need, exactly:
     // less would let from_device accept a device the kernels do not fit, more would refuse
-    // one they do.
+    // one they do. Workgroup bytes as naga lays the variables out; Metal pads each to 16
+    // bytes (13,328 here), within the 16 KiB every Metal device has.
     let required = wgpu_batchnorm::GpuContext::required_limits();
     assert_eq!(
         needs,

@@ -268,7 +268,9 @@ impl GpuBatchNorm {
 
     /// PyTorch's `reset_running_stats()`: running_mean 0, running_var 1, num_batches_tracked
     /// 0; nothing where the layer tracks no running statistics. Made of the setters, it
-    /// reaches the GPU as they do (the statistics at once, the count in recording order).
+    /// reaches the GPU as they do: the statistics at once, the count in recording order.
+    /// Call it when no recorded forward awaits submission: one that does would update the
+    /// reset statistics with its old count (momentum None: a mean of 0 weighed as n batches).
     pub fn reset_running_stats(&mut self) -> Result<()> {
         if !self.config.track_running_stats {
             return Ok(());

@@ -143,11 +143,13 @@ impl GpuContext {
         Self::build(device, queue, Some(info)).map(Arc::new)
     }
 
-    /// What the pipelines need of a device, on top of WebGPU's downlevel defaults: request at
-    /// least these when you make the device for `from_device` (`Limits::downlevel_defaults()`
-    /// alone allows four storage buffers per stage; stats_finalize binds eight). A device
-    /// short of any of them is refused by `from_device` with `BnError::Limit`, before any
-    /// pipeline is built. tests/shader_portability.rs checks every kernel against them.
+    /// Limits to request, at least, when you make the device for `from_device`: wgpu's
+    /// `Limits::downlevel_defaults()` with what the kernels need set exactly (eight storage
+    /// buffers per stage where those defaults allow four; stats_finalize binds eight),
+    /// which tests/shader_portability.rs checks against every kernel. `from_device` refuses a
+    /// device short of any of those four compute limits with `BnError::Limit` before it
+    /// builds a pipeline. Buffer and binding sizes and workgroup counts are checked per shape
+    /// instead: a smaller device runs what fits and refuses the rest with `Limit`.
     pub fn required_limits() -> wgpu::Limits {
         wgpu::Limits {
             max_storage_buffers_per_shader_stage: 8,
@@ -376,20 +378,22 @@ pub(crate) fn read_staging<T: bytemuck::Pod>(
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = sender.send(r);
     });
-    device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| BnError::Readback(e.to_string()))?;
+    // Every return after the map was asked for leaves the buffer unmapped (a pending map is
+    // aborted), so that the next read of it can copy into it; only a map that failed left it
+    // so already, and unmapping it then would add a NotMapped error of its own.
+    if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
+        staging.unmap();
+        return Err(BnError::Readback(e.to_string()));
+    }
     pollster::block_on(receiver.receive())
         .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
         .map_err(|e| BnError::Readback(e.to_string()))?;
-    let values = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| BnError::Readback(e.to_string()))?;
-        bytemuck::cast_slice::<u8, T>(&view).to_vec()
-    };
+    let values = slice
+        .get_mapped_range()
+        .map(|view| bytemuck::cast_slice::<u8, T>(&view).to_vec())
+        .map_err(|e| BnError::Readback(e.to_string()));
     staging.unmap();
-    Ok(values)
+    values
 }
 
 /// Runs shaders/subgroup_probe.wgsl once and checks what common/subgroups_on.wgsl assumes:
@@ -453,7 +457,43 @@ fn lanes_form_runs(words: &[u32]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::lanes_form_runs;
+    use super::{check_limits, lanes_form_runs, GpuContext};
+    use crate::error::BnError;
+
+    /// Each limit check_limits compares refuses a device one short of it, naming that limit
+    /// and both numbers; the required limits themselves pass.
+    #[test]
+    fn each_compute_limit_one_short_is_refused_by_name() {
+        let required = GpuContext::required_limits();
+        assert!(check_limits(&required).is_ok());
+        type Field = fn(&mut wgpu::Limits) -> &mut u32;
+        let cases: [(&str, Field); 4] = [
+            ("storage buffers", |l| {
+                &mut l.max_storage_buffers_per_shader_stage
+            }),
+            ("workgroup storage", |l| {
+                &mut l.max_compute_workgroup_storage_size
+            }),
+            ("invocations per workgroup", |l| {
+                &mut l.max_compute_invocations_per_workgroup
+            }),
+            ("workgroup size along x", |l| {
+                &mut l.max_compute_workgroup_size_x
+            }),
+        ];
+        for (name, field) in cases {
+            let mut short = required.clone();
+            let need = *field(&mut short);
+            *field(&mut short) -= 1;
+            match check_limits(&short) {
+                Err(BnError::Limit { what, value, limit }) => {
+                    assert!(what.contains(name), "{name}: {what}");
+                    assert_eq!((value, limit), (need as u64, need as u64 - 1), "{name}");
+                }
+                other => panic!("{name}: expected a Limit error, got {other:?}"),
+            }
+        }
+    }
 
     fn layout(size: u32, shuffle: impl Fn(u32) -> u32) -> Vec<u32> {
         (0..256u32)
