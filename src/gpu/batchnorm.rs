@@ -333,8 +333,9 @@ impl GpuBatchNorm {
     /// Reads `width` f32 per channel from a per-channel buffer.
     fn read_channels(&self, buffer: &wgpu::Buffer, width: u64) -> Result<Vec<f32>> {
         let bytes = self.config.num_features as u64 * 4 * width;
-        // A poisoned lock only means that another read panicked: a buffer it left mapped makes
-        // this copy a validation error, returned like any other.
+        // A poisoned lock only means that another read panicked; the buffer is still usable
+        // (read_staging leaves it unmapped on every return), or its misuse is an error that
+        // the scope returns.
         let staging = self
             .channel_staging
             .lock()
