@@ -23,5 +23,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let variance = running_var[c];
     let invstd = 1.0 / sqrt(variance + p.eps);
     saved[c] = vec4<f32>(mean, 0.0, invstd, variance);
-    coeff[c] = vec4<f32>(mean, gamma[c] * invstd, beta[c], 0.0);
+    store_coeff(c, vec4<f32>(mean, gamma[c] * invstd, beta[c], 0.0));
 }

@@ -57,11 +57,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     let g = gamma[c] * invstd;
     if (p.flags & FROZEN_STATS) != 0u {
-        coeff[c] = vec4<f32>(center, g, 0.0, 0.0);
+        store_coeff(c, vec4<f32>(center, g, 0.0, 0.0));
     } else {
         let m = f32(p.count);
         let k2 = -g * invstd * invstd * sum_dy_xmu / m;
         let k0 = -g * sum_dy / m - k2 * offset;
-        coeff[c] = vec4<f32>(center, g, k2, k0);
+        store_coeff(c, vec4<f32>(center, g, k2, k0));
     }
 }

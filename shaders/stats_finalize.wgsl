@@ -123,5 +123,5 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     saved[c] = vec4<f32>(shift, mean, invstd, var_biased);
     let scale = gamma[c] * invstd;
-    coeff[c] = vec4<f32>(shift, scale, beta[c] - mean * scale, 0.0);
+    store_coeff(c, vec4<f32>(shift, scale, beta[c] - mean * scale, 0.0));
 }

@@ -273,6 +273,9 @@ fn common_parts(name: &str) -> &'static [&'static str] {
         | "grad_reduce_channels.wgsl"
         | "grad_reduce_grouped.wgsl" => &["fold_sums.wgsl"],
         "apply_forward_vec4.wgsl" | "apply_backward_vec4.wgsl" => &["apply_vec4.wgsl"],
+        "stats_finalize.wgsl" | "eval_finalize.wgsl" | "grad_finalize.wgsl" => {
+            &["store_coeff.wgsl"]
+        }
         _ => &[],
     }
 }

@@ -29,6 +29,7 @@ fn lane_coefficients(col: u32) -> mat4x4<f32> {
             select(vec4<f32>(a.w), vec4<f32>(b.w), in_next),
         );
     }
+    // Records by four channels (common/store_coeff.wgsl): column k is record c + k.
     let c = (4u * col) % p.channels;
-    return transpose(mat4x4<f32>(coeff[c], coeff[c + 1u], coeff[c + 2u], coeff[c + 3u]));
+    return mat4x4<f32>(coeff[c], coeff[c + 1u], coeff[c + 2u], coeff[c + 3u]);
 }

@@ -360,7 +360,7 @@ impl GpuBatchNorm {
             };
             let tracked = self.config.track_running_stats;
             let fill = |params: &Params, flags: u32| Params {
-                flags: flags | biased,
+                flags: params.flags | flags | biased,
                 eps: self.config.eps,
                 momentum: self.config.momentum.unwrap_or(-1.0),
                 ..*params

@@ -24,6 +24,9 @@ pub(crate) const PARTIAL_BYTES: u64 = 16;
 pub(crate) const UPDATE_RUNNING: u32 = 1;
 pub(crate) const BIASED_RUNNING_VAR: u32 = 2;
 pub(crate) const FROZEN_STATS: u32 = 4;
+/// Coefficient records by four channels (shaders/common/store_coeff.wgsl): set by Geometry
+/// where the element-wise kernels take four channels per lane.
+pub(crate) const GROUPED_COEFF: u32 = 8;
 
 /// One compiled shader: its pipeline and the bind-group layout derived from it.
 pub(crate) struct Kernel {
@@ -243,8 +246,8 @@ impl Kernels {
             ))?,
             stats_reduce_vec4_runs: runs(shader!("stats_reduce_vec4", "fold_stats"))?,
             stats_reduce_grouped: grouped(shader!("stats_reduce_grouped", "fold_stats"))?,
-            stats_finalize: plain(shader!("stats_finalize"))?,
-            eval_finalize: plain(shader!("eval_finalize"))?,
+            stats_finalize: plain(shader!("stats_finalize", "store_coeff"))?,
+            eval_finalize: plain(shader!("eval_finalize", "store_coeff"))?,
             forward_fused: plain(shader!("forward_fused", "fold_stats"))?,
             forward_fused_vec4: plain(shader!("forward_fused_vec4", "fold_stats"))?,
             forward_fused_vec4_channels: channels_in_vec4(shader!(
@@ -260,7 +263,7 @@ impl Kernels {
             ))?,
             grad_reduce_vec4_runs: runs(shader!("grad_reduce_vec4", "fold_sums"))?,
             grad_reduce_grouped: grouped(shader!("grad_reduce_grouped", "fold_sums"))?,
-            grad_finalize: plain(shader!("grad_finalize"))?,
+            grad_finalize: plain(shader!("grad_finalize", "store_coeff"))?,
             apply_forward: plain(shader!("apply_forward"))?,
             apply_forward_vec4: by_channels(shader!("apply_forward_vec4", "apply_vec4"), false)?,
             apply_backward: plain(shader!("apply_backward"))?,
@@ -811,7 +814,11 @@ impl Geometry {
                 apply_rows: apply_rows as u32,
                 apply_rows_per_group: apply_rows_per_group as u32,
                 total: (rows * plane) as u32,
-                flags: 0,
+                flags: if apply == Apply::Vec4FourChannels {
+                    GROUPED_COEFF
+                } else {
+                    0
+                },
                 eps: 0.0,
                 momentum: 0.0,
                 split_offset: splits,
