@@ -31,9 +31,11 @@ pub const DEFAULT_SHAPES: &[&[usize]] = &[
 
 /// Relative L2 error a kernel may show against the reference before it is refused.
 const TOLERANCE: f64 = 1e-5;
-/// Inputs rotate over enough buffers to hold at least this many bytes, so that repeated runs
-/// read memory rather than a cache.
+/// Inputs rotate over enough buffers to hold at least this many bytes (but at most
+/// MAX_ROTATION buffers, which leaves tensors of under 4 MiB in a large cache), so that
+/// repeated runs read memory rather than a cache: a GPU's L2 holds 50 MB or more.
 const ROTATION_BYTES: u64 = 256 << 20;
+const MAX_ROTATION: u64 = 64;
 /// Commands timed in turns: the copy roof before each of forward, eval and backward.
 const SLOTS: usize = 6;
 
@@ -126,50 +128,143 @@ pub fn input(dims: &[usize], seed: u64, mean: f32, std: f32) -> ArrayD<f32> {
     ArrayD::from_shape_vec(dims, values).expect("numel matches")
 }
 
+/// The relative error of dx where its three gradient paths may nearly cancel: with two
+/// values per channel x̂ = ±1 and dx ≈ 0, while each path is about `paths` =
+/// max|gamma·invstd|·‖dy‖ in size and carries f32 rounding of that size, so no f32
+/// computation gets dx to 1e-5 of its own tiny norm. The error is therefore taken against at
+/// least 5% of the paths' size; a wrong formula misses by the paths' own size.
+pub fn dx_error(got: &[f32], want: &[f32], paths: f64) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm = want.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
+    if diff.is_nan() {
+        return f64::INFINITY;
+    }
+    diff / norm.max(5e-2 * paths).max(f64::MIN_POSITIVE)
+}
+
+/// The size of each of dx's gradient paths (see [`dx_error`]) for a layer whose outputs are
+/// `forward` (batch statistics, or eval's running ones), its gamma and its running_var.
+pub fn dx_paths(
+    forward: &ForwardOutput,
+    gamma: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    dy: &ArrayD<f32>,
+) -> f64 {
+    let invstd: Vec<f64> = match &forward.stats {
+        Some(s) => s.invstd.iter().map(|&v| v as f64).collect(),
+        None => running_var
+            .iter()
+            .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
+            .collect(),
+    };
+    let gain = gamma
+        .iter()
+        .zip(&invstd)
+        .map(|(&g, i)| (g as f64 * i).abs())
+        .fold(0.0, f64::max);
+    gain * dy.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()
+}
+
 /// Relative L2 error of each output of a forward and backward (`got`) against the same of
-/// another layer (`want`): y, dx, and dgamma and dbeta where the layers are affine.
+/// another layer (`want`): y, dx (measured by [`dx_error`] against `dx_paths`), dgamma and
+/// dbeta where the layers are affine, and the batch statistics where there are some.
 pub fn output_errors(
     got: (&ForwardOutput, &BackwardOutput),
     want: (&ForwardOutput, &BackwardOutput),
-) -> [(&'static str, f64); 4] {
+    dx_paths: f64,
+) -> Vec<(&'static str, f64)> {
     let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
     let ((gf, gb), (wf, wb)) = (got, want);
     let vector = |g: &Option<Vec<f32>>, w: &Option<Vec<f32>>| {
         rel_l2(g.as_deref().unwrap_or(&[]), w.as_deref().unwrap_or(&[]))
     };
-    [
+    let mut errors = vec![
         ("y", rel_l2(&flat(&gf.y), &flat(&wf.y))),
-        ("dx", rel_l2(&flat(&gb.dx), &flat(&wb.dx))),
+        ("dx", dx_error(&flat(&gb.dx), &flat(&wb.dx), dx_paths)),
         ("dgamma", vector(&gb.dgamma, &wb.dgamma)),
         ("dbeta", vector(&gb.dbeta, &wb.dbeta)),
-    ]
+    ];
+    match (&gf.stats, &wf.stats) {
+        (Some(g), Some(w)) => errors.extend([
+            ("mean", rel_l2(&g.mean, &w.mean)),
+            ("var", rel_l2(&g.var, &w.var)),
+            ("invstd", rel_l2(&g.invstd, &w.invstd)),
+        ]),
+        (None, None) => {}
+        _ => errors.push(("batch statistics", f64::INFINITY)),
+    }
+    errors
 }
 
-/// Runs the GPU and CPU layers on the same input, train then eval, forward and backward, and
-/// fails unless every output agrees within the tolerance.
+/// A layer with the bench's random gamma, beta and running statistics, so that a kernel
+/// which dropped one of them shows in the verification (at PyTorch's defaults gamma is 1 and
+/// beta 0).
+fn bench_layer(config: &BatchNormConfig, device: Device) -> Result<BatchNorm> {
+    let c = [config.num_features];
+    let values = |seed, mean, std| input(&c, seed, mean, std).into_raw_vec_and_offset().0;
+    let mut layer = BatchNorm::new(config.clone(), device)?;
+    layer.set_gamma(&values(3, 1.0, 0.2))?;
+    layer.set_beta(&values(4, 0.0, 1.0))?;
+    layer.set_running_mean(&values(5, 0.0, 1.0))?;
+    layer.set_running_var(&values(6, 1.0, 0.2))?;
+    Ok(layer)
+}
+
+/// Runs the GPU layer and the CPU reference on the same input, with the same random
+/// parameters and running statistics, train then eval, forward and backward, and fails
+/// unless every output agrees within the tolerance (see `compare_layers`).
 fn verify(ctx: &Arc<GpuContext>, x: &ArrayD<f32>, dy: &ArrayD<f32>, layout: Layout) -> Result<()> {
-    let channels = Shape::new(x.shape(), layout)?.channels();
-    let mut gpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Gpu(ctx.clone()))?;
-    let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu)?;
+    let config = BatchNormConfig::new(Shape::new(x.shape(), layout)?.channels());
+    let mut gpu = bench_layer(&config, Device::Gpu(ctx.clone()))?;
+    let mut cpu = bench_layer(&config, Device::Cpu)?;
+    compare_layers(&mut gpu, &mut cpu, x, dy, layout)
+}
+
+/// Runs `got` and `want` on the same input, train then eval, forward and backward, and fails
+/// unless every output and both running statistics agree within the tolerance.
+fn compare_layers(
+    got: &mut BatchNorm,
+    want: &mut BatchNorm,
+    x: &ArrayD<f32>,
+    dy: &ArrayD<f32>,
+    layout: Layout,
+) -> Result<()> {
     for training in [true, false] {
-        gpu.set_training(training);
-        cpu.set_training(training);
-        let (g, c) = (
-            gpu.forward(x.view(), layout)?,
-            cpu.forward(x.view(), layout)?,
+        got.set_training(training);
+        want.set_training(training);
+        let (g, w) = (
+            got.forward(x.view(), layout)?,
+            want.forward(x.view(), layout)?,
         );
-        let (gb, cb) = (
-            gpu.backward(x.view(), dy.view(), layout)?,
-            cpu.backward(x.view(), dy.view(), layout)?,
+        let (gb, wb) = (
+            got.backward(x.view(), dy.view(), layout)?,
+            want.backward(x.view(), dy.view(), layout)?,
         );
         let mode = if training { "forward" } else { "eval" };
-        let running_var = (
-            "running_var",
-            rel_l2(&gpu.running_var()?, &cpu.running_var()?),
-        );
-        for (name, err) in output_errors((&g, &gb), (&c, &cb))
+        let eps = want.config().eps;
+        let paths = dx_paths(&w, &want.gamma()?, &want.running_var()?, eps, dy);
+        let running = [
+            (
+                "running_mean",
+                rel_l2(&got.running_mean()?, &want.running_mean()?),
+            ),
+            (
+                "running_var",
+                rel_l2(&got.running_var()?, &want.running_var()?),
+            ),
+        ];
+        for (name, err) in output_errors((&g, &gb), (&w, &wb), paths)
             .into_iter()
-            .chain([running_var])
+            .chain(running)
         {
             if err.is_nan() || err > TOLERANCE {
                 return Err(BnError::Verification {
@@ -411,9 +506,38 @@ pub fn memory_dims(logical: &[usize], layout: Layout) -> Vec<usize> {
     }
 }
 
-/// Benchmarks the (N, C, ...) shape `logical` stored in `layout`; `progress` hears what is
-/// running.
+/// Checks the GPU layer against the CPU reference on the (N, C, ...) shape `logical` stored
+/// in `layout` (see `verify`): what [`bench_shape`] does before it times anything.
+pub fn verify_shape(ctx: &Arc<GpuContext>, logical: &[usize], layout: Layout) -> Result<()> {
+    check_shape(ctx, logical, layout)?;
+    let dims = memory_dims(logical, layout);
+    let x = input(&dims, 1, 0.5, 2.0);
+    let dy = input(&dims, 2, 0.0, 1.0);
+    verify(ctx, &x, &dy, layout)
+}
+
+/// Verifies (see [`verify_shape`]) and then benchmarks the (N, C, ...) shape `logical` stored
+/// in `layout`; `progress` hears what is running.
 pub fn bench_shape(
+    ctx: &Arc<GpuContext>,
+    logical: &[usize],
+    layout: Layout,
+    iters: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Row>> {
+    progress(&format!(
+        "{} {}: verifying against the CPU reference",
+        shape_name(logical),
+        layout_name(logical, layout)
+    ));
+    verify_shape(ctx, logical, layout)?;
+    time_shape(ctx, logical, layout, iters, progress)
+}
+
+/// Benchmarks the (N, C, ...) shape `logical` stored in `layout` without verifying it first:
+/// for callers that ran [`verify_shape`] on it (the CLI verifies every shape before it prints
+/// a row). `progress` hears what is running.
+pub fn time_shape(
     ctx: &Arc<GpuContext>,
     logical: &[usize],
     layout: Layout,
@@ -427,15 +551,9 @@ pub fn bench_shape(
     let (numel, channels) = (shape.numel(), shape.channels());
     let name = shape_name(logical);
     let lname = layout_name(logical, layout);
-    progress(&format!(
-        "{name} {lname}: verifying against the CPU reference"
-    ));
-    let x = input(dims, 1, 0.5, 2.0);
-    let dy = input(dims, 2, 0.0, 1.0);
-    verify(ctx, &x, &dy, layout)?;
 
     let bytes = numel as u64 * 4;
-    let copies = ROTATION_BYTES.div_ceil(bytes).clamp(2, 8) as usize;
+    let copies = ROTATION_BYTES.div_ceil(bytes).clamp(2, MAX_ROTATION) as usize;
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
     let upload = |label: &str, data: &ArrayD<f32>| -> Result<wgpu::Buffer> {
         let buffer = ctx.create_buffer(label, bytes, usage)?;
@@ -547,6 +665,7 @@ pub fn bench_shape(
         push(implementation, pass, Timing::EndToEnd, e, per_element);
     }
 
+    let (x, dy) = (&x0, input(dims, 20, 0.0, 1.0));
     let cpu_iters = iters.clamp(1, 5);
     let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu)?;
     for (pass, training) in [("forward", true), ("eval", false)] {
@@ -577,4 +696,82 @@ pub fn bench_shape(
         .map(|g| r.gbps / g);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(dims: &[usize]) -> (ArrayD<f32>, ArrayD<f32>) {
+        (input(dims, 1, 0.5, 2.0), input(dims, 2, 0.0, 1.0))
+    }
+
+    /// The bench's check runs with random parameters and running statistics, so that a kernel
+    /// which dropped any of them is refused; at the defaults (gamma 1, beta 0, running mean 0
+    /// and var 1) none of these would show.
+    #[test]
+    fn verification_refuses_a_layer_that_drops_a_parameter() {
+        let (x, dy) = inputs(&[4, 8, 3, 3]);
+        let config = BatchNormConfig::new(8);
+        let defaults = [vec![1.0f32; 8], vec![0.0; 8], vec![0.0; 8], vec![1.0; 8]];
+        for (k, name) in ["gamma", "beta", "running_mean", "running_var"]
+            .iter()
+            .enumerate()
+        {
+            let mut want = bench_layer(&config, Device::Cpu).unwrap();
+            let mut got = bench_layer(&config, Device::Cpu).unwrap();
+            let v = &defaults[k];
+            match k {
+                0 => got.set_gamma(v),
+                1 => got.set_beta(v),
+                2 => got.set_running_mean(v),
+                _ => got.set_running_var(v),
+            }
+            .unwrap();
+            let err = compare_layers(&mut got, &mut want, &x, &dy, Layout::ChannelsFirst);
+            assert!(
+                matches!(err, Err(BnError::Verification { .. })),
+                "a layer without the bench's {name} passed: {err:?}"
+            );
+        }
+        let mut want = bench_layer(&config, Device::Cpu).unwrap();
+        let mut got = bench_layer(&config, Device::Cpu).unwrap();
+        compare_layers(&mut got, &mut want, &x, &dy, Layout::ChannelsFirst).unwrap();
+    }
+
+    /// With two values per channel dx's three paths cancel to nearly nothing, and f32
+    /// rounding of the paths' size is all that is left: dx_error lets that through where a
+    /// plain relative error does not, and still refuses a dx off by a part of the paths.
+    #[test]
+    fn dx_error_allows_cancellation_rounding_and_refuses_a_wrong_dx() {
+        let (x, dy) = inputs(&[2, 16]);
+        let mut layer = bench_layer(&BatchNormConfig::new(16), Device::Cpu).unwrap();
+        let forward = layer.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        let dx = layer
+            .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+            .unwrap()
+            .dx
+            .into_raw_vec_and_offset()
+            .0;
+        let eps = layer.config().eps;
+        let paths = dx_paths(
+            &forward,
+            &layer.gamma().unwrap(),
+            &layer.running_var().unwrap(),
+            eps,
+            &dy,
+        );
+        let n = dx.len() as f64;
+        let shifted = |size: f64| -> Vec<f32> {
+            let step = (size * paths / n.sqrt()) as f32;
+            dx.iter().map(|&v| v + step).collect()
+        };
+        // Rounding: a few ulps of the paths' size in every value.
+        let rounded = shifted(1e-7);
+        assert!(rel_l2(&rounded, &dx) > TOLERANCE, "dx does not cancel here");
+        assert!(dx_error(&rounded, &dx, paths) <= TOLERANCE);
+        // A wrong path: off by a thousandth of the paths.
+        assert!(dx_error(&shifted(1e-3), &dx, paths) > TOLERANCE);
+        assert!(dx_error(&dx[1..], &dx, paths).is_infinite());
+    }
 }

@@ -1282,6 +1282,27 @@ fn bench_runs_an_nc_shape_once() {
     }
 }
 
+/// Two values per channel is a shape training takes, and the bench times it: its dx is the
+/// near-cancellation of three paths, which the check measures against the paths' size (a
+/// plain relative error refused 2x2 with 4.2e-3 and 1x8x2 with 4.9e-4).
+#[test]
+fn bench_takes_two_values_per_channel() {
+    for shape in ["2x2", "1x8x2"] {
+        let args = strs(&["bench", "--shape", shape, "--iters", "1", "--format", "csv"]);
+        let out = run(&args).unwrap_or_else(|e| panic!("bench: {e}"));
+        assert!(
+            out.status.success(),
+            "{shape}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.lines().skip(1).any(|l| l.starts_with("gpu,")),
+            "{stdout}"
+        );
+    }
+}
+
 /// `batchnorm bench --format csv`: the header, then for each layout one row per command and
 /// timing (the copy roof, the three GPU passes, the three CPU ones), every figure a positive
 /// number, nothing else on stdout, progress on stderr. 5×8×32×33 is 10,560 vec4: two whole

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{ArrayD, ArrayView1, ArrayViewD};
-use wgpu_batchnorm::bench::{input, output_errors};
+use wgpu_batchnorm::bench::{dx_paths, input, output_errors};
 use wgpu_batchnorm::gpu::list_adapters;
 use wgpu_batchnorm::{
     npy, BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout, Result, RunningVar,
@@ -364,7 +364,9 @@ fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
-    use wgpu_batchnorm::bench::{bench_shape, check_shape, DEFAULT_SHAPES};
+    use wgpu_batchnorm::bench::{
+        check_shape, layout_name, shape_name, time_shape, verify_shape, DEFAULT_SHAPES,
+    };
     let shapes: Vec<Vec<usize>> = match &args.shape {
         Some(s) => s.0.clone(),
         None => DEFAULT_SHAPES.iter().map(|s| s.to_vec()).collect(),
@@ -385,6 +387,29 @@ fn bench(args: &BenchArgs) -> Result<()> {
     // Every shape is checked before any is timed, so that a bad one does not end the run late.
     for (dims, layout) in &runs {
         check_shape(&ctx, dims, *layout)?;
+    }
+    // One line rewritten in place on a terminal; one line per step in a log.
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |msg: &str| {
+        if terminal {
+            eprint!("\r\x1b[2K{msg}");
+        } else {
+            eprintln!("{msg}");
+        }
+    };
+    // A terminal's progress line goes before anything else is printed: a row, or an error.
+    fn cleared<T>(terminal: bool, r: Result<T>) -> Result<T> {
+        if terminal {
+            eprint!("\r\x1b[2K");
+        }
+        r
+    }
+    // And every kernel is verified against the CPU reference before a row is printed, so that
+    // a wrong one leaves no figures behind.
+    for (dims, layout) in &runs {
+        let what = format!("{} {}", shape_name(dims), layout_name(dims, *layout));
+        progress(&format!("{what}: verifying against the CPU reference"));
+        cleared(terminal, verify_shape(&ctx, dims, *layout))?;
     }
     let adapter = ctx
         .adapter_info()
@@ -412,20 +437,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     } else {
         out!("impl,shape,layout,pass,median_ms,gbps,timing");
     }
-    // One line rewritten in place on a terminal; one line per step in a log.
-    let terminal = std::io::stderr().is_terminal();
-    let mut progress = |msg: &str| {
-        if terminal {
-            eprint!("\r\x1b[2K{msg}");
-        } else {
-            eprintln!("{msg}");
-        }
-    };
     for (dims, layout) in runs {
-        let rows = bench_shape(&ctx, &dims, layout, args.iters as usize, &mut progress)?;
-        if terminal {
-            eprint!("\r\x1b[2K");
-        }
+        let timed = time_shape(&ctx, &dims, layout, args.iters as usize, &mut progress);
+        let rows = cleared(terminal, timed)?;
         for r in rows {
             if args.format == Format::Csv {
                 out!(
@@ -574,7 +588,9 @@ fn demo() -> Result<()> {
     })?;
     let (gf, gb) = (g_fwd.expect("ran"), g_bwd.expect("ran"));
     let (cf, cb) = (c_fwd.expect("ran"), c_bwd.expect("ran"));
-    let errors = output_errors((&gf, &gb), (&cf, &cb));
+    let eps = cpu.config().eps;
+    let paths = dx_paths(&cf, &cpu.gamma()?, &cpu.running_var()?, eps, &dy);
+    let errors = output_errors((&gf, &gb), (&cf, &cb), paths);
     let (worst_name, worst) =
         errors.iter().fold(
             ("", 0.0f64),
