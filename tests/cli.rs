@@ -1019,6 +1019,23 @@ fn output_file_sets() {
         let a = vec!["backward", "--x", x3, "--dy", dy3, "--layout", "nhwc"];
         add("backward non-affine", a, vec![dx3.clone()], None);
 
+        // The forward that recomputes the statistics is no step: a count at its limit, which a
+        // training forward refuses, does not refuse the gradient.
+        let mut a = vec!["backward", "--x", x3, "--dy", dy3, "--layout", "nhwc"];
+        a.extend(affine);
+        a.extend(tracked);
+        a.extend(["--num-batches-tracked", "4294967295"]);
+        add(
+            "backward affine tracked, count at its limit",
+            a,
+            vec![
+                dx3.clone(),
+                ("dgamma.npy", ch.clone()),
+                ("dbeta.npy", ch.clone()),
+            ],
+            None,
+        );
+
         let mut a = vec![
             "backward", "--x", x3, "--dy", dy3, "--layout", "nhwc", "--eval",
         ];

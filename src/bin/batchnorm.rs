@@ -351,7 +351,12 @@ fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
     wgpu_batchnorm::shape::expect_same_dims(x.shape(), dy.shape())?;
     let mut layer = build_layer(args, &x)?;
     let layout = layout(args.layout);
-    // Training recomputes the batch statistics from x, as autograd would.
+    // Training recomputes the batch statistics from x, as autograd would. That forward is no
+    // step of the model's, and the gradient reads no count: a count at the layer's limit
+    // (u32::MAX, refused as the next step's) must not refuse it.
+    if layer.is_training() && layer.num_batches_tracked().is_some() {
+        layer.set_num_batches_tracked(0)?;
+    }
     layer.forward(x.view(), layout)?;
     let grads = layer.backward(x.view(), dy.view(), layout)?;
     let mut files = Outputs(Vec::new());
