@@ -75,11 +75,13 @@ impl BatchNormConfig {
                 limit: u32::MAX as u64,
             });
         }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
+        // A subnormal eps is 0 to a GPU that flushes denormals (WGSL allows it), and a constant
+        // channel would then get invstd = inf and y = NaN where PyTorch gives beta.
+        if !(self.eps.is_finite() && self.eps >= f32::MIN_POSITIVE) {
             return Err(BnError::Config {
                 name: "eps",
                 value: self.eps.to_string(),
-                reason: "must be finite and greater than 0",
+                reason: "must be finite and at least f32::MIN_POSITIVE (1.18e-38): GPUs may flush smaller values to 0",
             });
         }
         if let Some(m) = self.momentum {

@@ -53,7 +53,18 @@ pub fn batch_stats(x: &[f32], shape: &Shape) -> Stats {
         let mu = mean[c];
         sq[c] += x[r].iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>();
     });
-    let var = sq.iter().map(|s| s / m).collect();
+    // PyTorch keeps the sum of squared deviations in the input's dtype (aten's _var_sum; a
+    // GPU's M2 is f32 too): past f32::MAX it is infinite, so invstd is 0 and y is beta.
+    let var = sq
+        .iter()
+        .map(|&s| {
+            if (s as f32).is_infinite() {
+                f64::INFINITY
+            } else {
+                s / m
+            }
+        })
+        .collect();
     Stats { mean, var }
 }
 

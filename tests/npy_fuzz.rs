@@ -711,7 +711,7 @@ proptest! {
         config.momentum = momentum;
         config.affine = affine;
         config.track_running_stats = track;
-        let eps_ok = eps.is_finite() && eps > 0.0;
+        let eps_ok = eps.is_finite() && eps >= f32::MIN_POSITIVE;
         let momentum_ok = momentum.is_none_or(|m| (0.0..=1.0).contains(&m));
         match config.validate() {
             Ok(()) => {

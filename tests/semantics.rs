@@ -220,12 +220,37 @@ fn one_value_per_channel_is_an_error_when_batch_stats_are_used() {
     }
 }
 
+/// A channel whose sum of squared deviations passes f32::MAX (here 2e40) has an infinite
+/// variance in PyTorch, which keeps that sum in f32 (aten's _var_sum): invstd is 0, y is
+/// beta, running_var infinite. The f64 reference must not report a finite variance there.
+#[test]
+fn a_variance_past_f32_gives_invstd_zero_and_y_beta_as_in_pytorch() {
+    for (name, device) in devices() {
+        let mut bn = BatchNorm::new(BatchNormConfig::new(1), device).unwrap();
+        bn.set_beta(&[0.25]).unwrap();
+        let out = bn
+            .forward(column(&[1e20, -1e20]).view(), Layout::ChannelsFirst)
+            .unwrap();
+        let stats = out.stats.unwrap();
+        assert_eq!(stats.var, [f32::INFINITY], "{name}: var");
+        assert_eq!(stats.invstd, [0.0], "{name}: invstd");
+        assert_eq!(out.y.as_slice().unwrap(), [0.25, 0.25], "{name}: y");
+        assert_eq!(
+            bn.running_var().unwrap(),
+            [f32::INFINITY],
+            "{name}: running_var"
+        );
+    }
+}
+
 #[test]
 fn bad_configs_and_shapes_are_refused() {
     for (name, device) in devices() {
         for (eps, momentum) in [
             (0.0, Some(0.1)),
             (f32::NAN, Some(0.1)),
+            // Subnormal: a GPU that flushes it to 0 would give a constant channel NaN.
+            (1e-40, Some(0.1)),
             (1e-5, Some(1.5)),
             (1e-5, Some(f32::NAN)),
         ] {
