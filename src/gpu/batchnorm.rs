@@ -353,7 +353,6 @@ impl GpuBatchNorm {
         if !self.plans.contains_key(shape) {
             // A shape the device cannot run is refused before it costs a kept plan its place.
             let geometry = Geometry::new(shape, self.ctx.limits(), self.ctx.tuning())?;
-            self.evict_a_plan_if_full();
             let biased = match self.config.running_var {
                 RunningVar::Biased => BIASED_RUNNING_VAR,
                 RunningVar::Unbiased => 0,
@@ -411,6 +410,8 @@ impl GpuBatchNorm {
                 io: None,
                 last_used: 0,
             };
+            // Only now: a buffer that could not be made has cost no kept plan its place.
+            self.evict_a_plan_if_full();
             self.plans.insert(shape.clone(), plan);
         }
         let plan = self.plans.get_mut(shape).expect("inserted above");

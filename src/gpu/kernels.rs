@@ -573,9 +573,13 @@ pub(crate) struct Chunk {
 
 /// The most channels the per-channel kernels reach: those with one lane per channel, on one
 /// line of workgroups (at that count the merging finalize kernels give each channel at most
-/// four lanes).
+/// four lanes), and whose 16-byte records (`saved`, `coeff`) one buffer and one binding hold.
 pub(crate) fn max_channels(limits: &wgpu::Limits) -> u64 {
-    limits.max_compute_workgroups_per_dimension as u64 * FINALIZE_WORKGROUP as u64
+    let lanes = limits.max_compute_workgroups_per_dimension as u64 * FINALIZE_WORKGROUP as u64;
+    let bytes = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    lanes.min(bytes / 16)
 }
 
 impl Geometry {
@@ -797,6 +801,9 @@ impl Geometry {
         while first_row < outer as u64 {
             let rows = (outer as u64 - first_row).min(rows_per_chunk);
             let chunk_splits = (rows as u32).div_ceil(rows_per_split) * inner_splits;
+            // Bounded by the rules above (rows by max_groups, inner by the element-wise
+            // columns' limit); a refusal rather than a failed dispatch should they change.
+            limit("reduction workgroups", chunk_splits as u64, max_groups)?;
             let chunk_records = chunk_splits * records_per_split;
             let apply_rows = rows.div_ceil(planes_per_row);
             let apply_rows_per_group = apply_rows.min(16).max(apply_rows.div_ceil(max_groups));
@@ -957,6 +964,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A device may be made with fewer workgroups per dimension than WebGPU's 65,535: every
+    /// dispatch a geometry makes stays within what the device allows, where few long rows
+    /// would have the reductions split along inner for a GPU's 512 workgroups.
+    #[test]
+    fn every_dispatch_fits_a_device_with_few_workgroups_per_dimension() {
+        let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
+        let cpu = Tuning::for_device(Some(wgpu::DeviceType::Cpu));
+        for most in [16u32, 64, 100, 300] {
+            let limits = wgpu::Limits {
+                max_compute_workgroups_per_dimension: most,
+                ..wgpu::Limits::default()
+            };
+            // Planes as long as the element-wise kernels' columns allow (most·1024 values).
+            let long = most as usize * 1024;
+            for (dims, layout) in [
+                (&[2, 1, long][..], Layout::ChannelsFirst),
+                (&[1, 2, long / 2][..], Layout::ChannelsFirst),
+                (&[3, 1, long - 4][..], Layout::ChannelsFirst),
+                (&[2, 1, long / 3][..], Layout::ChannelsFirst),
+                (&[64, 256, 14, 14][..], Layout::ChannelsFirst),
+                (&[1024, 4096][..], Layout::ChannelsFirst),
+            ] {
+                for tuning in [gpu, cpu] {
+                    let shape = Shape::new(dims, layout).unwrap();
+                    // A refusal must be a Limit; a geometry must fit.
+                    let g = match Geometry::new(&shape, &limits, tuning) {
+                        Ok(g) => g,
+                        Err(BnError::Limit { .. }) => continue,
+                        Err(e) => panic!("{dims:?} under {most}: {e}"),
+                    };
+                    for c in &g.chunks {
+                        let (a, b) = (c.reduce_groups, c.apply_groups);
+                        for n in [a.0, a.1, b.0, b.1, g.merge_groups.0] {
+                            assert!(n <= most, "{dims:?} under {most}: {a:?} {b:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A layer's per-channel records are 16 bytes and bound whole: on a device whose buffers
+    /// or bindings hold fewer than 16 bytes per channel that the workgroups would reach, the
+    /// smaller bound counts.
+    #[test]
+    fn max_channels_is_bounded_by_buffers_and_bindings() {
+        let limits = wgpu::Limits::default();
+        let lanes = limits.max_compute_workgroups_per_dimension as u64 * 64;
+        assert_eq!(max_channels(&limits), lanes);
+        let small_binding = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 20,
+            ..limits.clone()
+        };
+        assert_eq!(max_channels(&small_binding), 1 << 16);
+        let small_buffer = wgpu::Limits {
+            max_buffer_size: 1 << 18,
+            ..limits
+        };
+        assert_eq!(max_channels(&small_buffer), 1 << 14);
     }
 
     /// The finalize kernels give each channel a power of two of lanes, enough that none
