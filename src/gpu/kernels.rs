@@ -719,9 +719,12 @@ impl Geometry {
         if reduce != Reduce::Vec4Grouped && row_splits < wanted {
             let rows = rows_per_split.min(chunk_rows);
             let floor = (tuning.loads_per_lane / 4 * lanes).div_ceil(rows * tile_c as u64);
+            // No more splits along inner than a dimension of workgroups holds beside the rows'.
+            let most_inner = (max_groups / row_splits).max(1);
             inner_per_split = inner_per_split
                 .div_ceil(wanted.div_ceil(row_splits))
                 .max(floor)
+                .max((units_i as u64).div_ceil(most_inner))
                 .next_multiple_of(sweep)
                 .min(units_i as u64);
         }
@@ -801,8 +804,8 @@ impl Geometry {
         while first_row < outer as u64 {
             let rows = (outer as u64 - first_row).min(rows_per_chunk);
             let chunk_splits = (rows as u32).div_ceil(rows_per_split) * inner_splits;
-            // Bounded by the rules above (rows by max_groups, inner by the element-wise
-            // columns' limit); a refusal rather than a failed dispatch should they change.
+            // Bounded by the rules above (rows by max_groups, inner by what is left of it); a
+            // refusal rather than a failed dispatch should they change.
             limit("reduction workgroups", chunk_splits as u64, max_groups)?;
             let chunk_records = chunk_splits * records_per_split;
             let apply_rows = rows.div_ceil(planes_per_row);
@@ -978,22 +981,36 @@ mod tests {
                 max_compute_workgroups_per_dimension: most,
                 ..wgpu::Limits::default()
             };
-            // Planes as long as the element-wise kernels' columns allow (most·1024 values).
+            // Planes as long as the element-wise kernels' columns allow (most·1024 values),
+            // under few rows and many: the reductions want 512 workgroups on a GPU, and
+            // split such planes along inner as well as along rows.
             let long = most as usize * 1024;
-            for (dims, layout) in [
+            let fits = [
                 (&[2, 1, long][..], Layout::ChannelsFirst),
                 (&[1, 2, long / 2][..], Layout::ChannelsFirst),
                 (&[3, 1, long - 4][..], Layout::ChannelsFirst),
+                (&[16, 1, long][..], Layout::ChannelsFirst),
+                (&[64, 1, long][..], Layout::ChannelsFirst),
+                (&[64, 1, long / 4][..], Layout::ChannelsFirst),
+            ];
+            // Refused by another of the device's limits (element-wise columns or channel
+            // blocks) under the smallest counts.
+            let may_refuse = [
                 (&[2, 1, long / 3][..], Layout::ChannelsFirst),
                 (&[64, 256, 14, 14][..], Layout::ChannelsFirst),
                 (&[1024, 4096][..], Layout::ChannelsFirst),
-            ] {
+            ];
+            let cases = fits.iter().map(|c| (c, true));
+            for ((dims, layout), must_fit) in cases.chain(may_refuse.iter().map(|c| (c, false))) {
                 for tuning in [gpu, cpu] {
-                    let shape = Shape::new(dims, layout).unwrap();
-                    // A refusal must be a Limit; a geometry must fit.
+                    let shape = Shape::new(dims, *layout).unwrap();
                     let g = match Geometry::new(&shape, &limits, tuning) {
                         Ok(g) => g,
-                        Err(BnError::Limit { .. }) => continue,
+                        Err(BnError::Limit { what, .. })
+                            if !must_fit && what != "reduction workgroups" =>
+                        {
+                            continue
+                        }
                         Err(e) => panic!("{dims:?} under {most}: {e}"),
                     };
                     for c in &g.chunks {
