@@ -458,7 +458,7 @@ fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(times))
 }
 
-/// Whether `bench_shape` takes the (N, C, ...) shape `logical` stored in `layout` on `ctx`: a
+/// Whether `time_shape` takes the (N, C, ...) shape `logical` stored in `layout` on `ctx`: a
 /// shape the GPU layer takes in training (more than one value per channel, within the
 /// adapter's limits) whose copy roof binds the whole tensor at once and copies whole vec4.
 /// The CLI checks every shape before it times any, or prints anything.
@@ -507,7 +507,7 @@ pub fn memory_dims(logical: &[usize], layout: Layout) -> Vec<usize> {
 }
 
 /// Checks the GPU layer against the CPU reference on the (N, C, ...) shape `logical` stored
-/// in `layout` (see `verify`): what [`bench_shape`] does before it times anything.
+/// in `layout` (see `verify`): what the CLI does to every shape before it times any.
 pub fn verify_shape(ctx: &Arc<GpuContext>, logical: &[usize], layout: Layout) -> Result<()> {
     check_shape(ctx, logical, layout)?;
     let dims = memory_dims(logical, layout);
@@ -516,27 +516,9 @@ pub fn verify_shape(ctx: &Arc<GpuContext>, logical: &[usize], layout: Layout) ->
     verify(ctx, &x, &dy, layout)
 }
 
-/// Verifies (see [`verify_shape`]) and then benchmarks the (N, C, ...) shape `logical` stored
-/// in `layout`; `progress` hears what is running.
-pub fn bench_shape(
-    ctx: &Arc<GpuContext>,
-    logical: &[usize],
-    layout: Layout,
-    iters: usize,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Vec<Row>> {
-    progress(&format!(
-        "{} {}: verifying against the CPU reference",
-        shape_name(logical),
-        layout_name(logical, layout)
-    ));
-    verify_shape(ctx, logical, layout)?;
-    time_shape(ctx, logical, layout, iters, progress)
-}
-
-/// Benchmarks the (N, C, ...) shape `logical` stored in `layout` without verifying it first:
-/// for callers that ran [`verify_shape`] on it (the CLI verifies every shape before it prints
-/// a row). `progress` hears what is running.
+/// Benchmarks the (N, C, ...) shape `logical` stored in `layout`, which the caller has run
+/// [`verify_shape`] on (the CLI verifies every shape before it prints a row); `progress`
+/// hears what is running.
 pub fn time_shape(
     ctx: &Arc<GpuContext>,
     logical: &[usize],
