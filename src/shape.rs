@@ -99,7 +99,7 @@ impl Shape {
         self.dims[0] * self.spatial()
     }
 
-    /// The memory as [outer][channels][inner]: (N, C, S) channels-first, (N·S, C, 1) channels-last.
+    /// The memory as `[outer][channels][inner]`: (N, C, S) channels-first, (N·S, C, 1) channels-last.
     pub fn view(&self) -> (usize, usize, usize) {
         match self.layout {
             Layout::ChannelsFirst => (self.dims[0], self.channels(), self.spatial()),
