@@ -87,6 +87,9 @@ pub enum BnError {
     #[error("backward was called before a forward pass saved statistics for shape {shape:?}")]
     NoSavedStatistics { shape: Vec<usize> },
 
+    #[error("these saved statistics are another layer's: a backward takes those of its own layer's forward")]
+    ForeignSaved,
+
     #[error("no GPU adapter found ({0}); on Linux without a GPU install Mesa's software drivers: apt-get install -y mesa-vulkan-drivers")]
     NoAdapter(String),
 

@@ -1,5 +1,6 @@
 //! `BatchNorm`: one layer API over the GPU kernels or the CPU reference.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -26,6 +27,73 @@ pub(crate) fn check_batch_count(count: u64) -> Result<()> {
 pub(crate) fn next_batch_count(count: u64) -> Result<u64> {
     check_batch_count(count + 1)?;
     Ok(count + 1)
+}
+
+/// A number of its own for every layer made, so that a layer knows its saved statistics.
+pub(crate) fn new_layer_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What one forward saved for its backward, as PyTorch's autograd keeps it per call: the
+/// shape, and the statistics that normalized that batch (the running ones, as they were, in
+/// eval). Returned by `forward_for_backward` and taken by `backward_from` of the layer that
+/// made it, so that a layer applied several times before its backwards (shared weights,
+/// siamese branches, pipelined micro-batches) differentiates each call with its own
+/// statistics. A GPU layer's holds a buffer of 16 bytes per channel.
+#[derive(Clone, Debug)]
+pub struct SavedForBackward {
+    pub(crate) layer: u64,
+    pub(crate) shape: Shape,
+    pub(crate) stats: SavedStats,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum SavedStats {
+    /// Mean and invstd in f64; `frozen`: the running statistics normalized (eval, tracked).
+    Cpu {
+        mean: Vec<f64>,
+        invstd: Vec<f64>,
+        frozen: bool,
+    },
+    /// A copy of the layer's `saved` buffer after that forward ((center, offset, invstd,
+    /// var) per channel), and whether the forward trained.
+    Gpu {
+        buffer: wgpu::Buffer,
+        training: bool,
+    },
+}
+
+impl SavedForBackward {
+    /// The shape of the forward's input (in its own layout), which the backward's must be.
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    /// Refuses statistics that another layer saved, or that a forward of another shape did;
+    /// returns the statistics.
+    pub(crate) fn check(&self, layer: u64, shape: &Shape) -> Result<&SavedStats> {
+        if self.layer != layer {
+            return Err(BnError::ForeignSaved);
+        }
+        if self.shape.dims() != shape.dims() {
+            return Err(BnError::ShapeMismatch {
+                a_name: "the saved forward's x",
+                a: self.shape.dims().to_vec(),
+                b_name: "x",
+                b: shape.dims().to_vec(),
+            });
+        }
+        if self.shape.layout() != shape.layout() {
+            return Err(BnError::LayoutMismatch {
+                a_name: "the saved forward's x",
+                a: self.shape.layout(),
+                b_name: "x",
+                b: shape.layout(),
+            });
+        }
+        Ok(&self.stats)
+    }
 }
 
 /// Where a layer runs.
@@ -82,8 +150,9 @@ struct CpuBatchNorm {
     beta: Vec<f32>,
     running_mean: Vec<f32>,
     running_var: Vec<f32>,
-    /// (shape, mean, invstd, frozen) of the last forward.
-    saved: Option<(Shape, Vec<f64>, Vec<f64>, bool)>,
+    /// What the last forward saved, for `backward`.
+    saved: Option<SavedForBackward>,
+    id: u64,
 }
 
 impl CpuBatchNorm {
@@ -98,7 +167,20 @@ impl CpuBatchNorm {
             running_mean: vec![0.0; n],
             running_var: vec![1.0; n],
             saved: None,
+            id: new_layer_id(),
         }
+    }
+
+    fn keep(&mut self, shape: Shape, mean: Vec<f64>, invstd: Vec<f64>, frozen: bool) {
+        self.saved = Some(SavedForBackward {
+            layer: self.id,
+            shape,
+            stats: SavedStats::Cpu {
+                mean,
+                invstd,
+                frozen,
+            },
+        });
     }
 
     fn forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
@@ -111,7 +193,7 @@ impl CpuBatchNorm {
             if counts {
                 self.num_batches_tracked = next_batch_count(self.num_batches_tracked)?;
             }
-            self.saved = Some((shape.clone(), Vec::new(), Vec::new(), !batch_stats));
+            self.keep(shape.clone(), Vec::new(), Vec::new(), !batch_stats);
             return Ok(ForwardOutput {
                 y: ArrayD::zeros(shape.dims()),
                 stats: None,
@@ -160,8 +242,18 @@ impl CpuBatchNorm {
         };
         let y = cpu::normalize(x, &shape, &mean, &invstd, &self.gamma, &self.beta);
         let y = ArrayD::from_shape_vec(shape.dims(), y).expect("numel matches");
-        self.saved = Some((shape, mean, invstd, !batch_stats));
+        self.keep(shape, mean, invstd, !batch_stats);
         Ok(ForwardOutput { y, stats })
+    }
+
+    /// The forward, and what it saved for `backward_from`.
+    fn forward_for_backward(
+        &mut self,
+        x: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<(ForwardOutput, SavedForBackward)> {
+        let out = self.forward(x, layout)?;
+        Ok((out, self.saved.clone().expect("kept by forward")))
     }
 
     fn backward(
@@ -173,14 +265,36 @@ impl CpuBatchNorm {
         expect_same_dims(x.shape(), dy.shape())?;
         let shape = Shape::new(x.shape(), layout)?;
         shape.expect_channels(self.config.num_features)?;
-        let (mean, invstd, frozen) = match &self.saved {
-            Some((s, mean, invstd, frozen)) if *s == shape => (mean, invstd, *frozen),
+        let saved = match &self.saved {
+            Some(s) if s.shape == shape => s.clone(),
             _ => {
                 return Err(BnError::NoSavedStatistics {
                     shape: shape.dims().to_vec(),
                 })
             }
         };
+        self.backward_from(&saved, x, dy, layout)
+    }
+
+    fn backward_from(
+        &mut self,
+        saved: &SavedForBackward,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<BackwardOutput> {
+        expect_same_dims(x.shape(), dy.shape())?;
+        let shape = Shape::new(x.shape(), layout)?;
+        shape.expect_channels(self.config.num_features)?;
+        let SavedStats::Cpu {
+            mean,
+            invstd,
+            frozen,
+        } = saved.check(self.id, &shape)?
+        else {
+            return Err(BnError::ForeignSaved);
+        };
+        let frozen = *frozen;
         if shape.is_empty() {
             return Ok(BackwardOutput::of_empty_batch(&shape, &self.config));
         }
@@ -269,12 +383,43 @@ impl BatchNorm {
         }
     }
 
+    /// `forward`, which also returns what it saved for its backward: give it to
+    /// `backward_from` to differentiate this call whatever forwards came after it.
+    pub fn forward_for_backward(
+        &mut self,
+        x: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<(ForwardOutput, SavedForBackward)> {
+        match &mut self.engine {
+            Engine::Cpu(l) => l.forward_for_backward(x, layout),
+            Engine::Gpu(l) => l.forward_array_for_backward(x, layout),
+        }
+    }
+
+    /// Gradients for `dy` through the statistics that `saved` holds: those of the
+    /// `forward_for_backward` of this layer that returned it, on x's shape and layout
+    /// (`ForeignSaved`, `ShapeMismatch` or `LayoutMismatch` otherwise). Gamma is the layer's
+    /// when the backward runs (PyTorch refuses a backward after gamma changed in place).
+    pub fn backward_from(
+        &mut self,
+        saved: &SavedForBackward,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<BackwardOutput> {
+        match &mut self.engine {
+            Engine::Cpu(l) => l.backward_from(saved, x, dy, layout),
+            Engine::Gpu(l) => l.backward_array_from(saved, x, dy, layout),
+        }
+    }
+
     /// Gradients for `dy`, through the statistics saved by the most recent forward, which
     /// must have had this shape: call it after the forward it differentiates, before the
-    /// next forward of the layer. Unlike autograd, which saves statistics per call, the layer
-    /// keeps only the last forward's: a layer applied twice before its backwards (shared
-    /// weights, siamese branches) differentiates both calls with the second call's
-    /// statistics, and only a different shape is refused (`NoSavedStatistics`).
+    /// next forward of the layer. Autograd saves statistics per call; this keeps only the
+    /// last forward's: a layer applied twice before its backwards (shared weights, siamese
+    /// branches) would differentiate both calls with the second call's statistics, and only
+    /// a different shape is refused (`NoSavedStatistics`). Use `forward_for_backward` and
+    /// `backward_from` there.
     pub fn backward(
         &mut self,
         x: ArrayViewD<f32>,

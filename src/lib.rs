@@ -23,5 +23,7 @@ pub mod shape;
 pub use config::{BatchNormConfig, Layout, RunningVar};
 pub use error::{BnError, Result};
 pub use gpu::{GpuBatchNorm, GpuContext, GpuTensor};
-pub use layer::{BackwardOutput, BatchNorm, BatchStatistics, Device, ForwardOutput};
+pub use layer::{
+    BackwardOutput, BatchNorm, BatchStatistics, Device, ForwardOutput, SavedForBackward,
+};
 pub use shape::Shape;

@@ -15,7 +15,8 @@ use crate::gpu::kernels::{
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
-    check_batch_count, next_batch_count, BackwardOutput, BatchStatistics, ForwardOutput,
+    check_batch_count, new_layer_id, next_batch_count, BackwardOutput, BatchStatistics,
+    ForwardOutput, SavedForBackward, SavedStats,
 };
 use crate::shape::{expect_same_dims, Shape};
 
@@ -122,6 +123,8 @@ pub struct GpuBatchNorm {
     plans: HashMap<Shape, Plan>,
     /// Counts plan lookups, to order plans by recent use.
     uses: u64,
+    /// Whose saved statistics are whose (SavedForBackward).
+    id: u64,
 }
 
 impl GpuBatchNorm {
@@ -157,6 +160,7 @@ impl GpuBatchNorm {
             pending_count: None,
             plans: HashMap::new(),
             uses: 0,
+            id: new_layer_id(),
         };
         let n = layer.config.num_features;
         layer.write(&layer.gamma, &vec![1.0; n])?;
@@ -519,6 +523,68 @@ impl GpuBatchNorm {
         Ok(())
     }
 
+    /// `forward`, which also returns what it saved for its backward (`backward_from`): a
+    /// copy of the statistics, recorded into `encoder` after the pass, so that later forwards
+    /// of the layer do not change what this one's backward differentiates through.
+    pub fn forward_for_backward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+        y: &GpuTensor,
+    ) -> Result<SavedForBackward> {
+        let ctx = self.ctx.clone();
+        let (batches, saved, steps, kept) = ctx.scoped("forward", || {
+            let (batches, saved, steps) = self.prepare_forward(&ctx, x, y)?;
+            Ok((batches, saved, steps, self.kept_statistics()?))
+        })?;
+        let token = self.token(&saved, &kept);
+        self.record_forward(encoder, batches, saved, &steps);
+        encoder.copy_buffer_to_buffer(&self.saved, 0, &kept, 0, kept.size());
+        Ok(token)
+    }
+
+    /// A buffer for one forward's copy of `saved`.
+    fn kept_statistics(&self) -> Result<wgpu::Buffer> {
+        self.ctx.create_buffer(
+            "saved for backward",
+            self.config.num_features as u64 * 16,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        )
+    }
+
+    fn token(&self, saved: &Saved, kept: &wgpu::Buffer) -> SavedForBackward {
+        SavedForBackward {
+            layer: self.id,
+            shape: saved.shape.clone(),
+            stats: SavedStats::Gpu {
+                buffer: kept.clone(),
+                training: saved.training,
+            },
+        }
+    }
+
+    /// What a backward of `shape` differentiates through, and the buffer that holds its
+    /// statistics: `from`'s, or else the last forward's.
+    fn saved_stats(
+        &self,
+        from: Option<&SavedForBackward>,
+        shape: &Shape,
+    ) -> Result<(Saved, wgpu::Buffer)> {
+        let Some(token) = from else {
+            return Ok((self.saved_for(shape)?, self.saved.clone()));
+        };
+        match token.check(self.id, shape)? {
+            SavedStats::Gpu { buffer, training } => Ok((
+                Saved {
+                    shape: shape.clone(),
+                    training: *training,
+                },
+                buffer.clone(),
+            )),
+            SavedStats::Cpu { .. } => Err(BnError::ForeignSaved),
+        }
+    }
+
     /// Records a prepared forward, after the count that `set_num_batches_tracked` left to
     /// copy, and moves the layer's host state on with it.
     fn record_forward(
@@ -722,8 +788,32 @@ impl GpuBatchNorm {
         dy: &GpuTensor,
         dx: &GpuTensor,
     ) -> Result<()> {
+        self.record_backward(encoder, None, x, dy, dx)
+    }
+
+    /// Records the backward pass into `encoder` through the statistics that `saved` holds,
+    /// which a `forward_for_backward` of this layer on x's shape returned.
+    pub fn backward_from(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        saved: &SavedForBackward,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+    ) -> Result<()> {
+        self.record_backward(encoder, Some(saved), x, dy, dx)
+    }
+
+    fn record_backward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        from: Option<&SavedForBackward>,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+    ) -> Result<()> {
         let ctx = self.ctx.clone();
-        let steps = ctx.scoped("backward", || self.prepare_backward(&ctx, x, dy, dx))?;
+        let steps = ctx.scoped("backward", || self.prepare_backward(&ctx, from, x, dy, dx))?;
         if x.shape.is_empty() {
             self.clear_parameter_grads(encoder);
         }
@@ -740,17 +830,20 @@ impl GpuBatchNorm {
     fn prepare_backward<'k>(
         &mut self,
         ctx: &'k GpuContext,
+        from: Option<&SavedForBackward>,
         x: &GpuTensor,
         dy: &GpuTensor,
         dx: &GpuTensor,
     ) -> Result<Vec<Step<'k>>> {
         self.check_tensors(&[("x", x), ("dy", dy)], ("dx", dx))?;
-        let saved = self.saved_for(&x.shape)?;
+        let (saved, stats) = self.saved_stats(from, &x.shape)?;
         if x.shape.is_empty() {
             return Ok(Vec::new());
         }
         // Normalized with running statistics (eval, tracked): dx = gamma·invstd·dy.
         let frozen = !saved.training && self.config.track_running_stats;
+        // The last forward's plan is kept; a saved forward's may have made way for others.
+        self.plan(&x.shape)?;
         let plan = &self.plans[&x.shape];
         let g = &plan.geometry;
         let params = if saved.training {
@@ -767,7 +860,7 @@ impl GpuBatchNorm {
                     params.slot(i),
                     x.chunk_binding(chunk),
                     dy.chunk_binding(chunk),
-                    self.saved.as_entire_binding(),
+                    stats.as_entire_binding(),
                     plan.partials.as_entire_binding(),
                 ],
             );
@@ -782,7 +875,7 @@ impl GpuBatchNorm {
             &[
                 params.slot(0),
                 plan.partials.as_entire_binding(),
-                self.saved.as_entire_binding(),
+                stats.as_entire_binding(),
                 self.gamma.as_entire_binding(),
                 self.dgamma.as_entire_binding(),
                 self.dbeta.as_entire_binding(),
@@ -847,6 +940,26 @@ impl GpuBatchNorm {
     /// Submits and waits at once: ahead of any pass recorded into a caller's encoder and not
     /// yet submitted.
     pub fn forward_array(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
+        Ok(self.run_forward_array(x, layout, false)?.0)
+    }
+
+    /// `forward_array`, which also returns what it saved for its backward
+    /// (`backward_array_from`).
+    pub fn forward_array_for_backward(
+        &mut self,
+        x: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<(ForwardOutput, SavedForBackward)> {
+        let (out, saved) = self.run_forward_array(x, layout, true)?;
+        Ok((out, saved.expect("kept when asked")))
+    }
+
+    fn run_forward_array(
+        &mut self,
+        x: ArrayViewD<f32>,
+        layout: Layout,
+        keep: bool,
+    ) -> Result<(ForwardOutput, Option<SavedForBackward>)> {
         let ctx = self.ctx.clone();
         // A forward that fails once recorded (its submission refused, or its results lost
         // with the device) gives the caller nothing, so it counts for nothing: the host
@@ -858,7 +971,7 @@ impl GpuBatchNorm {
             self.saved_for_backward.clone(),
             self.pending_count.clone(),
         );
-        let result = ctx.scoped("forward", || self.run_forward(x, layout));
+        let result = ctx.scoped("forward", || self.run_forward(x, layout, keep));
         if result.is_err() {
             (
                 self.num_batches_tracked,
@@ -869,24 +982,32 @@ impl GpuBatchNorm {
         result
     }
 
-    fn run_forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
+    fn run_forward(
+        &mut self,
+        x: ArrayViewD<f32>,
+        layout: Layout,
+        keep: bool,
+    ) -> Result<(ForwardOutput, Option<SavedForBackward>)> {
         let shape = Shape::new(x.shape(), layout)?;
         // Refused before io() makes or evicts anything.
         let batches_after = self.check_forward(&shape)?;
+        let saved = Saved {
+            shape: shape.clone(),
+            training: self.training,
+        };
+        let kept = keep.then(|| self.kept_statistics()).transpose()?;
+        let token = kept.as_ref().map(|kept| self.token(&saved, kept));
         if shape.is_empty() {
             let ctx = self.ctx.clone();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             let steps = self.empty_batch_steps(&ctx, batches_after);
-            let saved = Saved {
-                shape: shape.clone(),
-                training: self.training,
-            };
             self.record_forward(&mut encoder, batches_after, saved, &steps);
             ctx.submit(encoder, "forward")?;
-            return Ok(ForwardOutput {
+            let out = ForwardOutput {
                 y: ArrayD::zeros(shape.dims()),
                 stats: None,
-            });
+            };
+            return Ok((out, token));
         }
         self.io(&shape)?;
         let ctx = self.ctx.clone();
@@ -906,6 +1027,9 @@ impl GpuBatchNorm {
         let channels = self.config.num_features;
         encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes);
         encoder.copy_buffer_to_buffer(&self.saved, 0, &staging, bytes, channels as u64 * 16);
+        if let Some(kept) = &kept {
+            encoder.copy_buffer_to_buffer(&self.saved, 0, kept, 0, kept.size());
+        }
         ctx.submit(encoder, "forward")?;
         let values = ctx.read_mapped(&staging, bytes + channels as u64 * 16)?;
         let (y, saved) = values.split_at(shape.numel());
@@ -914,10 +1038,11 @@ impl GpuBatchNorm {
             invstd: saved.chunks(4).map(|s| s[2]).collect(),
             var: saved.chunks(4).map(|s| s[3]).collect(),
         });
-        Ok(ForwardOutput {
+        let out = ForwardOutput {
             y: ArrayD::from_shape_vec(shape.dims(), y.to_vec()).expect("numel matches"),
             stats,
-        })
+        };
+        Ok((out, token))
     }
 
     /// Uploads `x` and `dy`, runs backward with the statistics of the last forward, and reads
@@ -929,11 +1054,26 @@ impl GpuBatchNorm {
         layout: Layout,
     ) -> Result<BackwardOutput> {
         let ctx = self.ctx.clone();
-        ctx.scoped("backward", || self.run_backward(x, dy, layout))
+        ctx.scoped("backward", || self.run_backward(None, x, dy, layout))
+    }
+
+    /// `backward_array` through the statistics that `saved` holds, which a
+    /// `forward_array_for_backward` (or `forward_for_backward`) of this layer on x's shape
+    /// returned.
+    pub fn backward_array_from(
+        &mut self,
+        saved: &SavedForBackward,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+        layout: Layout,
+    ) -> Result<BackwardOutput> {
+        let ctx = self.ctx.clone();
+        ctx.scoped("backward", || self.run_backward(Some(saved), x, dy, layout))
     }
 
     fn run_backward(
         &mut self,
+        from: Option<&SavedForBackward>,
         x: ArrayViewD<f32>,
         dy: ArrayViewD<f32>,
         layout: Layout,
@@ -942,7 +1082,7 @@ impl GpuBatchNorm {
         let shape = Shape::new(x.shape(), layout)?;
         shape.expect_channels(self.config.num_features)?;
         // Refused before io() makes or evicts anything.
-        self.saved_for(&shape)?;
+        self.saved_stats(from, &shape)?;
         if shape.is_empty() {
             let ctx = self.ctx.clone();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -972,8 +1112,9 @@ impl GpuBatchNorm {
             io.staging.clone(),
         );
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        self.backward(
+        self.record_backward(
             &mut encoder,
+            from,
             &GpuTensor::new(&xb, shape.dims(), layout)?,
             &GpuTensor::new(&dyb, shape.dims(), layout)?,
             &GpuTensor::new(&out, shape.dims(), layout)?,

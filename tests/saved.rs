@@ -1,0 +1,288 @@
+//! Statistics saved per forward call (`forward_for_backward`, `backward_from`): a layer applied
+//! several times before its backwards differentiates each call with that call's statistics,
+//! as PyTorch's autograd does, on the GPU (ndarray and recording APIs) and the CPU reference.
+
+mod common;
+
+use common::{rel_l2, Rng};
+use ndarray::ArrayD;
+use wgpu_batchnorm::{
+    BackwardOutput, BatchNorm, BatchNormConfig, BnError, Device, GpuBatchNorm, GpuTensor, Layout,
+};
+
+const TOL: f64 = 1e-5;
+
+fn devices() -> [(&'static str, Device); 2] {
+    [("gpu", Device::Gpu(common::gpu())), ("cpu", Device::Cpu)]
+}
+
+fn layer(device: Device, channels: usize, gamma: &[f32]) -> BatchNorm {
+    let mut l = BatchNorm::new(BatchNormConfig::new(channels), device).unwrap();
+    l.set_gamma(gamma).unwrap();
+    l
+}
+
+fn f64s(a: &[f32]) -> Vec<f64> {
+    a.iter().map(|&v| v as f64).collect()
+}
+
+/// The gradients of one forward and backward of x on a fresh CPU reference layer.
+fn reference(gamma: &[f32], x: &ArrayD<f32>, dy: &ArrayD<f32>, layout: Layout) -> BackwardOutput {
+    let mut l = layer(Device::Cpu, gamma.len(), gamma);
+    l.forward(x.view(), layout).unwrap();
+    l.backward(x.view(), dy.view(), layout).unwrap()
+}
+
+/// The largest relative L2 error of dx, dgamma and dbeta.
+fn error(got: &BackwardOutput, want: &BackwardOutput) -> f64 {
+    let dx = rel_l2(got.dx.iter(), want.dx.iter().map(|&v| v as f64));
+    let dgamma = rel_l2(
+        got.dgamma.as_ref().unwrap(),
+        f64s(want.dgamma.as_ref().unwrap()),
+    );
+    let dbeta = rel_l2(
+        got.dbeta.as_ref().unwrap(),
+        f64s(want.dbeta.as_ref().unwrap()),
+    );
+    dx.max(dgamma).max(dbeta)
+}
+
+/// Two forwards of one shape on batches with different statistics, then their backwards in
+/// either order: each matches its own forward and backward on a fresh layer. The plain
+/// backward, which takes the last forward's statistics, misses the first call by far, so the
+/// comparison would catch a saved copy that followed later forwards.
+#[test]
+fn each_call_differentiates_with_its_own_statistics() {
+    for (name, device) in devices() {
+        for (layout, dims) in [
+            (Layout::ChannelsFirst, [4, 8, 5, 6]),
+            (Layout::ChannelsLast, [4, 5, 6, 8]),
+        ] {
+            let mut rng = Rng::new(7);
+            let gamma: Vec<f32> = (0..8).map(|_| (0.5 + rng.uniform()) as f32).collect();
+            let xs = [rng.array(&dims, 0.5, 2.0), rng.array(&dims, -3.0, 0.4)];
+            let dys = [rng.array(&dims, 0.0, 1.0), rng.array(&dims, 0.0, 1.0)];
+            let want = [0, 1].map(|k| reference(&gamma, &xs[k], &dys[k], layout));
+            for order in [[0, 1], [1, 0]] {
+                let mut bn = layer(device.clone(), 8, &gamma);
+                let saved =
+                    [0, 1].map(|k| bn.forward_for_backward(xs[k].view(), layout).unwrap().1);
+                for k in order {
+                    let got = bn
+                        .backward_from(&saved[k], xs[k].view(), dys[k].view(), layout)
+                        .unwrap();
+                    let e = error(&got, &want[k]);
+                    assert!(
+                        e <= TOL,
+                        "{name} {layout:?} call {k} of order {order:?}: {e:.2e}"
+                    );
+                }
+                let last_only = bn.backward(xs[0].view(), dys[0].view(), layout).unwrap();
+                let e = error(&last_only, &want[0]);
+                assert!(
+                    e > 1e-2,
+                    "{name} {layout:?}: the last forward's statistics fit call 0"
+                );
+            }
+        }
+    }
+}
+
+/// In eval the saved statistics are the running ones as they were at the forward: setting
+/// them afterwards changes what later forwards use, not that forward's backward.
+#[test]
+fn eval_saves_the_running_statistics_of_its_forward() {
+    let dims = [3, 4, 7];
+    let mut rng = Rng::new(11);
+    let x = rng.array(&dims, 1.0, 2.0);
+    let dy = rng.array(&dims, 0.0, 1.0);
+    let gamma = [0.5, 1.5, 2.0, 0.75];
+    let (mean_then, var_then) = ([0.5, -1.0, 2.0, 0.0], [4.0, 0.25, 1.0, 2.0]);
+    let want = {
+        let mut l = layer(Device::Cpu, 4, &gamma);
+        l.set_running_mean(&mean_then).unwrap();
+        l.set_running_var(&var_then).unwrap();
+        l.eval();
+        l.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        l.backward(x.view(), dy.view(), Layout::ChannelsFirst)
+            .unwrap()
+    };
+    for (name, device) in devices() {
+        let mut bn = layer(device, 4, &gamma);
+        bn.set_running_mean(&mean_then).unwrap();
+        bn.set_running_var(&var_then).unwrap();
+        bn.eval();
+        let (_, saved) = bn
+            .forward_for_backward(x.view(), Layout::ChannelsFirst)
+            .unwrap();
+        bn.set_running_mean(&[0.0; 4]).unwrap();
+        bn.set_running_var(&[9.0; 4]).unwrap();
+        bn.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        let got = bn
+            .backward_from(&saved, x.view(), dy.view(), Layout::ChannelsFirst)
+            .unwrap();
+        let e = error(&got, &want);
+        assert!(e <= TOL, "{name}: {e:.2e}");
+    }
+}
+
+/// Saved statistics go back only to their own layer, and only with x of their forward's shape
+/// and layout; a refusal leaves them usable.
+#[test]
+fn saved_statistics_are_refused_by_other_layers_and_shapes() {
+    let dims = [2, 4, 3, 4];
+    let mut rng = Rng::new(5);
+    let x = rng.array(&dims, 0.0, 1.0);
+    let dy = rng.array(&dims, 0.0, 1.0);
+    let other = rng.array(&[2, 4, 3, 5], 0.0, 1.0);
+    let other_dy = rng.array(&[2, 4, 3, 5], 0.0, 1.0);
+    let cf = Layout::ChannelsFirst;
+    let gamma = [1.0; 4];
+    let want = reference(&gamma, &x, &dy, cf);
+    let mut cpu_twin = layer(Device::Cpu, 4, &gamma);
+    let (_, cpu_saved) = cpu_twin.forward_for_backward(x.view(), cf).unwrap();
+    for (name, device) in devices() {
+        let mut bn = layer(device.clone(), 4, &gamma);
+        let mut twin = layer(device, 4, &gamma);
+        let (_, saved) = bn.forward_for_backward(x.view(), cf).unwrap();
+        twin.forward(x.view(), cf).unwrap();
+        let refusals = [
+            (
+                "another layer's",
+                twin.backward_from(&saved, x.view(), dy.view(), cf),
+            ),
+            (
+                "the CPU twin's",
+                bn.backward_from(&cpu_saved, x.view(), dy.view(), cf),
+            ),
+            (
+                "another shape",
+                bn.backward_from(&saved, other.view(), other_dy.view(), cf),
+            ),
+            // (2, 4, 3, 4) channels-last has 4 channels too, but is another tensor.
+            (
+                "another layout",
+                bn.backward_from(&saved, x.view(), dy.view(), Layout::ChannelsLast),
+            ),
+        ];
+        for (what, result) in refusals {
+            let ok = match what {
+                "another shape" => matches!(result, Err(BnError::ShapeMismatch { .. })),
+                "another layout" => matches!(result, Err(BnError::LayoutMismatch { .. })),
+                _ => matches!(result, Err(BnError::ForeignSaved)),
+            };
+            assert!(ok, "{name}: {what}: {:?}", result.map(|_| ()));
+        }
+        assert_eq!(saved.dims(), dims);
+        let got = bn.backward_from(&saved, x.view(), dy.view(), cf).unwrap();
+        assert!(error(&got, &want) <= TOL, "{name}");
+    }
+}
+
+/// A layer keeps buffers for its eight most recent shapes; a saved forward whose shape has
+/// made way for nine others since still has its backward.
+#[test]
+fn saved_statistics_outlive_the_plan_of_their_shape() {
+    let dims = [3, 4, 6, 5];
+    let mut rng = Rng::new(13);
+    let x = rng.array(&dims, 2.0, 1.5);
+    let dy = rng.array(&dims, 0.0, 1.0);
+    let gamma = [0.5, 1.0, 1.5, 2.0];
+    let want = reference(&gamma, &x, &dy, Layout::ChannelsFirst);
+    let mut bn = layer(Device::Gpu(common::gpu()), 4, &gamma);
+    let (_, saved) = bn
+        .forward_for_backward(x.view(), Layout::ChannelsFirst)
+        .unwrap();
+    for n in 2..11 {
+        let other = rng.array(&[n, 4, 3], 0.0, 1.0);
+        bn.forward(other.view(), Layout::ChannelsFirst).unwrap();
+    }
+    let got = bn
+        .backward_from(&saved, x.view(), dy.view(), Layout::ChannelsFirst)
+        .unwrap();
+    assert!(error(&got, &want) <= TOL);
+}
+
+/// The recording API: two forwards of one layer recorded into one encoder, their backwards
+/// into another, on the caller's buffers; each dx and the last dgamma match the reference.
+#[test]
+fn recorded_forwards_keep_their_statistics_until_their_backwards() {
+    let ctx = common::gpu();
+    let (device, queue) = (ctx.device().clone(), ctx.queue().clone());
+    let dims = [4, 6, 5, 3];
+    let n: usize = dims.iter().product();
+    let mut rng = Rng::new(17);
+    let gamma: Vec<f32> = (0..6).map(|_| (0.5 + rng.uniform()) as f32).collect();
+    let xs = [rng.array(&dims, 1.0, 2.0), rng.array(&dims, -2.0, 0.3)];
+    let dys = [rng.array(&dims, 0.0, 1.0), rng.array(&dims, 0.0, 1.0)];
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let buffer = |data: Option<&ArrayD<f32>>| {
+        let b = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: n as u64 * 4,
+            usage,
+            mapped_at_creation: false,
+        });
+        if let Some(d) = data {
+            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
+        }
+        b
+    };
+    let x_bufs = [buffer(Some(&xs[0])), buffer(Some(&xs[1]))];
+    let dy_bufs = [buffer(Some(&dys[0])), buffer(Some(&dys[1]))];
+    let y_bufs = [buffer(None), buffer(None)];
+    let dx_bufs = [buffer(None), buffer(None)];
+    let t = |b| GpuTensor::new(b, &dims, Layout::ChannelsFirst).unwrap();
+
+    let mut bn = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(6)).unwrap();
+    bn.set_gamma(&gamma).unwrap();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let saved = [0, 1].map(|k| {
+        bn.forward_for_backward(&mut encoder, &t(&x_bufs[k]), &t(&y_bufs[k]))
+            .unwrap()
+    });
+    queue.submit([encoder.finish()]);
+    let mut dx = Vec::new();
+    for k in [0, 1] {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        bn.backward_from(
+            &mut encoder,
+            &saved[k],
+            &t(&x_bufs[k]),
+            &t(&dy_bufs[k]),
+            &t(&dx_bufs[k]),
+        )
+        .unwrap();
+        queue.submit([encoder.finish()]);
+        dx.push(read(&device, &queue, &dx_bufs[k], n));
+    }
+    let dgamma = read(&device, &queue, bn.dgamma_buffer(), 6);
+    for k in [0, 1] {
+        let want = reference(&gamma, &xs[k], &dys[k], Layout::ChannelsFirst);
+        let e = rel_l2(&dx[k], want.dx.iter().map(|&v| v as f64));
+        assert!(e <= TOL, "dx of call {k}: {e:.2e}");
+        if k == 1 {
+            let e = rel_l2(&dgamma, f64s(want.dgamma.as_ref().unwrap()));
+            assert!(e <= TOL, "dgamma of call 1: {e:.2e}");
+        }
+    }
+}
+
+fn read(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let bytes = n as u64 * 4;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+    queue.submit([encoder.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let values = bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec();
+    staging.unmap();
+    values
+}
