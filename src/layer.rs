@@ -36,8 +36,8 @@ pub(crate) fn new_layer_id() -> u64 {
 }
 
 /// What one forward saved for its backward, as PyTorch's autograd keeps it per call: the
-/// shape, and the statistics that normalized that batch (the running ones, as they were, in
-/// eval). Returned by `forward_for_backward` and taken by `backward_from` of the layer that
+/// shape, and the statistics that normalized that batch (in eval with tracked running
+/// statistics, those as they were). Returned by `forward_for_backward` and taken by `backward_from` of the layer that
 /// made it, so that a layer applied several times before its backwards (shared weights,
 /// siamese branches, pipelined micro-batches) differentiates each call with its own
 /// statistics. A GPU layer's holds a buffer of 16 bytes per channel.

@@ -180,27 +180,104 @@ fn saved_statistics_are_refused_by_other_layers_and_shapes() {
 }
 
 /// A layer keeps buffers for its eight most recent shapes; a saved forward whose shape has
-/// made way for nine others since still has its backward.
+/// made way for nine others since still has its backward, through the ndarray API and
+/// recorded into an encoder (which finds no buffers of that shape made for it).
 #[test]
 fn saved_statistics_outlive_the_plan_of_their_shape() {
     let dims = [3, 4, 6, 5];
+    let n: usize = dims.iter().product();
+    let cf = Layout::ChannelsFirst;
     let mut rng = Rng::new(13);
     let x = rng.array(&dims, 2.0, 1.5);
     let dy = rng.array(&dims, 0.0, 1.0);
     let gamma = [0.5, 1.0, 1.5, 2.0];
-    let want = reference(&gamma, &x, &dy, Layout::ChannelsFirst);
+    let want = reference(&gamma, &x, &dy, cf);
+    let others: Vec<ArrayD<f32>> = (2..11).map(|m| rng.array(&[m, 4, 3], 0.0, 1.0)).collect();
+
     let mut bn = layer(Device::Gpu(common::gpu()), 4, &gamma);
-    let (_, saved) = bn
-        .forward_for_backward(x.view(), Layout::ChannelsFirst)
-        .unwrap();
-    for n in 2..11 {
-        let other = rng.array(&[n, 4, 3], 0.0, 1.0);
-        bn.forward(other.view(), Layout::ChannelsFirst).unwrap();
+    let (_, saved) = bn.forward_for_backward(x.view(), cf).unwrap();
+    for other in &others {
+        bn.forward(other.view(), cf).unwrap();
     }
-    let got = bn
-        .backward_from(&saved, x.view(), dy.view(), Layout::ChannelsFirst)
+    let got = bn.backward_from(&saved, x.view(), dy.view(), cf).unwrap();
+    assert!(error(&got, &want) <= TOL, "ndarray API");
+
+    let ctx = common::gpu();
+    let (device, queue) = (ctx.device().clone(), ctx.queue().clone());
+    let [x_buf, dy_buf, y_buf, dx_buf] = [Some(&x), Some(&dy), None, None].map(|data| {
+        let b = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: n as u64 * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(d) = data {
+            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
+        }
+        b
+    });
+    let t = |b| GpuTensor::new(b, &dims, cf).unwrap();
+    let mut bn = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(4)).unwrap();
+    bn.set_gamma(&gamma).unwrap();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let saved = bn
+        .forward_for_backward(&mut encoder, &t(&x_buf), &t(&y_buf))
         .unwrap();
-    assert!(error(&got, &want) <= TOL);
+    queue.submit([encoder.finish()]);
+    for other in &others {
+        bn.forward_array(other.view(), cf).unwrap();
+    }
+    let mut encoder = device.create_command_encoder(&Default::default());
+    bn.backward_from(&mut encoder, &saved, &t(&x_buf), &t(&dy_buf), &t(&dx_buf))
+        .unwrap();
+    queue.submit([encoder.finish()]);
+    let dx = read(&device, &queue, &dx_buf, n);
+    let e = rel_l2(&dx, want.dx.iter().map(|&v| v as f64));
+    assert!(e <= TOL, "recorded: {e:.2e}");
+}
+
+/// The mode is the forward's: a training forward differentiated after eval() takes the three
+/// paths, an eval forward differentiated after train() takes dx = gamma·invstd·dy.
+#[test]
+fn saved_statistics_keep_their_forwards_mode() {
+    let dims = [3, 4, 5];
+    let cf = Layout::ChannelsFirst;
+    let mut rng = Rng::new(19);
+    let x = rng.array(&dims, 1.0, 2.0);
+    let dy = rng.array(&dims, 0.0, 1.0);
+    let gamma = [0.5, 1.5, 2.0, 0.75];
+    let train_want = reference(&gamma, &x, &dy, cf);
+    let eval_want = {
+        let mut l = layer(Device::Cpu, 4, &gamma);
+        l.eval();
+        l.forward(x.view(), cf).unwrap();
+        l.backward(x.view(), dy.view(), cf).unwrap()
+    };
+    assert!(
+        error(&train_want, &eval_want) > 1e-2,
+        "the modes differ here"
+    );
+    for (name, device) in devices() {
+        let mut bn = layer(device.clone(), 4, &gamma);
+        let (_, trained) = bn.forward_for_backward(x.view(), cf).unwrap();
+        bn.eval();
+        let got = bn.backward_from(&trained, x.view(), dy.view(), cf).unwrap();
+        assert!(
+            error(&got, &train_want) <= TOL,
+            "{name}: train, then eval()"
+        );
+
+        let mut bn = layer(device, 4, &gamma);
+        bn.eval();
+        let (_, evaluated) = bn.forward_for_backward(x.view(), cf).unwrap();
+        bn.train();
+        let got = bn
+            .backward_from(&evaluated, x.view(), dy.view(), cf)
+            .unwrap();
+        assert!(error(&got, &eval_want) <= TOL, "{name}: eval, then train()");
+    }
 }
 
 /// The recording API: two forwards of one layer recorded into one encoder, their backwards

@@ -1059,7 +1059,8 @@ impl GpuBatchNorm {
 
     /// `backward_array` through the statistics that `saved` holds, which a
     /// `forward_array_for_backward` (or `forward_for_backward`) of this layer on x's shape
-    /// returned.
+    /// returned. This submits at once: a `forward_for_backward` recorded into an encoder
+    /// that is not yet submitted has not saved its statistics.
     pub fn backward_array_from(
         &mut self,
         saved: &SavedForBackward,
