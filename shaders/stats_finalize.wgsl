@@ -67,7 +67,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             // of this channel, so their difference is exact where it matters.
             let delta = (b.shift - shift) + (b.mean - mean);
             mean += delta * fb;
-            m2 += b.m2 + delta * delta * f32(n) * fb;
+            m2 += b.m2 + delta * (delta * (f32(n) * fb));
             n = total;
         }
     }
@@ -87,7 +87,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             let fb = f32(wg_count[other]) / f32(total);
             let delta = wg_mean[other] - wg_mean[lid];
             wg_mean[lid] += delta * fb;
-            wg_m2[lid] += wg_m2[other] + delta * delta * f32(na) * fb;
+            wg_m2[lid] += wg_m2[other] + delta * (delta * (f32(na) * fb));
             wg_count[lid] = total;
         }
     }

@@ -137,6 +137,65 @@ fn over_a_million_values_per_channel_should_match_reference() {
     ]);
 }
 
+/// Values near 1e19 whose variance still fits f32 (its M2 is 2.4e38): a lane's first pair of
+/// values may lie 1.9e19 from the shift, whose square overflows, and Chan's merge multiplies
+/// it by the lane's count so far, 0; it must come out 0, not 0·inf = NaN. Under a GPU's
+/// tuning (gpu_caller) lane 1 of (514, 4) pairs rows 1 and 257.
+#[test]
+fn huge_values_whose_variance_fits_f32_stay_finite() {
+    let (rows, channels) = (514, 4);
+    let mut rng = Rng::new(29);
+    let mut x = rng.array(&[rows, channels], 0.0, 1.0);
+    for r in 0..rows {
+        x[[r, 0]] = match r {
+            0 => 0.0,
+            1 | 257 => 1.9e19,
+            _ => 1.267e19,
+        };
+    }
+    let mut errors = Vec::new();
+    let mut c = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu).unwrap();
+    let want = c.forward(x.view(), CF).unwrap();
+    let want_var = &want.stats.as_ref().unwrap().var;
+    assert!(
+        want_var[0].is_finite(),
+        "the reference's variance: {}",
+        want_var[0]
+    );
+    for (k, ctx) in [
+        gpu(),
+        gpu_caller(false),
+        gpu_caller(true),
+        common::gpu_cpu_tuned(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut g = BatchNorm::new(BatchNormConfig::new(channels), Device::Gpu(ctx)).unwrap();
+        let got = g.forward(x.view(), CF).unwrap();
+        let tag = format!("context {k}");
+        compare(
+            &mut errors,
+            &format!("{tag} y"),
+            &flat(&got.y),
+            &flat(&want.y),
+        );
+        compare(
+            &mut errors,
+            &format!("{tag} var"),
+            &got.stats.as_ref().unwrap().var,
+            want_var,
+        );
+        compare(
+            &mut errors,
+            &format!("{tag} running_var"),
+            &g.running_var().unwrap(),
+            &c.running_var().unwrap(),
+        );
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
 /// The cross-check must catch a wrong answer: a result off by 1e-3 in one element, and a
 /// GPU layer whose eps differs from the reference's.
 #[test]

@@ -25,7 +25,7 @@ fn merge_into(a: u32, b: u32) {
     let fb = f32(nb) / f32(n);
     let delta = wg_mean[b] - wg_mean[a];
     wg_mean[a] = wg_mean[a] + delta * fb;
-    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * delta * (f32(na) * fb);
+    wg_m2[a] = wg_m2[a] + wg_m2[b] + delta * (delta * (f32(na) * fb));
     wg_count[a] = n;
 }
 

@@ -90,7 +90,7 @@ fn add_pair(w: Welford, a: vec4<f32>, b: vec4<f32>) -> Welford {
     let half_gap = (a - b) * 0.5;
     let delta = (a + b) * 0.5 - w.mean;
     let share = 2.0 / n;
-    return Welford(n, w.mean + delta * share, w.m2 + 2.0 * half_gap * half_gap + delta * delta * (w.n * share));
+    return Welford(n, w.mean + delta * share, w.m2 + 2.0 * half_gap * half_gap + delta * (delta * (w.n * share)));
 }
 
 // Where a reduction lane sits in its workgroup's (tile_c, tile_i, tile_o) tiling.
@@ -128,7 +128,7 @@ fn merge_welford(a: Welford, b: Welford) -> Welford {
     }
     let fb = b.n / n;
     let delta = b.mean - a.mean;
-    return Welford(n, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * (a.n * fb));
+    return Welford(n, a.mean + delta * fb, a.m2 + b.m2 + delta * (delta * (a.n * fb)));
 }
 
 // The grouped reductions' vec4 position j holds values 4j .. 4j + 3 of a group of four
