@@ -598,6 +598,15 @@ fn refusals_on_cpu() {
         "num-batches-tracked without running statistics",
         &["forward", "--x", x, "--num-batches-tracked", "3"],
     );
+    // They would act on nothing.
+    r.clap(
+        "momentum without running statistics",
+        &["forward", "--x", x, "--momentum", "0.5"],
+    );
+    r.clap(
+        "biased-running-var without running statistics",
+        &["backward", "--x", x, "--dy", x, "--biased-running-var"],
+    );
 
     // Rank outside 2..=5.
     for (tag, dims) in [
@@ -673,7 +682,11 @@ fn refusals_on_cpu() {
             &["--x", x, &flag, "--running-mean", c3, "--running-var", c3],
         );
     }
-    r.forward("momentum 1.5, untracked", &["--x", x, "--momentum", "1.5"]);
+    // Untracked, a momentum is refused before its value is looked at.
+    r.clap(
+        "momentum 1.5, untracked",
+        &["forward", "--x", x, "--momentum", "1.5"],
+    );
 
     // Training with one value per channel.
     let x13 = s.file("x13.npy", &f32_npy(&[1, 3]));
@@ -1064,6 +1077,43 @@ fn output_file_sets() {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// A run that cannot write one of its files changes none: an earlier run's y.npy keeps its
+/// content, the directory in mean.npy's place stays, and no temporary file is left.
+#[test]
+fn a_failed_write_keeps_an_earlier_runs_files() {
+    let s = Scratch::new("failed_write");
+    let x = s.file("x.npy", &f32_npy(&[4, 3]));
+    for device in ["cpu", "gpu"] {
+        let out = s.dir.join(format!("out-{device}"));
+        fs::create_dir_all(out.join("mean.npy")).unwrap();
+        fs::write(out.join("y.npy"), b"an earlier run's y\n").unwrap();
+        let args = strs(&["forward", "--x", &x, "--device", device]);
+        let mut args = args;
+        args.extend(strs(&["--out", &out.display().to_string()]));
+        let o = run(&args).unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{device}: {stderr}");
+        assert!(
+            stderr.starts_with("error:") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+        assert_eq!(
+            fs::read(out.join("y.npy")).unwrap(),
+            b"an earlier run's y\n",
+            "{device}: y.npy was changed"
+        );
+        assert!(out.join("mean.npy").is_dir(), "{device}");
+        assert_eq!(
+            listing(&out).unwrap(),
+            ["mean.npy", "y.npy"]
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            "{device}: files left behind"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `batchnorm`: batch normalization on the GPU (wgpu) or the CPU reference, from .npy files.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -47,7 +47,7 @@ struct Cli {
 enum Command {
     /// List every adapter wgpu finds, the one chosen, and its key limits.
     Info,
-    /// Forward pass: writes y.npy, batch statistics and updated running statistics.
+    /// Forward pass: writes y.npy, batch statistics, and updated running statistics with num_batches_tracked.txt.
     Forward(PassArgs),
     /// Time GPU passes, the CPU reference and a copy kernel (the roof), verified first.
     Bench(BenchArgs),
@@ -143,7 +143,8 @@ struct PassArgs {
     running_var: Option<PathBuf>,
     // Negative values (-1, -1e-5, -inf) reach their parsers, and are refused there with what
     // is wrong, rather than being taken for flags.
-    /// The count before this step (needs the running statistics).
+    /// The count so far (needs the running statistics); a training forward writes it plus
+    /// one to num_batches_tracked.txt.
     #[arg(
         long,
         value_name = "K",
@@ -158,11 +159,12 @@ struct PassArgs {
         allow_hyphen_values = true
     )]
     eps: f32,
-    /// A factor in [0, 1], or `none` for a cumulative average.
-    #[arg(long, value_name = "F|none", default_value = "0.1", value_parser = parse_momentum, allow_hyphen_values = true)]
+    /// A factor in [0, 1], or `none` for a cumulative average (needs the running statistics).
+    #[arg(long, value_name = "F|none", default_value = "0.1", value_parser = parse_momentum, allow_hyphen_values = true, requires = "running_mean")]
     momentum: Momentum,
-    /// Update running_var with the biased batch variance (ONNX) instead of the unbiased one.
-    #[arg(long)]
+    /// Update running_var with the biased batch variance (ONNX) instead of the unbiased one
+    /// (needs the running statistics).
+    #[arg(long, requires = "running_mean")]
     biased_running_var: bool,
     /// Eval mode: normalize with the running statistics (batch statistics when none are given).
     #[arg(long)]
@@ -293,7 +295,11 @@ impl Outputs {
         self.array(name, ArrayView1::from(v).into_dyn());
     }
 
-    /// Writes every file, or none: on a failure the ones already written are removed.
+    /// Writes every file or changes none: each goes to a new temporary file beside its place,
+    /// renamed into place once all are written, so that a failure (a full disk, a directory
+    /// where a file goes) leaves an earlier run's files as they were and removes only what
+    /// this run made. (A rename failing after others, in a directory this run just wrote
+    /// into, would leave a mix; nothing short of a directory swap avoids that.)
     fn write(self, dir: &Path) -> Result<()> {
         let io = |path: &Path| {
             let path = path.display().to_string();
@@ -306,18 +312,49 @@ impl Outputs {
                 reason: "is a file, not a directory",
             });
         }
+        for (name, _) in &self.0 {
+            let path = dir.join(name);
+            if path.is_dir() {
+                return Err(BnError::Config {
+                    name: "--out",
+                    value: path.display().to_string(),
+                    reason: "is a directory where an output file goes",
+                });
+            }
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut written = Vec::new();
+        let mut made: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let remove = |made: &[(PathBuf, PathBuf)]| {
+            for (temp, _) in made {
+                let _ = std::fs::remove_file(temp);
+            }
+        };
         for (name, bytes) in &self.0 {
             let path = dir.join(name);
-            if let Err(e) = std::fs::write(&path, bytes) {
-                for done in &written {
-                    let _ = std::fs::remove_file(done);
+            let temp = dir.join(format!(".{name}.{}.partial", std::process::id()));
+            // create_new: never truncate, and so never remove, a file this run did not make.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp);
+            let mut file = match file {
+                Ok(f) => f,
+                Err(e) => {
+                    remove(&made);
+                    return Err(io(&path)(e));
                 }
-                let _ = std::fs::remove_file(&path);
+            };
+            made.push((temp, path.clone()));
+            if let Err(e) = file.write_all(bytes) {
+                remove(&made);
                 return Err(io(&path)(e));
             }
-            written.push(path);
+        }
+        for (i, (temp, path)) in made.iter().enumerate() {
+            if let Err(e) = std::fs::rename(temp, path) {
+                remove(&made[i..]);
+                return Err(io(path)(e));
+            }
         }
         Ok(())
     }
