@@ -25,7 +25,13 @@ pub(crate) fn check_batch_count(count: u64) -> Result<()> {
 
 /// The count after one more training step, refused before it would leave the u32 range.
 pub(crate) fn next_batch_count(count: u64) -> Result<u64> {
-    check_batch_count(count + 1)?;
+    if count >= u32::MAX as u64 {
+        return Err(BnError::Limit {
+            what: "num_batches_tracked after this training step",
+            value: count + 1,
+            limit: u32::MAX as u64,
+        });
+    }
     Ok(count + 1)
 }
 
