@@ -8,8 +8,9 @@ use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
 
 /// Every case on the default context, on one whose forward always takes two passes, on
-/// caller devices (a GPU's tuning) with and without subgroup operations, and on a caller
-/// device tuned as a CPU rasterizer (so that its pipelines run on a GPU machine too).
+/// caller devices (a GPU's tuning) with and without subgroup operations, and with them and
+/// the single-read forward, and on a caller device tuned as a CPU rasterizer (so that its
+/// pipelines run on a GPU machine too).
 fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
     let mut errors = Vec::new();
     for (i, &(dims, layout, mean, std)) in cases.iter().enumerate() {
@@ -18,6 +19,7 @@ fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
             common::gpu_two_pass(),
             gpu_caller(true),
             gpu_caller(false),
+            common::gpu_caller_single_read(),
             common::gpu_cpu_tuned(),
         ] {
             errors.extend(cross_check(ctx, dims, layout, 100 + i as u64, mean, std));

@@ -75,13 +75,13 @@ fn chunked_bindings(ctx: Arc<GpuContext>) {
     check_all(
         ctx,
         &[
-            (&[40, 8, 12, 12], CF, 0.5, 2.0), // vec4 inner, 4.5 KiB rows
-            (&[40, 12, 12, 8], CL, 0.5, 2.0), // vec4 channels
-            (&[300, 8, 7, 7], CF, 1e4, 1e-2), // grouped, large mean
-            (&[90, 3, 5, 11], CF, -1.0, 1.0), // scalar
-            (&[70, 5, 9, 3], CL, -1.0, 1.0),  // scalar, channels last
-            (&[20000, 3], CF, 2.0, 0.5),      // (N, C), many small rows
-            (&[300, 8, 5, 5], CF, 0.5, 2.0),  // grouped, two positions per channel
+            (&[40, 8, 12, 12], CF, 0.5, 2.0),  // vec4 inner, 4.5 KiB rows
+            (&[40, 12, 12, 8], CL, 0.5, 2.0),  // vec4 channels
+            (&[300, 8, 7, 7], CF, 1e4, 1e-2),  // grouped, large mean
+            (&[200, 3, 5, 11], CF, -1.0, 1.0), // scalar, 129 KiB: 3 chunks
+            (&[200, 5, 9, 3], CL, -1.0, 1.0),  // scalar, channels last, 105 KiB: 2 chunks
+            (&[20000, 3], CF, 2.0, 0.5),       // (N, C), many small rows
+            (&[300, 8, 5, 5], CF, 0.5, 2.0),   // grouped, two positions per channel
             // (N, C) of 256 units, one lane per unit, over 3 chunks of 16 rows: a CPU
             // rasterizer's tuning wants two splits per chunk, the binding holds four records
             // per channel, so one per chunk.

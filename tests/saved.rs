@@ -126,6 +126,27 @@ fn eval_saves_the_running_statistics_of_its_forward() {
     }
 }
 
+/// Gamma is the layer's when the backward runs (README): set between a forward and its
+/// backward, the new one scales dx, dgamma keeps to the saved statistics.
+#[test]
+fn backward_from_takes_gamma_as_it_is_then() {
+    let dims = [3, 4, 5];
+    let cf = Layout::ChannelsFirst;
+    let mut rng = Rng::new(31);
+    let x = rng.array(&dims, 1.0, 2.0);
+    let dy = rng.array(&dims, 0.0, 1.0);
+    let (before, after) = ([1.0, 1.0, 1.0, 1.0], [0.5, 2.0, -1.5, 3.0]);
+    let want = reference(&after, &x, &dy, cf);
+    assert!(error(&reference(&before, &x, &dy, cf), &want) > 1e-2);
+    for (name, device) in devices() {
+        let mut bn = layer(device, 4, &before);
+        let (_, saved) = bn.forward_for_backward(x.view(), cf).unwrap();
+        bn.set_gamma(&after).unwrap();
+        let got = bn.backward_from(&saved, x.view(), dy.view(), cf).unwrap();
+        assert!(error(&got, &want) <= TOL, "{name}");
+    }
+}
+
 /// Saved statistics go back only to their own layer, and only with x of their forward's shape
 /// and layout; a refusal leaves them usable.
 #[test]

@@ -31,6 +31,10 @@ fn assert_close(what: &str, got: &[f32], want: &[f64]) {
 fn momentum_updates_running_stats_with_unbiased_variance() {
     for (name, device) in devices() {
         let mut bn = BatchNorm::new(BatchNormConfig::new(1), device).unwrap();
+        // Running statistics away from PyTorch's initial 0 and 1, so that each term of the
+        // update shows.
+        bn.set_running_mean(&[2.0]).unwrap();
+        bn.set_running_var(&[3.0]).unwrap();
         let out = bn.forward(column(&[1., 2., 3., 4.]).view(), CF).unwrap();
         // mean 2.5, biased var 1.25 normalizes; unbiased 5/3 feeds running_var.
         let invstd = 1.0 / (1.25f64 + 1e-5).sqrt();
@@ -44,11 +48,15 @@ fn momentum_updates_running_stats_with_unbiased_variance() {
         assert_close(&format!("{name} mean"), &stats.mean, &[2.5]);
         assert_close(&format!("{name} var"), &stats.var, &[1.25]);
         assert_close(&format!("{name} invstd"), &stats.invstd, &[invstd]);
-        assert_close(&format!("{name} rm"), &bn.running_mean().unwrap(), &[0.25]);
+        assert_close(
+            &format!("{name} rm"),
+            &bn.running_mean().unwrap(),
+            &[0.9 * 2.0 + 0.1 * 2.5],
+        );
         assert_close(
             &format!("{name} rv"),
             &bn.running_var().unwrap(),
-            &[0.9 + 0.1 * 5.0 / 3.0],
+            &[0.9 * 3.0 + 0.1 * 5.0 / 3.0],
         );
         assert_eq!(bn.num_batches_tracked(), Some(1), "{name}");
     }
@@ -159,7 +167,12 @@ fn eval_without_tracked_stats_uses_batch_stats_and_full_backward() {
         assert!(dx.iter().sum::<f64>().abs() < 1e-6, "{name}: Σdx = {dx:?}");
         let dot: f64 = dx.iter().zip(xhat).map(|(d, h)| d * h).sum();
         assert!(dot.abs() < 1e-6, "{name}: Σdx·x̂ = {dot}");
-        assert!(dx[0] > 0.1, "{name}: dx = {dx:?}");
+        // And in closed form: invstd·(dy − mean(dy) − x̂·mean(dy·x̂)) with the biased variance
+        // 1.25, which is (0.3, −0.4, −0.1, 0.2)·invstd here.
+        let invstd = 1.0 / (1.25f64 + 1e-10).sqrt();
+        let want = [0.3, -0.4, -0.1, 0.2].map(|k| k * invstd);
+        let got: Vec<f32> = grads.dx.iter().copied().collect();
+        assert_close(&format!("{name} dx"), &got, &want);
         assert_eq!(bn.num_batches_tracked(), None);
     }
 }

@@ -285,8 +285,16 @@ fn common_parts(name: &str) -> &'static [&'static str] {
 fn constant_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
     match name {
         "stats_reduce_vec4.wgsl" | "grad_reduce_vec4.wgsl" => vec![vec![("RUN", 8.0)]],
+        // CPU devices (lavapipe, WARP) take contiguous rows and lane records.
         "stats_reduce_channels.wgsl" | "grad_reduce_channels.wgsl" => {
-            vec![vec![("CONTIGUOUS_ROWS", 1.0)]]
+            vec![
+                vec![("CONTIGUOUS_ROWS", 1.0)],
+                vec![("LANE_RECORDS", 1.0)],
+                vec![("CONTIGUOUS_ROWS", 1.0), ("LANE_RECORDS", 1.0)],
+            ]
+        }
+        "stats_reduce_grouped.wgsl" | "grad_reduce_grouped.wgsl" => {
+            vec![vec![("LANE_RECORDS", 1.0)]]
         }
         "apply_forward_vec4.wgsl" => {
             vec![

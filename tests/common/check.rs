@@ -85,6 +85,8 @@ pub fn cross_check(
         ""
     } else if Arc::ptr_eq(&gpu, &super::gpu_two_pass()) {
         " two-pass"
+    } else if Arc::ptr_eq(&gpu, &super::gpu_caller_single_read()) {
+        " caller device, subgroups, single read"
     } else if Arc::ptr_eq(&gpu, &super::gpu_cpu_tuned()) {
         " caller device, CPU-tuned"
     } else if gpu.subgroups() {

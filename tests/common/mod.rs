@@ -112,6 +112,20 @@ pub fn gpu_caller(subgroups: bool) -> Arc<GpuContext> {
     .clone()
 }
 
+/// A caller's device with subgroups (a GPU's tuning) and the single-read forward on: its
+/// kernels with subgroup merges, which the default context (a CPU rasterizer's tuning on
+/// lavapipe, no subgroups) never runs.
+pub fn gpu_caller_single_read() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let (device, queue) = caller_device(true, None);
+        let ctx = GpuContext::from_device(device, queue).expect("a context");
+        ctx.set_single_read_forward(true);
+        ctx
+    })
+    .clone()
+}
+
 /// SplitMix64 with Box-Muller normals: reproducible inputs without a dependency.
 pub struct Rng(u64);
 
