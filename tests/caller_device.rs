@@ -463,33 +463,27 @@ fn a_device_with_the_required_limits_runs_and_one_short_of_them_is_refused() {
     let required = GpuContext::required_limits();
     let (device, queue) = common::caller_device(false, Some(required.clone()));
     let ctx = GpuContext::from_device(device, queue).unwrap();
-    let mut rng = Rng::new(41);
-    for (dims, layout, c) in [
-        (vec![6, 8, 5, 5], Layout::ChannelsFirst, 8),
-        (vec![4, 3, 3, 8], Layout::ChannelsLast, 8),
-        (vec![10, 12], Layout::ChannelsFirst, 12),
-    ] {
-        let x = rng.array(&dims, 1.0, 2.0);
-        let dy = rng.array(&dims, 0.0, 1.0);
-        let mut gpu = BatchNorm::new(BatchNormConfig::new(c), Device::Gpu(ctx.clone())).unwrap();
-        let mut cpu = BatchNorm::new(BatchNormConfig::new(c), Device::Cpu).unwrap();
-        let (g, r) = (
-            gpu.forward(x.view(), layout).unwrap(),
-            cpu.forward(x.view(), layout).unwrap(),
-        );
-        assert!(
-            rel_l2(&g.y, r.y.iter().map(|&v| v as f64)) < 1e-5,
-            "{dims:?} y"
-        );
-        let (g, r) = (
-            gpu.backward(x.view(), dy.view(), layout).unwrap(),
-            cpu.backward(x.view(), dy.view(), layout).unwrap(),
-        );
-        assert!(
-            rel_l2(&g.dx, r.dx.iter().map(|&v| v as f64)) < 1e-4,
-            "{dims:?} dx"
-        );
+    // The cross-check of every other context: train, eval and train again, random
+    // parameters and running statistics, every output against the reference.
+    let mut errors = Vec::new();
+    for (seed, (dims, layout)) in [
+        (&[6, 8, 5, 5][..], Layout::ChannelsFirst),
+        (&[4, 3, 3, 8][..], Layout::ChannelsLast),
+        (&[10, 12][..], Layout::ChannelsFirst),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        errors.extend(common::check::cross_check(
+            ctx.clone(),
+            dims,
+            layout,
+            41 + seed as u64,
+            1.0,
+            2.0,
+        ));
     }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
 
     let short = wgpu::Limits {
         max_storage_buffers_per_shader_stage: required.max_storage_buffers_per_shader_stage - 1,
