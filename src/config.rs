@@ -80,7 +80,7 @@ impl BatchNormConfig {
         if !(self.eps.is_finite() && self.eps >= f32::MIN_POSITIVE) {
             return Err(BnError::Config {
                 name: "eps",
-                value: self.eps.to_string(),
+                value: shown(self.eps),
                 reason: "must be finite and at least f32::MIN_POSITIVE (1.18e-38): GPUs may flush smaller values to 0",
             });
         }
@@ -88,11 +88,21 @@ impl BatchNormConfig {
             if !(0.0..=1.0).contains(&m) {
                 return Err(BnError::Config {
                     name: "momentum",
-                    value: m.to_string(),
+                    value: shown(m),
                     reason: "must lie in [0, 1] (or be None for a cumulative average)",
                 });
             }
         }
         Ok(())
+    }
+}
+
+/// A value as an error shows it: in exponent form where plain decimals would run to dozens of
+/// digits (a subnormal eps).
+fn shown(v: f32) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e7).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
     }
 }

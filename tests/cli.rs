@@ -652,6 +652,13 @@ fn refusals_on_cpu() {
         r.forward(&format!("eps {eps}"), &["--x", x, &flag]);
     }
     r.backward("backward eps 0", &["--x", x, "--dy", &g.dy, "--eps", "0"]);
+    // Rounded to 0 or inf by f32, they would be refused as values nobody typed.
+    for eps in ["1e-50", "1e50"] {
+        r.clap(
+            &format!("eps {eps}, beyond f32"),
+            &["forward", "--x", x, "--eps", eps],
+        );
+    }
     // Written as separate words, a negative number must still reach the checks, not be taken
     // for a flag.
     for eps in ["-1", "-1e-5", "-inf"] {

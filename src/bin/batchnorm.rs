@@ -156,6 +156,7 @@ struct PassArgs {
         long,
         value_name = "E",
         default_value_t = 1e-5,
+        value_parser = parse_f32,
         allow_hyphen_values = true
     )]
     eps: f32,
@@ -186,9 +187,21 @@ fn parse_momentum(s: &str) -> std::result::Result<Momentum, String> {
     if s.eq_ignore_ascii_case("none") {
         return Ok(Momentum(None));
     }
-    s.parse::<f32>()
+    parse_f32(s)
         .map(|m| Momentum(Some(m)))
-        .map_err(|_| format!("expected a number or `none`, got `{s}`"))
+        .map_err(|e| format!("expected a number or `none`: {e}"))
+}
+
+/// An f32 as written, refused where f32 cannot hold it: `1e-50` would become 0 and `1e50`
+/// inf, and the checks that follow would then name a value nobody typed.
+fn parse_f32(s: &str) -> std::result::Result<f32, String> {
+    let (Ok(narrow), Ok(wide)) = (s.parse::<f32>(), s.parse::<f64>()) else {
+        return Err(format!("`{s}` is not a number"));
+    };
+    if (narrow == 0.0 && wide != 0.0) || (narrow.is_infinite() && wide.is_finite()) {
+        return Err(format!("`{s}` is outside what f32 holds"));
+    }
+    Ok(narrow)
 }
 
 fn main() -> ExitCode {
