@@ -262,54 +262,65 @@ impl CpuBatchNorm {
         Ok((out, self.saved.clone().expect("kept by forward")))
     }
 
+    /// The shape of x and dy, which must agree and have this layer's channels.
+    fn backward_shape(&self, x: &[usize], dy: &[usize], layout: Layout) -> Result<Shape> {
+        expect_same_dims(x, dy)?;
+        let shape = Shape::new(x, layout)?;
+        shape.expect_channels(self.config.num_features)?;
+        Ok(shape)
+    }
+
     fn backward(
-        &mut self,
+        &self,
         x: ArrayViewD<f32>,
         dy: ArrayViewD<f32>,
         layout: Layout,
     ) -> Result<BackwardOutput> {
-        expect_same_dims(x.shape(), dy.shape())?;
-        let shape = Shape::new(x.shape(), layout)?;
-        shape.expect_channels(self.config.num_features)?;
-        let saved = match &self.saved {
-            Some(s) if s.shape == shape => s.clone(),
-            _ => {
-                return Err(BnError::NoSavedStatistics {
-                    shape: shape.dims().to_vec(),
-                })
-            }
-        };
-        self.backward_from(&saved, x, dy, layout)
+        let shape = self.backward_shape(x.shape(), dy.shape(), layout)?;
+        match &self.saved {
+            Some(saved) if saved.shape == shape => self.differentiate(saved, &shape, x, dy),
+            _ => Err(BnError::NoSavedStatistics {
+                shape: shape.dims().to_vec(),
+            }),
+        }
     }
 
     fn backward_from(
-        &mut self,
+        &self,
         saved: &SavedForBackward,
         x: ArrayViewD<f32>,
         dy: ArrayViewD<f32>,
         layout: Layout,
     ) -> Result<BackwardOutput> {
-        expect_same_dims(x.shape(), dy.shape())?;
-        let shape = Shape::new(x.shape(), layout)?;
-        shape.expect_channels(self.config.num_features)?;
+        let shape = self.backward_shape(x.shape(), dy.shape(), layout)?;
+        self.differentiate(saved, &shape, x, dy)
+    }
+
+    fn differentiate(
+        &self,
+        saved: &SavedForBackward,
+        shape: &Shape,
+        x: ArrayViewD<f32>,
+        dy: ArrayViewD<f32>,
+    ) -> Result<BackwardOutput> {
         let SavedStats::Cpu {
             mean,
             invstd,
             frozen,
-        } = saved.check(self.id, &shape)?
+        } = saved.check(self.id, shape)?
         else {
             return Err(BnError::ForeignSaved);
         };
         let frozen = *frozen;
         if shape.is_empty() {
-            return Ok(BackwardOutput::of_empty_batch(&shape, &self.config));
+            return Ok(BackwardOutput::of_empty_batch(shape, &self.config));
         }
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let grads = cpu::backward(
             x.as_slice().expect("standard layout"),
             dy.as_slice().expect("standard layout"),
-            &shape,
+            shape,
             mean,
             invstd,
             &self.gamma,
