@@ -2,34 +2,10 @@
 
 mod common;
 
-use common::{rel_l2, Rng};
+use common::{read_buffer as read, rel_l2, Rng};
 use wgpu_batchnorm::{
     BatchNorm, BatchNormConfig, BnError, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
 };
-
-fn read(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    src: &wgpu::Buffer,
-    offset: u64,
-    n: usize,
-) -> Vec<f32> {
-    let bytes = n as u64 * 4;
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
-    queue.submit([encoder.finish()]);
-    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
-    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-    let values = bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec();
-    staging.unmap();
-    values
-}
 
 #[test]
 fn records_into_the_callers_encoder_on_the_callers_buffers() {

@@ -6,8 +6,8 @@
 //! Each case compares y, the batch statistics, the running statistics (read back from the
 //! device), num_batches_tracked (exactly), and backward dx, dgamma and dbeta, within a
 //! relative L2 error of 1e-5; results that are sums which may cancel (dx, mean, running_mean,
-//! dgamma, dbeta) are measured against the size of their terms as well (see `dx_error` and
-//! `reduction_error`). Inputs are kept to at most ~16k elements so a case takes a few ms on
+//! dgamma, dbeta) are measured against the size of their terms as well (see
+//! `bench::dx_error` and `reduction_error`). Inputs are kept to at most ~16k elements so a case takes a few ms on
 //! lavapipe and ~0.1 s on llvmpipe GL. `PROPTEST_CASES=N` runs N random cases instead of 64.
 
 mod common;
@@ -15,29 +15,10 @@ mod common;
 use common::{gpu, rel_l2, Rng};
 use ndarray::ArrayD;
 use proptest::prelude::*;
+use wgpu_batchnorm::bench::dx_error;
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout, RunningVar};
 
 const TOL: f64 = 1e-5;
-
-/// dx where the three gradient paths nearly cancel (M = 2 makes x̂ = ±1 and dx ≈ 0): each
-/// path is about ‖gamma·invstd·dy‖ in size and carries f32 rounding of that size, so no f32
-/// computation (PyTorch's included) gets dx to 1e-5 of its own tiny norm. The error is then
-/// measured against 5% of the size of the paths, i.e. an absolute error of 5e-7 of them
-/// (a few ulps of the three summed terms); a wrong formula misses by the paths' own size.
-/// (Copied from tests/cross_check.rs; with M = 3 or 4 the cancellation can be just as strong.)
-fn dx_error(got: &[f32], want: &[f32], paths: f64) -> f64 {
-    if got.len() != want.len() {
-        return f64::INFINITY;
-    }
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm = want.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
-    diff / norm.max(5e-2 * paths)
-}
 
 fn flat(a: &ArrayD<f32>) -> Vec<f32> {
     a.iter().copied().collect()

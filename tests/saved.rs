@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{rel_l2, Rng};
+use common::{read_buffer, rel_l2, Rng};
 use ndarray::ArrayD;
 use wgpu_batchnorm::{
     BackwardOutput, BatchNorm, BatchNormConfig, BnError, Device, GpuBatchNorm, GpuTensor, Layout,
@@ -254,7 +254,7 @@ fn saved_statistics_outlive_the_plan_of_their_shape() {
     bn.backward_from(&mut encoder, &saved, &t(&x_buf), &t(&dy_buf), &t(&dx_buf))
         .unwrap();
     queue.submit([encoder.finish()]);
-    let dx = read(&device, &queue, &dx_buf, n);
+    let dx = read_buffer(&device, &queue, &dx_buf, 0, n);
     let e = rel_l2(&dx, want.dx.iter().map(|&v| v as f64));
     assert!(e <= TOL, "recorded: {e:.2e}");
 }
@@ -353,9 +353,9 @@ fn recorded_forwards_keep_their_statistics_until_their_backwards() {
         )
         .unwrap();
         queue.submit([encoder.finish()]);
-        dx.push(read(&device, &queue, &dx_bufs[k], n));
+        dx.push(read_buffer(&device, &queue, &dx_bufs[k], 0, n));
     }
-    let dgamma = read(&device, &queue, bn.dgamma_buffer(), 6);
+    let dgamma = read_buffer(&device, &queue, bn.dgamma_buffer(), 0, 6);
     for k in [0, 1] {
         let want = reference(&gamma, &xs[k], &dys[k], Layout::ChannelsFirst);
         let e = rel_l2(&dx[k], want.dx.iter().map(|&v| v as f64));
@@ -365,22 +365,4 @@ fn recorded_forwards_keep_their_statistics_until_their_backwards() {
             assert!(e <= TOL, "dgamma of call 1: {e:.2e}");
         }
     }
-}
-
-fn read(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer, n: usize) -> Vec<f32> {
-    let bytes = n as u64 * 4;
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
-    queue.submit([encoder.finish()]);
-    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
-    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-    let values = bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec();
-    staging.unmap();
-    values
 }

@@ -16,21 +16,12 @@ pub fn compare(errors: &mut Vec<String>, what: &str, got: &[f32], want: &[f32]) 
     }
 }
 
-/// dx where the three gradient paths nearly cancel (M = 2 makes x̂ = ±1 and dx ≈ 0): each
-/// path is about ‖gamma·invstd·dy‖ in size and carries f32 rounding of that size, so no f32
-/// computation (PyTorch's included) gets dx to 1e-5 of its own tiny norm. The error is then
-/// measured against 5% of the size of the paths, i.e. an absolute error of 5e-7 of them
-/// (a few ulps of the three summed terms); a wrong formula misses by the paths' own size.
+/// dx where the three gradient paths nearly cancel (M = 2 makes x̂ = ±1 and dx ≈ 0), measured
+/// against the paths' size `paths` as the bench measures it
+/// (`wgpu_batchnorm::bench::dx_error`).
 pub fn compare_dx(errors: &mut Vec<String>, what: &str, got: &[f32], want: &[f32], paths: f64) {
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm = want.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
-    let e = diff / norm.max(5e-2 * paths);
-    if e.is_nan() || e > TOL || got.len() != want.len() {
+    let e = wgpu_batchnorm::bench::dx_error(got, want, paths);
+    if e.is_nan() || e > TOL {
         errors.push(format!("{what}: relative L2 error {e:.3e} > {TOL:e}"));
     }
 }

@@ -126,6 +126,31 @@ pub fn gpu_caller_single_read() -> Arc<GpuContext> {
     .clone()
 }
 
+/// `n` f32 of `src` from byte `offset`, copied to a mappable buffer and read back.
+pub fn read_buffer(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    src: &wgpu::Buffer,
+    offset: u64,
+    n: usize,
+) -> Vec<f32> {
+    let bytes = n as u64 * 4;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
+    queue.submit([encoder.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let values = bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec();
+    staging.unmap();
+    values
+}
+
 /// SplitMix64 with Box-Muller normals: reproducible inputs without a dependency.
 pub struct Rng(u64);
 
