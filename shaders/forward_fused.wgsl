@@ -18,6 +18,12 @@ const CAPACITY: u32 = 64u;
 // channel's center and scale (component x), and wg_shift its shift.
 var<workgroup> wg_shift: array<f32, WG>;
 
+// Channel c's shift: the median of its three sampled values (shift_samples in the prelude).
+fn channel_shift(c: u32) -> f32 {
+    let s = shift_samples(p, c);
+    return median3(vec4<f32>(x[s.x]), vec4<f32>(x[s.y]), vec4<f32>(x[s.z])).x;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let span = subgroup_span(lid, p.tile_c, p.tile_i);
@@ -38,7 +44,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var m2 = 0.0;
     var shift = 0.0;
     if c < p.channels {
-        shift = x[c * p.inner];
+        shift = channel_shift(c);
     }
     for (var j = 0u; j < CAPACITY; j++) {
         if j >= loads {
@@ -61,7 +67,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     let writer = wid.x * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
-        let center = x[writer * p.inner];
+        let center = channel_shift(writer);
         let count = u32(folded.n);
         // As stats_finalize: var, invstd, and the (center, scale, shift) fold.
         let var_biased = folded.m2.x / f32(count);

@@ -31,6 +31,17 @@ const CAPACITY: u32 = 16u;
 // unit's center and scale, and wg_shift its shift.
 var<workgroup> wg_shift: array<vec4<f32>, WG>;
 
+// The shifts of unit u's values (shift_samples in the prelude): four channels' whose samples
+// lie in the same rows (inner is 1), or one channel's, in every component.
+fn unit_shift(u: u32) -> vec4<f32> {
+    if CHANNELS_IN_VEC4 {
+        let s = shift_samples(p, 4u * u) / 4u;
+        return median3(x[s.x], x[s.y], x[s.z]);
+    }
+    let s = shift_samples(p, u);
+    return vec4<f32>(median3(vec4<f32>(x[s.x / 4u][s.x % 4u]), vec4<f32>(x[s.y / 4u][s.y % 4u]), vec4<f32>(x[s.z / 4u][s.z % 4u])).x);
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     var units_c = p.channels;
@@ -55,10 +66,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
     var shift = vec4<f32>(0.0);
     if u < units_c {
-        shift = x[u * units_i];
-        if !CHANNELS_IN_VEC4 {
-            shift = vec4<f32>(shift.x);
-        }
+        shift = unit_shift(u);
     }
     for (var j = 0u; j < CAPACITY; j++) {
         if j >= loads {
@@ -76,11 +84,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     let writer = wid.x * p.tile_c + lid;
     if lid < p.tile_c && writer < units_c {
-        let first = x[writer * units_i];
+        let centers = unit_shift(writer);
         var count = u32(folded.n);
         var means = folded.mean;
         var m2s = folded.m2;
-        var centers = first;
         if !CHANNELS_IN_VEC4 {
             // Four equal-count states of one channel: Chan's merge in closed form.
             let m = (means.x + means.y + means.z + means.w) * 0.25;
@@ -88,7 +95,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             m2s = vec4<f32>(m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev));
             means = vec4<f32>(m);
             count = 4u * count;
-            centers = vec4<f32>(first.x);
         }
         var scales: vec4<f32>;
         var shifts: vec4<f32>;

@@ -8,8 +8,8 @@
 // on an H100 several times slower wherever splits ran into the hundreds (channels-last
 // 32×64×56×56 forward 0.58 ms, against 0.12–0.14 ms with the lanes; PERF.md 41).
 //
-// The mean is kept as the unevaluated sum center + offset: center is the channel's shift (one
-// of its values, so near the mean), offset the shifted mean. apply_forward computes
+// The mean is kept as the unevaluated sum center + offset: center is the channel's shift (the
+// median of three of its values, so near the mean), offset the shifted mean. apply_forward computes
 // (x - center) * scale + (beta - offset * scale): x - center is exact when x is near the
 // mean, so y keeps full precision even when the mean is large next to the spread, where
 // x * scale + (beta - mean * scale) would cancel. (A normalized hi/lo pair by TwoSum would
@@ -42,7 +42,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lanes = p.merge_lanes;
     let c = wid.x * (256u / lanes) + lid / lanes;
     let lane = lid % lanes;
-    // Every lane's mean is of its values shifted by the channel's first record's shift.
+    // Every lane's mean is of its values shifted by the shift of the channel's first record.
     var shift = 0.0;
     var n = 0u;
     var mean = 0.0;
@@ -63,8 +63,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             let total = n + b.count;
             let fb = f32(b.count) / f32(total);
-            // Chunks of a large tensor shift by their own first value; both shifts are values
-            // of this channel, so their difference is exact where it matters.
+            // Chunks of a large tensor shift by their own sampled value (shift_samples in the
+            // prelude); both shifts are values of this channel, so their difference is exact
+            // where it matters.
             let delta = (b.shift - shift) + (b.mean - mean);
             mean += delta * fb;
             m2 += b.m2 + delta * (delta * (f32(n) * fb));

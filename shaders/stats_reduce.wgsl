@@ -5,15 +5,20 @@
 // one split; lanes are laid out (tile_c, tile_i, tile_o) so that neighbouring lanes read
 // neighbouring addresses in either layout.
 //
-// Values are shifted by the channel's first element before accumulating: for data whose
-// mean is large next to its spread (mean 1e4, std 1e-2) the differences are small and exact,
-// so the f32 mean and M2 keep their precision. Welford within a lane, Chan's merge across
-// lanes; counts stay integers.
+// Values are shifted by one of the channel's values before accumulating (shift_samples in
+// the prelude says which and why). Welford within a lane, Chan's merge across lanes; counts
+// stay integers.
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<u32>>;
+
+// Channel c's shift: the median of its three sampled values.
+fn channel_shift(c: u32) -> f32 {
+    let s = shift_samples(p, c);
+    return median3(vec4<f32>(x[s.x]), vec4<f32>(x[s.y]), vec4<f32>(x[s.z])).x;
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -30,7 +35,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var m2 = 0.0;
     var shift = 0.0;
     if c < p.channels {
-        shift = x[c * p.inner];
+        shift = channel_shift(c);
         let row_stride = p.channels * p.inner;
         let r = split_range(p, split, p.inner);
         for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {
@@ -50,7 +55,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Lane lid < tile_c now holds channel `writer`.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < p.channels {
-        let first = x[writer * p.inner];
-        partials[partial_index(p, writer, split)] = pack_stats(StatsPartial(u32(folded.n), folded.mean.x, folded.m2.x, first));
+        partials[partial_index(p, writer, split)] = pack_stats(StatsPartial(u32(folded.n), folded.mean.x, folded.m2.x, channel_shift(writer)));
     }
 }

@@ -1,7 +1,7 @@
 // Batch statistics, stage 1, for channels-last tensors (and (N, C)) whose channel count
 // divides by four: a vec4 holds four channels of one row, and each component of a lane's
-// Welford state is one channel's. As in stats_reduce, values are shifted by their channel's
-// first value before accumulating.
+// Welford state is one channel's. As in stats_reduce, values are shifted by one of their
+// channel's values before accumulating.
 //
 // Lanes are laid out (tile_c, tile_o) over channel units (vec4) and rows. On GPUs the lanes
 // along rows take every tile_o-th row of the split, so that each load of a subgroup is one
@@ -22,11 +22,17 @@ override CONTIGUOUS_ROWS: bool = false;
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<u32>>;
 
 // Unit `unit`'s partial records for this split (record `record` of each channel's): four
-// channels, one count, shifted by the unit's first row.
-fn write_partials(unit: u32, record: u32, w: Welford, first: vec4<f32>) {
+// channels, one count, shifted by `shifts`.
+fn write_partials(unit: u32, record: u32, w: Welford, shifts: vec4<f32>) {
     for (var c = 0u; c < 4u; c++) {
-        partials[partial_index(p, 4u * unit + c, record)] = pack_stats(StatsPartial(u32(w.n), w.mean[c], w.m2[c], first[c]));
+        partials[partial_index(p, 4u * unit + c, record)] = pack_stats(StatsPartial(u32(w.n), w.mean[c], w.m2[c], shifts[c]));
     }
+}
+
+// The shifts of unit u's four channels: their samples lie in the same rows (inner is 1).
+fn unit_shift(u: u32) -> vec4<f32> {
+    let s = shift_samples(p, 4u * u) / 4u;
+    return median3(x[s.x], x[s.y], x[s.z]);
 }
 
 @compute @workgroup_size(256)
@@ -47,7 +53,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if u < units_c {
         let r = split_range(p, split, 1u);
         let rows = lane_rows(r, lane.o, p.tile_o, CONTIGUOUS_ROWS);
-        shift = x[u];
+        shift = unit_shift(u);
         // Two rows per step, merged as a pair (add_pair in the prelude).
         let t = rows.step * units_c;
         var at = rows.o_begin * units_c + u;
@@ -71,7 +77,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // Lane lid < tile_c now holds unit wid.y·tile_c + lid.
         let unit = wid.y * p.tile_c + lid;
         if lid < p.tile_c && unit < units_c {
-            write_partials(unit, split, folded, x[unit]);
+            write_partials(unit, split, folded, unit_shift(unit));
         }
     }
 }

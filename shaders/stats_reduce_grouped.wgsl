@@ -7,7 +7,7 @@
 // On CPU rasterizers (LANE_RECORDS, common/fold_stats.wgsl) there is no fold and no merge:
 // each lane writes a record for each channel its position holds, and stats_finalize merges
 // a channel's positions with its splits.
-// Values are shifted by their channel's first value, as in stats_reduce.
+// Values are shifted by one of their channel's values, as in stats_reduce.
 
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,14 +20,20 @@ fn value(index: u32) -> f32 {
 }
 
 // The record of the components `mine` of a lane's state, all of one channel and all shifted
-// by that channel's first value: equal-count states, merged in closed form.
-fn group_record(w: Welford, mine: vec4<bool>, first: f32) -> StatsPartial {
+// by that channel's shift: equal-count states, merged in closed form.
+fn group_record(w: Welford, mine: vec4<bool>, shift: f32) -> StatsPartial {
     let ones = vec4<f32>(1.0);
     let k = dot(select(vec4<f32>(0.0), ones, mine), ones);
     let m = dot(select(vec4<f32>(0.0), w.mean, mine), ones) / k;
     let dev = w.mean - vec4<f32>(m);
     let m2 = dot(select(vec4<f32>(0.0), w.m2 + w.n * dev * dev, mine), ones);
-    return StatsPartial(u32(w.n * k), m, m2, first);
+    return StatsPartial(u32(w.n * k), m, m2, shift);
+}
+
+// Channel c's shift: the median of its three sampled values.
+fn channel_shift(c: u32) -> f32 {
+    let s = shift_samples(p, c);
+    return median3(vec4<f32>(value(s.x)), vec4<f32>(value(s.y)), vec4<f32>(value(s.z))).x;
 }
 
 @compute @workgroup_size(256)
@@ -48,12 +54,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // The lane's components lie in channels a and b of the group (the same, or neighbours).
     let split_at = group_channel_split(lane_i, p.inner);
     let in_b = second_channel(lane_i, split_at, p.inner);
-    var first_a = 0.0;
-    var first_b = 0.0;
+    var shift_a = 0.0;
+    var shift_b = 0.0;
     if reads {
-        first_a = value((4u * g + split_at.x) * p.inner);
-        first_b = value((4u * g + split_at.y) * p.inner);
-        let shift = select(vec4<f32>(first_a), vec4<f32>(first_b), in_b);
+        shift_a = channel_shift(4u * g + split_at.x);
+        shift_b = channel_shift(4u * g + split_at.y);
+        let shift = select(vec4<f32>(shift_a), vec4<f32>(shift_b), in_b);
         let row_stride = groups * units_i;
         // Rows are at most 256 units long here: splits never cut them (inner_splits = 1).
         let r = split_range(p, split, units_i);
@@ -75,12 +81,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             for (var k = 0u; k < grouped_channels(split_at); k++) {
                 let s = grouped_slot(lane_i, split_at, in_b, k, p.inner);
                 let channel = 4u * g + s.c;
-                let first = select(first_a, first_b, k == 1u);
+                let shift = select(shift_a, shift_b, k == 1u);
                 let record = grouped_record(p, split, lane_o, s.slot);
-                partials[partial_index(p, channel, record)] = pack_stats(group_record(w, s.mine, first));
+                partials[partial_index(p, channel, record)] = pack_stats(group_record(w, s.mine, shift));
                 for (var slot = s.empty_from; slot < grouped_positions(p.inner); slot++) {
                     let empty = grouped_record(p, split, lane_o, slot);
-                    partials[partial_index(p, channel, empty)] = pack_stats(StatsPartial(0u, 0.0, 0.0, first));
+                    partials[partial_index(p, channel, empty)] = pack_stats(StatsPartial(0u, 0.0, 0.0, shift));
                 }
             }
         }
@@ -119,6 +125,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             s2 += channel_part(wg_m2[at] + f32(n) * dev * dev, j, e0, e1);
         }
         let channel = 4u * writer + c;
-        partials[partial_index(p, channel, split)] = pack_stats(StatsPartial(n * p.inner, m, s2, value(channel * p.inner)));
+        partials[partial_index(p, channel, split)] = pack_stats(StatsPartial(n * p.inner, m, s2, channel_shift(channel)));
     }
 }

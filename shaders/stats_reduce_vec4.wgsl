@@ -6,7 +6,7 @@
 // A vec4 holds four neighbouring values of one channel; each component keeps its own Welford
 // state over its quarter of the values, and the four are merged at the end. The four states
 // share one count, so a vec4 costs one reciprocal. As in stats_reduce, values are shifted by
-// their channel's first value before accumulating.
+// one of their channel's values before accumulating.
 
 // Units one lane reads back to back, 1 or even. GPUs take 1, so that neighbouring lanes
 // read neighbouring units; CPU rasterizers take more on long planes (Tuning::run, a second
@@ -18,6 +18,12 @@ override RUN: u32 = 1u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<u32>>;
+
+// Channel c's shift: the median of its three sampled values.
+fn channel_shift(c: u32) -> f32 {
+    let s = shift_samples(p, c);
+    return median3(vec4<f32>(x[s.x / 4u][s.x % 4u]), vec4<f32>(x[s.y / 4u][s.y % 4u]), vec4<f32>(x[s.z / 4u][s.z % 4u])).x;
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -34,7 +40,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     var w = Welford(0.0, vec4<f32>(0.0), vec4<f32>(0.0));
     if u < units_c {
-        let shift = vec4<f32>(x[u * units_i].x);
+        let shift = vec4<f32>(channel_shift(u));
         let row_stride = units_c * units_i;
         let r = split_range(p, split, units_i);
         // Two loads per step, merged as a pair: half the serial chain of one-at-a-time
@@ -66,7 +72,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Lane lid < tile_c now holds unit `writer`.
     let writer = wid.y * p.tile_c + lid;
     if lid < p.tile_c && writer < units_c {
-        let first = x[writer * units_i];
         let count = u32(folded.n);
         let means = folded.mean;
         let m2s = folded.m2;
@@ -74,6 +79,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let m = (means.x + means.y + means.z + means.w) * 0.25;
         let dev = means - vec4<f32>(m);
         let m2_all = m2s.x + m2s.y + m2s.z + m2s.w + f32(count) * dot(dev, dev);
-        partials[partial_index(p, writer, split)] = pack_stats(StatsPartial(4u * count, m, m2_all, first.x));
+        partials[partial_index(p, writer, split)] = pack_stats(StatsPartial(4u * count, m, m2_all, channel_shift(writer)));
     }
 }

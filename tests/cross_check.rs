@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::check::{compare, compare_dx, cross_check, flat};
+use common::check::{compare, compare_dx, cross_check, cross_check_input, flat, with_first_values};
 use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
 
@@ -96,6 +96,46 @@ fn large_mean_small_spread_should_match_reference() {
         (&[1000, 16], CF, -1e4, 1e-2),
         (&[4, 8, 16, 16], CF, 1e4, 1e-2),
     ]);
+}
+
+/// One outlier as each channel's first value (a border pixel, a sequence's first token)
+/// among N(0, 1): shifted by it, as when the reductions shifted by a channel's first value,
+/// every value was rounded to 1e-3 and y was off by 4e-5 relative, the mean by 1e-2. Each
+/// shape takes another reduction: vec4 planes, channels-last vec4, scalar (C = 1), grouped
+/// 7×7 planes, rows split along inner, and the single-read forward (tests/large.rs has chunks
+/// of rows).
+#[test]
+fn outlier_as_first_value_should_match_reference() {
+    let cases: [(&[usize], Layout); 8] = [
+        (&[64, 1, 128, 128], CF),
+        (&[1 << 18, 4], CL),
+        (&[64, 128, 128, 1], CL),
+        (&[5000, 4, 7, 7], CF),
+        (&[2, 3, 4100], CF),
+        // Channels whose values fit a workgroup: the single-read forward.
+        (&[16, 4, 32, 32], CF),
+        (&[4096, 4], CL),
+        (&[300, 3, 7, 7], CF),
+    ];
+    let mut errors = Vec::new();
+    for (i, (dims, layout)) in cases.into_iter().enumerate() {
+        for ctx in [
+            gpu(),
+            gpu_caller(true),
+            common::gpu_caller_single_read(),
+            common::gpu_cpu_tuned(),
+        ] {
+            let mut rng = Rng::new(400 + i as u64);
+            let x = with_first_values(rng.array(dims, 0.0, 1.0), layout, 1e4);
+            errors.extend(cross_check_input(ctx, x, layout, &mut rng));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} mismatches:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }
 
 /// Few rows, long planes: reductions also split each row along inner (so that a GPU gets

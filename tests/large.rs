@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::check::cross_check;
+use common::check::{cross_check, cross_check_input, with_first_values};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout};
 
 use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
@@ -69,6 +69,32 @@ fn chunked_bindings_should_match_reference() {
         chunked_bindings(small_binding_context(64 << 10, subgroups));
     }
     chunked_bindings(small_binding_cpu_tuned_context(64 << 10));
+}
+
+/// One outlier as each channel's first value, in chunks of rows: each chunk shifts by its
+/// own sample of the channel (prelude, shift_samples), and stats_finalize merges them.
+#[test]
+fn chunked_outlier_first_values_should_match_reference() {
+    for ctx in [
+        small_binding_context(64 << 10, true),
+        small_binding_cpu_tuned_context(64 << 10),
+    ] {
+        let mut errors = Vec::new();
+        for (i, (dims, layout)) in [(&[40, 2, 64, 64][..], CF), (&[8192, 4][..], CL)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut rng = common::Rng::new(320 + i as u64);
+            let x = with_first_values(rng.array(dims, 0.0, 1.0), layout, 1e4);
+            errors.extend(cross_check_input(ctx.clone(), x, layout, &mut rng));
+        }
+        assert!(
+            errors.is_empty(),
+            "{} mismatches:\n{}",
+            errors.len(),
+            errors.join("\n")
+        );
+    }
 }
 
 fn chunked_bindings(ctx: Arc<GpuContext>) {

@@ -66,12 +66,37 @@ pub fn cross_check(
     std: f64,
 ) -> Vec<String> {
     let mut rng = Rng::new(seed);
+    let x = rng.array(dims, mean, std);
+    cross_check_input(gpu, x, layout, &mut rng)
+}
+
+/// x with `value` as each channel's first value (index 0 along every other axis).
+pub fn with_first_values(mut x: ArrayD<f32>, layout: Layout, value: f32) -> ArrayD<f32> {
+    let axis = match layout {
+        Layout::ChannelsFirst => 1,
+        Layout::ChannelsLast => x.ndim() - 1,
+    };
+    for c in 0..x.shape()[axis] {
+        let mut first = vec![0; x.ndim()];
+        first[axis] = c;
+        x[first.as_slice()] = value;
+    }
+    x
+}
+
+/// cross_check on a given x (dy and the layers' parameters drawn from `rng`).
+pub fn cross_check_input(
+    gpu: Arc<GpuContext>,
+    x: ArrayD<f32>,
+    layout: Layout,
+    rng: &mut Rng,
+) -> Vec<String> {
+    let dims = x.shape().to_vec();
     let channels = match layout {
         Layout::ChannelsFirst => dims[1],
         Layout::ChannelsLast => dims[dims.len() - 1],
     };
-    let x = rng.array(dims, mean, std);
-    let dy = rng.array(dims, 0.0, 1.0);
+    let dy = rng.array(&dims, 0.0, 1.0);
     let context = if Arc::ptr_eq(&gpu, &super::gpu()) {
         ""
     } else if Arc::ptr_eq(&gpu, &super::gpu_two_pass()) {
@@ -85,7 +110,7 @@ pub fn cross_check(
     } else {
         " caller device, no subgroups"
     };
-    let [mut g, mut c] = layers(gpu, channels, &BatchNormConfig::new(channels), &mut rng);
+    let [mut g, mut c] = layers(gpu, channels, &BatchNormConfig::new(channels), rng);
     let mut errors = Vec::new();
     let tag = format!("{dims:?} {layout:?}{context}");
     // Training again after eval: its reductions then find the records the backward passes
