@@ -60,8 +60,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         store_coeff(c, vec4<f32>(center, g, 0.0, 0.0));
     } else {
         let m = f32(p.count);
-        let k2 = -g * invstd * invstd * sum_dy_xmu / m;
-        let k0 = -g * sum_dy / m - k2 * offset;
+        // Means first, then invstd² (PyTorch's proj_scale), then gamma·invstd: formed left to
+        // right, gamma·invstd³ overflows where var + eps < 2e-26 (a constant channel under a
+        // tiny eps), and inf·0 made a constant channel's dx NaN where PyTorch's is finite.
+        let k2 = -g * (sum_dy_xmu / m * invstd * invstd);
+        let k0 = -g * (sum_dy / m) - k2 * offset;
         store_coeff(c, vec4<f32>(center, g, k2, k0));
     }
 }

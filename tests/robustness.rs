@@ -76,6 +76,70 @@ fn non_finite_values_stay_in_their_channel() {
     }
 }
 
+/// A constant channel and one with a spread of 1e-14, under the smallest normal eps PyTorch's
+/// rules leave (1e-30): invstd reaches 1e15, and gamma·invstd³ passes f32's range, so the
+/// backward must scale the means by invstd² before it multiplies by gamma·invstd, as PyTorch
+/// does; formed the other way the constant channel's dx was 0·inf = NaN and the narrow
+/// one's ±inf. dx and dgamma must match the f64 reference, and the constant channel's dx is
+/// gamma·invstd·(dy − mean(dy)) in closed form.
+#[test]
+fn tiny_variance_under_tiny_eps_gives_finite_gradients() {
+    let mut rng = common::Rng::new(31);
+    let mut x = rng.array(&[16, 3, 9], 0.0, 1.0);
+    x.index_axis_mut(ndarray::Axis(1), 0).fill(3.0);
+    x.index_axis_mut(ndarray::Axis(1), 1)
+        .mapv_inplace(|v| v * 1e-14);
+    let dy = rng.array(&[16, 3, 9], 0.0, 1.0);
+    let mut config = BatchNormConfig::new(3);
+    config.eps = 1e-30;
+    let mut reference = BatchNorm::new(config.clone(), Device::Cpu).unwrap();
+    reference.forward(x.view(), Layout::ChannelsFirst).unwrap();
+    let want = reference
+        .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+        .unwrap();
+    let invstd = 1.0 / (1e-30f64).sqrt();
+    let dy0 = dy.index_axis(ndarray::Axis(1), 0);
+    let mean_dy0 = dy0.iter().map(|&v| v as f64).sum::<f64>() / dy0.len() as f64;
+    let closed: Vec<f32> = dy0
+        .iter()
+        .map(|&v| (invstd * (v as f64 - mean_dy0)) as f32)
+        .collect();
+    let want0: Vec<f32> = want
+        .dx
+        .index_axis(ndarray::Axis(1), 0)
+        .iter()
+        .copied()
+        .collect();
+    assert!(common::rel_l2(&want0, closed.iter().map(|&v| v as f64)) < 1e-6);
+    for ctx in [
+        common::gpu(),
+        common::gpu_caller(true),
+        common::gpu_cpu_tuned(),
+    ] {
+        let mut bn = BatchNorm::new(config.clone(), Device::Gpu(ctx)).unwrap();
+        bn.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        let got = bn
+            .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+            .unwrap();
+        for c in 0..3 {
+            let got_c: Vec<f32> = got
+                .dx
+                .index_axis(ndarray::Axis(1), c)
+                .iter()
+                .copied()
+                .collect();
+            let want_c = want.dx.index_axis(ndarray::Axis(1), c);
+            let e = common::rel_l2(&got_c, want_c.iter().map(|&v| v as f64));
+            assert!(e <= 1e-5, "channel {c}: dx relative L2 error {e:e}");
+        }
+        let e = common::rel_l2(
+            got.dgamma.as_deref().unwrap(),
+            want.dgamma.as_deref().unwrap().iter().map(|&v| v as f64),
+        );
+        assert!(e <= 1e-5, "dgamma relative L2 error {e:e}");
+    }
+}
+
 /// After the device is destroyed, every call returns an error.
 #[test]
 fn a_lost_device_gives_errors_not_panics() {
