@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::check::{compare, compare_dx, cross_check, cross_check_input, flat, with_first_values};
+use common::check::{
+    compare, compare_dx, cross_check, cross_check_input, flat, with_channel_levels,
+    with_outliers_at_ends,
+};
 use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
 
@@ -98,24 +101,29 @@ fn large_mean_small_spread_should_match_reference() {
     ]);
 }
 
-/// One outlier as each channel's first value (a border pixel, a sequence's first token)
-/// among N(0, 1): shifted by it, as when the reductions shifted by a channel's first value,
-/// every value was rounded to 1e-3 and y was off by 4e-5 relative, the mean by 1e-2. Each
-/// shape takes another reduction: vec4 planes, channels-last vec4, scalar (C = 1), grouped
-/// 7×7 planes, rows split along inner, and the single-read forward (tests/large.rs has chunks
-/// of rows).
+/// Outliers as each channel's first and last value (borders, a sequence's first token) among
+/// N(3, 1) (a mean away from 0, whose relative error would measure only f32's rounding of a
+/// sum near 0). Shifted by one of them, as when the reductions shifted by a channel's first value
+/// (or by the median of its first, middle and last), every value was rounded to 1e-3 and y
+/// was off by 4e-5 relative, the mean by 1e-2. The channels lie 1e4 apart, so that a shift
+/// sampled from another channel is seen too. Each shape takes another reduction: vec4
+/// planes, channels-last vec4 (with a fold, and with lane records under the CPU tuning where
+/// a workgroup has one lane per unit), scalar (C = 1), grouped 7×7 planes, rows split along
+/// inner, and each single-read forward (tests/large.rs has chunks of rows).
 #[test]
-fn outlier_as_first_value_should_match_reference() {
-    let cases: [(&[usize], Layout); 8] = [
+fn outliers_at_the_ends_should_match_reference() {
+    let cases: [(&[usize], Layout); 9] = [
         (&[64, 1, 128, 128], CF),
         (&[1 << 18, 4], CL),
+        (&[96, 1024], CL),
         (&[64, 128, 128, 1], CL),
         (&[5000, 4, 7, 7], CF),
         (&[2, 3, 4100], CF),
-        // Channels whose values fit a workgroup: the single-read forward.
+        // Channels whose values fit a workgroup: the single-read forward, vec4 along inner,
+        // vec4 across channels, scalar.
         (&[16, 4, 32, 32], CF),
         (&[4096, 4], CL),
-        (&[300, 3, 7, 7], CF),
+        (&[256, 3, 7, 7], CF),
     ];
     let mut errors = Vec::new();
     for (i, (dims, layout)) in cases.into_iter().enumerate() {
@@ -126,7 +134,8 @@ fn outlier_as_first_value_should_match_reference() {
             common::gpu_cpu_tuned(),
         ] {
             let mut rng = Rng::new(400 + i as u64);
-            let x = with_first_values(rng.array(dims, 0.0, 1.0), layout, 1e4);
+            let x = with_channel_levels(rng.array(dims, 3.0, 1.0), layout, 1e4);
+            let x = with_outliers_at_ends(x, layout, 1e4);
             errors.extend(cross_check_input(ctx, x, layout, &mut rng));
         }
     }
@@ -179,10 +188,13 @@ fn over_a_million_values_per_channel_should_match_reference() {
     ]);
 }
 
-/// Values near 1e19 whose variance still fits f32 (its M2 is 2.4e38): a lane's first pair of
-/// values may lie 1.9e19 from the shift, whose square overflows, and Chan's merge multiplies
-/// it by the lane's count so far, 0; it must come out 0, not 0·inf = NaN. Under a GPU's
-/// tuning (gpu_caller) lane 1 of (514, 4) pairs rows 1 and 257.
+/// Values near 1e19 whose variance still fits f32 (its M2 is 2.4e38) stay finite. Written when
+/// the reductions shifted by a channel's first value (0 here): a lane's first pair then lay
+/// 1.9e19 from the shift, whose square overflows, times the lane's count so far, 0, which
+/// Chan's merges must make 0, not 0·inf = NaN. Since the shift is the median of three values
+/// (prelude, shift_samples), no pair can lie 1.845e19 from it unless M2 itself overflows (the
+/// two sampled values on the other side add at least that distance squared), so this now
+/// guards the end-to-end result; the merges keep their order for lone values, which can.
 #[test]
 fn huge_values_whose_variance_fits_f32_stay_finite() {
     let (rows, channels) = (514, 4);

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::check::{cross_check, cross_check_input, with_first_values};
+use common::check::{cross_check, cross_check_input, with_channel_levels, with_outliers_at_ends};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout};
 
 use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
@@ -71,21 +71,23 @@ fn chunked_bindings_should_match_reference() {
     chunked_bindings(small_binding_cpu_tuned_context(64 << 10));
 }
 
-/// One outlier as each channel's first value, in chunks of rows: each chunk shifts by its
-/// own sample of the channel (prelude, shift_samples), and stats_finalize merges them.
+/// Outliers as each channel's first and last value, channels 1e4 apart, in chunks of rows (the
+/// last one shorter): each chunk shifts by its own samples of the channel (prelude,
+/// shift_samples), and stats_finalize merges them.
 #[test]
-fn chunked_outlier_first_values_should_match_reference() {
+fn chunked_outliers_at_the_ends_should_match_reference() {
     for ctx in [
         small_binding_context(64 << 10, true),
         small_binding_cpu_tuned_context(64 << 10),
     ] {
         let mut errors = Vec::new();
-        for (i, (dims, layout)) in [(&[40, 2, 64, 64][..], CF), (&[8192, 4][..], CL)]
+        for (i, (dims, layout)) in [(&[41, 2, 64, 64][..], CF), (&[8190, 4][..], CL)]
             .into_iter()
             .enumerate()
         {
             let mut rng = common::Rng::new(320 + i as u64);
-            let x = with_first_values(rng.array(dims, 0.0, 1.0), layout, 1e4);
+            let x = with_channel_levels(rng.array(dims, 3.0, 1.0), layout, 1e4);
+            let x = with_outliers_at_ends(x, layout, 1e4);
             errors.extend(cross_check_input(ctx.clone(), x, layout, &mut rng));
         }
         assert!(

@@ -33,6 +33,8 @@ struct Params {
     inner_per_split: u32,
     // Lanes that merge one channel's splits in stats_finalize and grad_finalize.
     merge_lanes: u32,
+    // Where the values a reduction shifts a channel by lie (shift_samples).
+    shift_at: vec4<u32>,
 }
 
 // One split's statistics of one channel: count, mean and M2 of the values shifted by
@@ -71,18 +73,11 @@ fn unpack_grad(v: vec2<f32>) -> GradPartial {
 }
 
 // The values every lane of a reduction subtracts from a channel's values before accumulating
-// (the records' `shift`) is the median of three of the channel's values in this chunk: its
-// first, the one in its middle row at the middle of inner, and its last. Near the mean, the
-// differences are small and exact, and the f32 mean and M2 keep their precision where the
-// mean is large next to the spread (mean 1e4, std 1e-2). The median rather than the first
-// value, so that one outlier in the first place (a border pixel, a sequence's first token)
-// does not set the scale: shifted by a value 1e4 away, every value would be rounded to
-// 1e-3 and the channel's mean be off by 1e-2 relative (PERF.md 51). These are the three
-// values' element indices in the [outer][channels][inner] view of this chunk.
+// (the records' `shift`) is the median of three of the channel's values in this chunk, at
+// places the host picks (shift_offsets in src/gpu/kernels.rs says which and why). These are
+// their element indices in the [outer][channels][inner] view of this chunk.
 fn shift_samples(q: Params, c: u32) -> vec3<u32> {
-    let row = q.channels * q.inner;
-    let at = c * q.inner;
-    return vec3<u32>(at, (q.outer / 2u) * row + at + q.inner / 2u, (q.outer - 1u) * row + at + q.inner - 1u);
+    return q.shift_at.xyz + vec3<u32>(c * q.inner);
 }
 
 // The median of three, component by component.

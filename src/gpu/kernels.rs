@@ -396,6 +396,30 @@ pub(crate) struct Params {
     pub inner_per_split: u32,
     /// Lanes that merge one channel's splits (stats_finalize, grad_finalize).
     pub merge_lanes: u32,
+    /// Where the values whose median a reduction shifts a channel by lie, counted from the
+    /// channel's first value in this chunk (`shift_samples`); the fourth is unused.
+    pub shift_at: [u32; 4],
+}
+
+/// The reductions shift a channel's values by one of its own values before accumulating, so
+/// that the differences are small and exact near the mean and the f32 mean and M2 keep their
+/// precision where the mean is large next to the spread (mean 1e4, std 1e-2). One value would
+/// do, but an outlier taken as the shift sets the scale: shifted by a value 1e4 away from the
+/// rest, every value is rounded to 1e-3 and the mean is off by 1e-2 relative (PERF.md 51). So
+/// the shift is the median of three values. Outliers sit where data has structure: a tensor's
+/// first and last values, each image's corners and edges, each sequence's first token (in
+/// channels-last rows, at every multiple of its length). So the three are at no round
+/// fraction of the channel but at fractions (k + 1)·φ mod 1 (0.618, 0.236, 0.854) of its
+/// `rows · inner` values in this chunk, in order. Returned as element offsets from the
+/// channel's first value in the [rows][channels][inner] view.
+pub(crate) fn shift_offsets(rows: u64, channels: u64, inner: u64) -> [u32; 4] {
+    const FRACTIONS: [f64; 3] = [0.618_033_988_75, 0.236_067_977_5, 0.854_101_966_25];
+    let values = rows * inner;
+    let at = |f: f64| {
+        let j = ((values as f64 * f) as u64).min(values - 1);
+        (j / inner * channels * inner + j % inner) as u32
+    };
+    [at(FRACTIONS[0]), at(FRACTIONS[1]), at(FRACTIONS[2]), 0]
 }
 
 /// How much work one reduction workgroup takes on: GPUs want many workgroups in flight, CPU
@@ -534,8 +558,8 @@ impl Fused {
     }
 }
 
-// Params in shaders/common/prelude.wgsl declares 20 four-byte fields.
-const _: () = assert!(std::mem::size_of::<Params>() == 80);
+// Params in shaders/common/prelude.wgsl declares 20 four-byte fields and a vec4<u32>.
+const _: () = assert!(std::mem::size_of::<Params>() == 96);
 
 /// How one shape is cut into workgroups, for every kernel of a pass.
 #[derive(Clone, Debug)]
@@ -835,6 +859,7 @@ impl Geometry {
                 inner_splits,
                 inner_per_split,
                 merge_lanes: 0,
+                shift_at: shift_offsets(rows, channels as u64, inner as u64),
             };
             chunks.push(Chunk {
                 params,
@@ -1047,6 +1072,46 @@ mod tests {
     /// The finalize kernels give each channel a power of two of lanes, enough that none
     /// merges more than MERGES_PER_LANE splits, up to a workgroup's worth, and fewer only
     /// where the channels would otherwise need more workgroups than a dimension holds.
+    /// The shift's three samples lie in the chunk, in the channel, apart, and off its ends;
+    /// and in channels-last sequences of 512 tokens or more (rows N·L, inner 1), at most one
+    /// is a sequence's first or last token, for every N up to 512.
+    #[test]
+    fn shift_samples_avoid_the_ends() {
+        for (rows, channels, inner) in [(1, 1, 7), (7, 1, 1), (2, 3, 4100), (9, 64, 3136)]
+            .into_iter()
+            .chain((1..300).map(|n| (n, 4, 49)))
+        {
+            let at = shift_offsets(rows, channels, inner);
+            let values = rows * inner;
+            let mut seen = Vec::new();
+            for &o in &at[..3] {
+                let o = o as u64;
+                assert!(o + (channels - 1) * inner < rows * channels * inner);
+                assert_eq!(o / inner % channels, 0, "{o} is not channel 0's");
+                let j = o / (channels * inner) * inner + o % inner;
+                if values >= 7 {
+                    assert!(j > 0 && j < values - 1, "{j} of {values}");
+                }
+                seen.push(j);
+            }
+            seen.dedup();
+            assert!(values < 3 || seen.len() == 3, "{seen:?}");
+        }
+        for len in [512, 1024, 3136] {
+            for n in 1..=512 {
+                let at = shift_offsets(n * len, 4, 1);
+                let ends = at[..3]
+                    .iter()
+                    .filter(|&&o| {
+                        let token = o as u64 / 4 % len;
+                        token == 0 || token == len - 1
+                    })
+                    .count();
+                assert!(ends <= 1, "{n}×{len}: {at:?}");
+            }
+        }
+    }
+
     #[test]
     fn merge_lanes_share_the_splits() {
         let limits = wgpu::Limits::default();

@@ -70,18 +70,37 @@ pub fn cross_check(
     cross_check_input(gpu, x, layout, &mut rng)
 }
 
-/// x with `value` as each channel's first value (index 0 along every other axis).
-pub fn with_first_values(mut x: ArrayD<f32>, layout: Layout, value: f32) -> ArrayD<f32> {
-    let axis = match layout {
-        Layout::ChannelsFirst => 1,
-        Layout::ChannelsLast => x.ndim() - 1,
-    };
+/// x with `offset` added to each channel's first and last value (index 0, or the last index,
+/// along every other axis): outliers where data has structure (borders, a sequence's first
+/// token).
+pub fn with_outliers_at_ends(mut x: ArrayD<f32>, layout: Layout, offset: f32) -> ArrayD<f32> {
+    let axis = channel_axis(&x, layout);
+    let last: Vec<usize> = x.shape().iter().map(|&d| d - 1).collect();
     for c in 0..x.shape()[axis] {
-        let mut first = vec![0; x.ndim()];
-        first[axis] = c;
-        x[first.as_slice()] = value;
+        for end in [vec![0; x.ndim()], last.clone()] {
+            let mut at = end;
+            at[axis] = c;
+            x[at.as_slice()] += offset;
+        }
     }
     x
+}
+
+/// x with c·`step` added to channel c's values: channels far apart, so that a kernel that
+/// took one channel's value for another's is seen.
+pub fn with_channel_levels(mut x: ArrayD<f32>, layout: Layout, step: f32) -> ArrayD<f32> {
+    let axis = channel_axis(&x, layout);
+    for (c, mut lane) in x.axis_iter_mut(ndarray::Axis(axis)).enumerate() {
+        lane += c as f32 * step;
+    }
+    x
+}
+
+fn channel_axis(x: &ArrayD<f32>, layout: Layout) -> usize {
+    match layout {
+        Layout::ChannelsFirst => 1,
+        Layout::ChannelsLast => x.ndim() - 1,
+    }
 }
 
 /// cross_check on a given x (dy and the layers' parameters drawn from `rng`).
