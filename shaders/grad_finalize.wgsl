@@ -12,6 +12,12 @@
 // flags
 const FROZEN_STATS: u32 = 4u;
 
+// Add dgamma and dbeta to what the buffers hold, as autograd sums a parameter's gradients
+// over the calls that used it (GpuBatchNorm::set_accumulate_param_grads), rather than
+// overwrite them. A pipeline constant: the choice is made per recorded call, which a uniform
+// written at submission could not follow.
+override ACCUMULATE: bool = false;
+
 // Params and the partial records are in shaders/common/prelude.wgsl, prepended by the host.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<vec2<f32>>;
@@ -52,8 +58,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let center = stats.x;
     let offset = stats.y;
     let invstd = stats.z;
-    dgamma[c] = sum_dy_xmu * invstd;
-    dbeta[c] = sum_dy;
+    var dgamma_before = 0.0;
+    var dbeta_before = 0.0;
+    if ACCUMULATE {
+        dgamma_before = dgamma[c];
+        dbeta_before = dbeta[c];
+    }
+    dgamma[c] = dgamma_before + sum_dy_xmu * invstd;
+    dbeta[c] = dbeta_before + sum_dy;
 
     let g = gamma[c] * invstd;
     if (p.flags & FROZEN_STATS) != 0u {

@@ -1,6 +1,7 @@
 //! Statistics saved per forward call (`forward_for_backward`, `backward_from`): a layer applied
 //! several times before its backwards differentiates each call with that call's statistics,
-//! as PyTorch's autograd does, on the GPU (ndarray and recording APIs) and the CPU reference.
+//! as PyTorch's autograd does, on the GPU (ndarray and recording APIs) and the CPU reference;
+//! and dgamma, dbeta summed over such calls where the layer accumulates them.
 
 mod common;
 
@@ -365,4 +366,137 @@ fn recorded_forwards_keep_their_statistics_until_their_backwards() {
             assert!(e <= TOL, "dgamma of call 1: {e:.2e}");
         }
     }
+}
+
+/// With `set_accumulate_param_grads(true)` the backwards of two calls recorded into one
+/// encoder leave the sum of their dgamma and dbeta, as autograd sums a shared parameter's
+/// gradients; `zero_param_grads` starts a new sum; an empty batch adds nothing; and without
+/// accumulation a backward overwrites them.
+#[test]
+fn accumulated_parameter_gradients_sum_over_calls() {
+    let ctx = common::gpu();
+    let (device, queue) = (ctx.device().clone(), ctx.queue().clone());
+    let dims = [5, 4, 3, 7];
+    let n: usize = dims.iter().product();
+    let mut rng = Rng::new(23);
+    let gamma: Vec<f32> = (0..4).map(|_| (0.5 + rng.uniform()) as f32).collect();
+    let xs = [rng.array(&dims, 1.0, 2.0), rng.array(&dims, -2.0, 0.3)];
+    let dys = [rng.array(&dims, 0.5, 1.0), rng.array(&dims, -0.5, 1.0)];
+    let want = [0, 1].map(|k| reference(&gamma, &xs[k], &dys[k], Layout::ChannelsFirst));
+    let buffer = |data: Option<&ArrayD<f32>>| {
+        let b = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: n as u64 * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(d) = data {
+            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
+        }
+        b
+    };
+    let x_bufs = [buffer(Some(&xs[0])), buffer(Some(&xs[1]))];
+    let dy_bufs = [buffer(Some(&dys[0])), buffer(Some(&dys[1]))];
+    let y_bufs = [buffer(None), buffer(None)];
+    let dx_bufs = [buffer(None), buffer(None)];
+    let t = |b| GpuTensor::new(b, &dims, Layout::ChannelsFirst).unwrap();
+
+    let mut bn = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(4)).unwrap();
+    bn.set_gamma(&gamma).unwrap();
+    bn.set_accumulate_param_grads(true);
+    assert!(bn.accumulates_param_grads());
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let saved = [0, 1].map(|k| {
+        bn.forward_for_backward(&mut encoder, &t(&x_bufs[k]), &t(&y_bufs[k]))
+            .unwrap()
+    });
+    queue.submit([encoder.finish()]);
+    let backwards = |bn: &mut GpuBatchNorm, calls: &[usize], zero_first: bool| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        if zero_first {
+            bn.zero_param_grads(&mut encoder);
+        }
+        for &k in calls {
+            let (x, dy, dx) = (t(&x_bufs[k]), t(&dy_bufs[k]), t(&dx_bufs[k]));
+            bn.backward_from(&mut encoder, &saved[k], &x, &dy, &dx)
+                .unwrap();
+        }
+        queue.submit([encoder.finish()]);
+        [bn.dgamma_buffer(), bn.dbeta_buffer()].map(|b| read_buffer(&device, &queue, b, 0, 4))
+    };
+    let check = |what: &str, got: &[Vec<f32>; 2], calls: &[usize]| {
+        for (name, got, pick) in [("dgamma", &got[0], 0), ("dbeta", &got[1], 1)] {
+            let sum: Vec<f64> = (0..4)
+                .map(|c| {
+                    calls
+                        .iter()
+                        .map(|&k| {
+                            let w = &want[k];
+                            let v = if pick == 0 { &w.dgamma } else { &w.dbeta };
+                            v.as_ref().unwrap()[c] as f64
+                        })
+                        .sum()
+                })
+                .collect();
+            let e = rel_l2(got, sum);
+            assert!(e <= TOL, "{what}: {name} {e:.2e}");
+        }
+    };
+    check(
+        "two calls summed",
+        &backwards(&mut bn, &[0, 1], false),
+        &[0, 1],
+    );
+    for k in [0, 1] {
+        let dx = read_buffer(&device, &queue, &dx_bufs[k], 0, n);
+        let e = rel_l2(&dx, want[k].dx.iter().map(|&v| v as f64));
+        assert!(e <= TOL, "dx of call {k}: {e:.2e}");
+    }
+    check("after zeroing", &backwards(&mut bn, &[1], true), &[1]);
+
+    // An empty batch adds nothing, and its ndarray backward returns the sums so far.
+    let empty = ArrayD::<f32>::zeros(vec![0, 4, 3, 7]);
+    let empty_saved = bn
+        .forward_array_for_backward(empty.view(), Layout::ChannelsFirst)
+        .unwrap()
+        .1;
+    let out = bn
+        .backward_array_from(
+            &empty_saved,
+            empty.view(),
+            empty.view(),
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
+    let kept = [out.dgamma.unwrap(), out.dbeta.unwrap()];
+    check("an empty batch's output", &kept, &[1]);
+    check(
+        "after an empty batch",
+        &backwards(&mut bn, &[], false),
+        &[1],
+    );
+    let e = |b| GpuTensor::new(b, &[0, 4, 3, 7], Layout::ChannelsFirst).unwrap();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let empty_saved = bn
+        .forward_for_backward(&mut encoder, &e(&x_bufs[0]), &e(&y_bufs[0]))
+        .unwrap();
+    bn.backward_from(
+        &mut encoder,
+        &empty_saved,
+        &e(&x_bufs[0]),
+        &e(&dy_bufs[0]),
+        &e(&dx_bufs[0]),
+    )
+    .unwrap();
+    queue.submit([encoder.finish()]);
+    check(
+        "after a recorded empty batch",
+        &backwards(&mut bn, &[], false),
+        &[1],
+    );
+
+    bn.set_accumulate_param_grads(false);
+    check("overwritten", &backwards(&mut bn, &[0, 0], false), &[0]);
 }

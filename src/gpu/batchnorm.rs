@@ -112,6 +112,8 @@ pub struct GpuBatchNorm {
     coeff: wgpu::Buffer,
     dgamma: wgpu::Buffer,
     dbeta: wgpu::Buffer,
+    /// Whether a backward adds its dgamma and dbeta to the buffers' contents.
+    accumulate_param_grads: bool,
     /// Where the getters read a per-channel buffer back. They take `&self` and the layer is
     /// `Sync`, so reads from several threads take turns with it: one read's copy into it, and
     /// its mapping, must not meet another's.
@@ -151,6 +153,7 @@ impl GpuBatchNorm {
             coeff: buf("coeff", c * 16, wgpu::BufferUsages::STORAGE)?,
             dgamma: buf("dgamma", c * 4, PER_CHANNEL)?,
             dbeta: buf("dbeta", c * 4, PER_CHANNEL)?,
+            accumulate_param_grads: false,
             channel_staging: Mutex::new(buf("channel staging", c * 16, STAGING)?),
             ctx,
             config,
@@ -309,7 +312,8 @@ impl GpuBatchNorm {
     pub fn running_var_buffer(&self) -> &wgpu::Buffer {
         &self.running_var
     }
-    /// dgamma of the last backward pass (meaningful when affine).
+    /// dgamma of the last backward pass (meaningful when affine), or the sum over the
+    /// backward passes since `zero_param_grads` where `set_accumulate_param_grads(true)`.
     pub fn dgamma_buffer(&self) -> &wgpu::Buffer {
         &self.dgamma
     }
@@ -814,15 +818,30 @@ impl GpuBatchNorm {
     ) -> Result<()> {
         let ctx = self.ctx.clone();
         let steps = ctx.scoped("backward", || self.prepare_backward(&ctx, from, x, dy, dx))?;
-        if x.shape.is_empty() {
-            self.clear_parameter_grads(encoder);
+        if x.shape.is_empty() && !self.accumulate_param_grads {
+            self.zero_param_grads(encoder);
         }
         record(encoder, "batchnorm backward", &steps);
         Ok(())
     }
 
     /// PyTorch's gradients of an empty batch: dx empty, dgamma and dbeta zero.
-    fn clear_parameter_grads(&self, encoder: &mut wgpu::CommandEncoder) {
+    /// Whether each backward adds its dgamma and dbeta to those of the backward passes
+    /// before it, as autograd sums a parameter's gradients over the calls that used it
+    /// (shared weights, siamese branches: several `backward_from` before one optimizer
+    /// step), instead of overwriting them (the default). Takes effect from the next recorded
+    /// backward; `zero_param_grads` starts a new sum. A new layer's sums are zero, an empty
+    /// batch adds nothing, and the `*_array` backwards return the sums.
+    pub fn set_accumulate_param_grads(&mut self, on: bool) {
+        self.accumulate_param_grads = on;
+    }
+
+    pub fn accumulates_param_grads(&self) -> bool {
+        self.accumulate_param_grads
+    }
+
+    /// Records the zeroing of dgamma and dbeta into `encoder` (PyTorch's `zero_grad`).
+    pub fn zero_param_grads(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.clear_buffer(&self.dgamma, 0, None);
         encoder.clear_buffer(&self.dbeta, 0, None);
     }
@@ -870,7 +889,12 @@ impl GpuBatchNorm {
                 groups: chunk.reduce_groups,
             });
         }
-        let bind = k.grad_finalize.bind(
+        let finalize = if self.accumulate_param_grads {
+            &k.grad_finalize_accumulate
+        } else {
+            &k.grad_finalize
+        };
+        let bind = finalize.bind(
             device,
             &[
                 params.slot(0),
@@ -883,7 +907,7 @@ impl GpuBatchNorm {
             ],
         );
         steps.push(Step {
-            kernel: &k.grad_finalize,
+            kernel: finalize,
             bind,
             groups: g.merge_groups,
         });
@@ -1085,11 +1109,20 @@ impl GpuBatchNorm {
         // Refused before io() makes or evicts anything.
         self.saved_stats(from, &shape)?;
         if shape.is_empty() {
+            let mut out = BackwardOutput::of_empty_batch(&shape, &self.config);
+            if self.accumulate_param_grads {
+                // Nothing to add: the sums so far.
+                if self.config.affine {
+                    out.dgamma = Some(self.read_channels(&self.dgamma, 1)?);
+                    out.dbeta = Some(self.read_channels(&self.dbeta, 1)?);
+                }
+                return Ok(out);
+            }
             let ctx = self.ctx.clone();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            self.clear_parameter_grads(&mut encoder);
+            self.zero_param_grads(&mut encoder);
             ctx.submit(encoder, "backward")?;
-            return Ok(BackwardOutput::of_empty_batch(&shape, &self.config));
+            return Ok(out);
         }
         self.io(&shape)?;
         let ctx = self.ctx.clone();

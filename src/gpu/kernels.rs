@@ -170,6 +170,8 @@ pub(crate) struct Kernels {
     pub(crate) grad_reduce_vec4_runs: Option<Kernel>,
     pub(crate) grad_reduce_grouped: Kernel,
     pub(crate) grad_finalize: Kernel,
+    /// Twin that adds dgamma and dbeta to the buffers' contents (ACCUMULATE).
+    pub(crate) grad_finalize_accumulate: Kernel,
     pub(crate) apply_forward: Kernel,
     pub(crate) apply_forward_vec4: ByChannels,
     pub(crate) apply_backward: Kernel,
@@ -264,6 +266,12 @@ impl Kernels {
             grad_reduce_vec4_runs: runs(shader!("grad_reduce_vec4", "fold_sums"))?,
             grad_reduce_grouped: grouped(shader!("grad_reduce_grouped", "fold_sums"))?,
             grad_finalize: plain(shader!("grad_finalize", "store_coeff"))?,
+            grad_finalize_accumulate: Kernel::new(
+                device,
+                shader!("grad_finalize", "store_coeff"),
+                subgroups,
+                &[("ACCUMULATE", 1.0)],
+            )?,
             apply_forward: plain(shader!("apply_forward"))?,
             apply_forward_vec4: by_channels(shader!("apply_forward_vec4", "apply_vec4"), false)?,
             apply_backward: plain(shader!("apply_backward"))?,
