@@ -497,6 +497,18 @@ fn accumulated_parameter_gradients_sum_over_calls() {
         &[1],
     );
 
+    // The setting in force when a backward is recorded counts, not the one at submission.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    bn.zero_param_grads(&mut encoder);
+    for k in [0, 1] {
+        let (x, dy, dx) = (t(&x_bufs[k]), t(&dy_bufs[k]), t(&dx_bufs[k]));
+        bn.backward_from(&mut encoder, &saved[k], &x, &dy, &dx)
+            .unwrap();
+    }
     bn.set_accumulate_param_grads(false);
+    queue.submit([encoder.finish()]);
+    let sums =
+        [bn.dgamma_buffer(), bn.dbeta_buffer()].map(|b| read_buffer(&device, &queue, b, 0, 4));
+    check("recorded while accumulating", &sums, &[0, 1]);
     check("overwritten", &backwards(&mut bn, &[0, 0], false), &[0]);
 }

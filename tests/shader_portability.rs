@@ -313,6 +313,7 @@ fn constant_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
             sets
         }
         "forward_fused_vec4.wgsl" => vec![vec![("CHANNELS_IN_VEC4", 1.0)]],
+        "grad_finalize.wgsl" => vec![vec![("ACCUMULATE", 1.0)]],
         _ => Vec::new(),
     }
 }

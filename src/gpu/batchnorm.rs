@@ -825,22 +825,26 @@ impl GpuBatchNorm {
         Ok(())
     }
 
-    /// PyTorch's gradients of an empty batch: dx empty, dgamma and dbeta zero.
     /// Whether each backward adds its dgamma and dbeta to those of the backward passes
     /// before it, as autograd sums a parameter's gradients over the calls that used it
     /// (shared weights, siamese branches: several `backward_from` before one optimizer
     /// step), instead of overwriting them (the default). Takes effect from the next recorded
     /// backward; `zero_param_grads` starts a new sum. A new layer's sums are zero, an empty
-    /// batch adds nothing, and the `*_array` backwards return the sums.
+    /// batch adds nothing, and the `*_array` backwards (and `BatchNorm`'s, where turned on
+    /// through `BatchNorm::gpu()`) return the sums. The setting in force when a backward is
+    /// recorded is the one it follows.
     pub fn set_accumulate_param_grads(&mut self, on: bool) {
         self.accumulate_param_grads = on;
     }
 
+    /// Whether backwards add to dgamma and dbeta (`set_accumulate_param_grads`).
     pub fn accumulates_param_grads(&self) -> bool {
         self.accumulate_param_grads
     }
 
-    /// Records the zeroing of dgamma and dbeta into `encoder` (PyTorch's `zero_grad`).
+    /// Records the zeroing of dgamma and dbeta into `encoder` (PyTorch's `zero_grad`), as
+    /// an empty batch's backward does where it does not accumulate (PyTorch's gradients of an
+    /// empty batch: dx empty, dgamma and dbeta zero).
     pub fn zero_param_grads(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.clear_buffer(&self.dgamma, 0, None);
         encoder.clear_buffer(&self.dbeta, 0, None);

@@ -1077,9 +1077,6 @@ mod tests {
         assert_eq!(max_channels(&small_buffer), 1 << 14);
     }
 
-    /// The finalize kernels give each channel a power of two of lanes, enough that none
-    /// merges more than MERGES_PER_LANE splits, up to a workgroup's worth, and fewer only
-    /// where the channels would otherwise need more workgroups than a dimension holds.
     /// The shift's three samples lie in the chunk, in the channel, apart, and off its ends;
     /// and in channels-last sequences of 512 tokens or more (rows N·L, inner 1), at most one
     /// is a sequence's first or last token, for every N up to 512.
@@ -1102,6 +1099,7 @@ mod tests {
                 }
                 seen.push(j);
             }
+            seen.sort();
             seen.dedup();
             assert!(values < 3 || seen.len() == 3, "{seen:?}");
         }
@@ -1120,6 +1118,29 @@ mod tests {
         }
     }
 
+    /// A tensor run in chunks of rows samples each chunk's shift from that chunk's rows: the
+    /// last chunk, shorter, has its own places.
+    #[test]
+    fn each_chunk_samples_its_own_rows() {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 64 << 10,
+            ..wgpu::Limits::default()
+        };
+        let tuning = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
+        let shape = Shape::new(&[41, 2, 64, 64], Layout::ChannelsFirst).unwrap();
+        let g = Geometry::new(&shape, &limits, tuning).unwrap();
+        assert_eq!(g.chunks.len(), 21);
+        for chunk in &g.chunks {
+            let rows = chunk.params.outer as u64;
+            assert_eq!(chunk.params.shift_at, shift_offsets(rows, 2, 4096));
+        }
+        assert_eq!(g.chunks[20].params.outer, 1);
+        assert_ne!(g.chunks[20].params.shift_at, g.chunks[0].params.shift_at);
+    }
+
+    /// The finalize kernels give each channel a power of two of lanes, enough that none
+    /// merges more than MERGES_PER_LANE splits, up to a workgroup's worth, and fewer only
+    /// where the channels would otherwise need more workgroups than a dimension holds.
     #[test]
     fn merge_lanes_share_the_splits() {
         let limits = wgpu::Limits::default();
