@@ -2,8 +2,10 @@
 //! Device setup, uploads and the first (plan-making) call stay outside the timed code; the GPU
 //! figure is submit-to-done of the recorded pass. Under `cargo test --benches` (no `--bench`
 //! argument, criterion's test mode) the shapes shrink and each benchmark runs once, so the
-//! benches are tested too. (Cargo builds both with cfg(test), so the choice is made at run
-//! time.)
+//! benches are tested too. (A `harness = false` bench is built without cfg(test) either way,
+//! so the choice is made at run time, by the argument.) The inputs do not rotate here, as
+//! they do in `batchnorm bench`: a shape that fits a cache is timed from it, and the
+//! uploads reach the device with the first timed submit, which criterion's warm-up absorbs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

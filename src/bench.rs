@@ -31,9 +31,10 @@ pub const DEFAULT_SHAPES: &[&[usize]] = &[
 
 /// Relative L2 error a kernel may show against the reference before it is refused.
 const TOLERANCE: f64 = 1e-5;
-/// Inputs rotate over enough buffers to hold at least this many bytes (but at most
-/// MAX_ROTATION buffers, which leaves tensors of under 4 MiB in a large cache), so that
-/// repeated runs read memory rather than a cache: a GPU's L2 holds 50 MB or more.
+/// Inputs and outputs rotate over enough buffers to hold at least this many bytes each (but
+/// at most MAX_ROTATION buffers, which leaves tensors of under 4 MiB in a large cache), so
+/// that repeated runs read memory rather than a cache, and write it rather than lines a
+/// write-back cache still holds dirty: a GPU's L2 holds 50 MB or more.
 const ROTATION_BYTES: u64 = 256 << 20;
 const MAX_ROTATION: u64 = 64;
 /// Commands timed in turns: the copy roof before each of forward, eval and backward.
@@ -314,6 +315,7 @@ fn time_gpu(
     let period_ns = ctx.queue.get_timestamp_period() as f64;
     let mut kernel = vec![Vec::new(); recorders.len()];
     let mut end_to_end = vec![Vec::new(); recorders.len()];
+    let mut invalid = vec![false; recorders.len()];
     let warmup = 2;
     for i in 0..warmup + iters {
         for (r, record) in recorders.iter_mut().enumerate() {
@@ -339,8 +341,12 @@ fn time_gpu(
             };
             if i >= warmup {
                 end_to_end[r].push(elapsed);
-                if let Some([t0, t1]) = ticks {
-                    kernel[r].push(t1.saturating_sub(t0) as f64 * period_ns / 1e6);
+                match ticks {
+                    Some([t0, t1]) if t1 > t0 => kernel[r].push((t1 - t0) as f64 * period_ns / 1e6),
+                    // A pair that does not advance (a backend that writes zeros, a counter
+                    // that wrapped) is no time: the command reports end-to-end time only.
+                    Some(_) => invalid[r] = true,
+                    None => {}
                 }
             }
         }
@@ -348,7 +354,8 @@ fn time_gpu(
     Ok(kernel
         .into_iter()
         .zip(end_to_end)
-        .map(|(k, e)| ((!k.is_empty()).then(|| median(k)), median(e)))
+        .zip(invalid)
+        .map(|((k, e), bad)| ((!k.is_empty() && !bad).then(|| median(k)), median(e)))
         .collect())
 }
 
@@ -557,10 +564,13 @@ pub fn time_shape(
         .map(|i| upload("bench dy", &input(dims, 20 + i as u64, 0.0, 1.0)))
         .collect::<Result<Vec<_>>>()?;
     // COPY_SRC: the copy roof's output is read back once to check it.
-    let out = ctx.create_buffer("bench out", bytes, usage | wgpu::BufferUsages::COPY_SRC)?;
+    let outs = (0..copies)
+        .map(|_| ctx.create_buffer("bench out", bytes, usage | wgpu::BufferUsages::COPY_SRC))
+        .collect::<Result<Vec<_>>>()?;
     let tensor = |b| GpuTensor::new(b, dims, layout);
-    // Which input the command in `slot` reads in iteration i: never the one the command before
-    // it read, so that none finds its input in a cache that the previous one warmed.
+    // Which input the command in `slot` reads, and which output it writes, in iteration i:
+    // never those of the command before it, so that none finds its input in a cache that
+    // the previous one warmed, or its output in lines the previous one left there.
     let input_of = |i: usize, slot: usize| (i * SLOTS + slot) % copies;
 
     let mut rows = Vec::new();
@@ -579,7 +589,7 @@ pub fn time_shape(
 
     progress(&format!("{name} {lname}: gpu passes and copy roof"));
     let roof = CopyRoof::new(ctx, numel)?;
-    roof.verify(ctx, &xs[0], &out, &x0)?;
+    roof.verify(ctx, &xs[0], &outs[0], &x0)?;
     let config = BatchNormConfig::new(channels);
     // The training layer's forward leaves the statistics its backward uses; the backward may
     // read another input than the forward did (see input_of), which changes its values, not
@@ -591,10 +601,11 @@ pub fn time_shape(
     // 7.3–7.8 ms where after the forward it took 6.2, PERF.md 31), so the copy runs before
     // each pass and the roof is its fastest slot: no pass is compared with a copy that ran
     // in a worse place than it did.
-    let (roof, xs_ref, out_ref) = (&roof, &xs, &out);
+    let (roof, xs_ref, outs_ref) = (&roof, &xs, &outs);
     let copy = |slot: usize| -> Recorder<'_> {
         Box::new(move |encoder: &mut wgpu::CommandEncoder, i: usize| {
-            roof.record(ctx, encoder, &xs_ref[input_of(i, slot)], out_ref);
+            let j = input_of(i, slot);
+            roof.record(ctx, encoder, &xs_ref[j], &outs_ref[j]);
             Ok(())
         })
     };
@@ -604,12 +615,15 @@ pub fn time_shape(
         &mut [
             copy(0),
             Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
-                let x = tensor(&xs[input_of(i, 1)])?;
-                train.borrow_mut().forward(encoder, &x, &tensor(&out)?)
+                let j = input_of(i, 1);
+                train
+                    .borrow_mut()
+                    .forward(encoder, &tensor(&xs[j])?, &tensor(&outs[j])?)
             }),
             copy(2),
             Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
-                eval.forward(encoder, &tensor(&xs[input_of(i, 3)])?, &tensor(&out)?)
+                let j = input_of(i, 3);
+                eval.forward(encoder, &tensor(&xs[j])?, &tensor(&outs[j])?)
             }),
             copy(4),
             Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
@@ -617,7 +631,7 @@ pub fn time_shape(
                 let (x, dy) = (tensor(&xs[j])?, tensor(&dys[j])?);
                 train
                     .borrow_mut()
-                    .backward(encoder, &x, &dy, &tensor(&out)?)
+                    .backward(encoder, &x, &dy, &tensor(&outs[j])?)
             }),
         ],
     )?;

@@ -13,7 +13,9 @@
 
 pub mod bench;
 pub mod config;
-pub mod cpu;
+// The f64 reference's kernels, on slices whose lengths the layer has checked: reached
+// through `BatchNorm` with `Device::Cpu`.
+mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod layer;

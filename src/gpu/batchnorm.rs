@@ -283,9 +283,11 @@ impl GpuBatchNorm {
             return Ok(());
         }
         let c = self.config.num_features;
+        // The count first: it makes a buffer, the one step here that can fail short of a lost
+        // device, and a failure should leave the statistics as they were.
+        self.set_num_batches_tracked(0)?;
         self.set_running_mean(&vec![0.0; c])?;
-        self.set_running_var(&vec![1.0; c])?;
-        self.set_num_batches_tracked(0)
+        self.set_running_var(&vec![1.0; c])
     }
 
     /// PyTorch's `reset_parameters()`: `reset_running_stats`, then gamma 1 and beta 0 where
