@@ -567,6 +567,13 @@ pub fn time_shape(
     let outs = (0..copies)
         .map(|_| ctx.create_buffer("bench out", bytes, usage | wgpu::BufferUsages::COPY_SRC))
         .collect::<Result<Vec<_>>>()?;
+    // Written once before any timing, as the inputs are by their uploads: a first write into
+    // fresh memory (wgpu's zero fill, a CPU rasterizer's page faults) is no part of a pass.
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    for out in &outs {
+        encoder.clear_buffer(out, 0, None);
+    }
+    ctx.submit(encoder, "bench outputs")?;
     let tensor = |b| GpuTensor::new(b, dims, layout);
     // Which input the command in `slot` reads, and which output it writes, in iteration i:
     // never those of the command before it, so that none finds its input in a cache that
