@@ -282,12 +282,13 @@ fn compare_layers(
 /// A recorder of one timed command sequence; its argument counts the iterations.
 type Recorder<'a> = Box<dyn FnMut(&mut wgpu::CommandEncoder, usize) -> Result<()> + 'a>;
 
-/// Times each recorder over `iters` submissions, taking turns so that a change in the
-/// machine's load (other processes, clock speed) falls on all of them alike. Returns per
-/// recorder the median kernel time (when the adapter has timestamps) and the median
-/// end-to-end time, in milliseconds.
+/// Times each recorder over `iters` submissions after `warmup` untimed ones, taking turns so
+/// that a change in the machine's load (other processes, clock speed) falls on all of them
+/// alike. Returns per recorder the median kernel time (when the adapter has timestamps) and
+/// the median end-to-end time, in milliseconds.
 fn time_gpu(
     ctx: &GpuContext,
+    warmup: usize,
     iters: usize,
     recorders: &mut [Recorder<'_>],
 ) -> Result<Vec<(Option<f64>, f64)>> {
@@ -316,7 +317,6 @@ fn time_gpu(
     let mut kernel = vec![Vec::new(); recorders.len()];
     let mut end_to_end = vec![Vec::new(); recorders.len()];
     let mut invalid = vec![false; recorders.len()];
-    let warmup = 2;
     for i in 0..warmup + iters {
         for (r, record) in recorders.iter_mut().enumerate() {
             let mut encoder = device.create_command_encoder(&Default::default());
@@ -616,8 +616,13 @@ pub fn time_shape(
             Ok(())
         })
     };
+    // Untimed turns enough that every input and output buffer has been used once (and at
+    // least two): the first shape of a process ran its eval at 0.64 of the roof where the
+    // same shape later in the process ran at 0.81, with two (PERF.md 52).
+    let warmup = copies.div_ceil(SLOTS).max(2);
     let timed = time_gpu(
         ctx,
+        warmup,
         iters,
         &mut [
             copy(0),
