@@ -291,7 +291,8 @@ impl GpuBatchNorm {
     }
 
     /// PyTorch's `reset_parameters()`: `reset_running_stats`, then gamma 1 and beta 0 where
-    /// the layer is affine.
+    /// the layer is affine, written at once as the setters are (a pass recorded and not yet
+    /// submitted meets them).
     pub fn reset_parameters(&mut self) -> Result<()> {
         self.reset_running_stats()?;
         if self.config.affine {
@@ -968,7 +969,9 @@ impl GpuBatchNorm {
 
     /// Uploads `x`, runs forward, and reads back y and (when used) the batch statistics.
     /// Submits and waits at once: ahead of any pass recorded into a caller's encoder and not
-    /// yet submitted.
+    /// yet submitted. Submit those first: a backward recorded before this call and run after
+    /// it would take this forward's mode with the recorded forward's statistics, and a count
+    /// set for a recorded forward would reach the GPU after this one counted.
     pub fn forward_array(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         Ok(self.run_forward_array(x, layout, false)?.0)
     }
@@ -1076,7 +1079,9 @@ impl GpuBatchNorm {
     }
 
     /// Uploads `x` and `dy`, runs backward with the statistics of the last forward, and reads
-    /// back dx and (when affine) dgamma and dbeta.
+    /// back dx and (when affine) dgamma and dbeta. This submits at once: a forward recorded
+    /// into an encoder that is not yet submitted has not saved its statistics, so submit it
+    /// first.
     pub fn backward_array(
         &mut self,
         x: ArrayViewD<f32>,
