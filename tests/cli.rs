@@ -1285,8 +1285,9 @@ fn bench_refuses_bad_shapes_before_timing_any() {
     }
 }
 
-/// An adapter name that matches nothing, or a backend that names none, is an error on one
-/// line, not a panic (wgpu's own adapter helper panics) nor a silent choice of another.
+/// An adapter name that matches nothing (or is empty), a backend list with a name that is no
+/// backend, or a power preference wgpu does not know, is an error on one line, not a panic
+/// (wgpu's own adapter helper panics) nor a silent choice of another.
 #[test]
 fn adapter_and_backend_variables_that_match_nothing_are_refused() {
     let s = Scratch::new("adapter-env");
@@ -1297,7 +1298,14 @@ fn adapter_and_backend_variables_that_match_nothing_are_refused() {
             ("WGPU_ADAPTER_NAME", "no-such-adapter"),
             "matches none of the adapters",
         ),
-        (("WGPU_BACKEND", "vulkann"), "names none of"),
+        (("WGPU_BACKEND", "vulkann"), "names something other than"),
+        // wgpu would drop the misspelt name and go on with Vulkan alone.
+        (
+            ("WGPU_BACKEND", "vulkan,metl"),
+            "names something other than",
+        ),
+        (("WGPU_POWER_PREF", "hihg"), "is none of low, high, none"),
+        (("WGPU_ADAPTER_NAME", ""), "is empty"),
     ] {
         let out_dir = s.fresh_out(env.0);
         let args = strs(&[

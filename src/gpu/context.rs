@@ -59,15 +59,36 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
 
 /// The adapter whose name contains WGPU_ADAPTER_NAME (ignoring case), where it is set, or
 /// else wgpu's default for WGPU_POWER_PREF. wgpu's own helper for this panics when no name
-/// matches; this says which adapters there are instead.
+/// matches; this says which adapters there are instead. Among adapters of that name, one
+/// with compute shaders is taken first (a GL adapter may lack them where its Vulkan twin has
+/// them).
 fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
     check_backend_env()?;
-    let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") else {
-        return pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
-            ..Default::default()
-        }))
-        .map_err(|e| BnError::NoAdapter(e.to_string()));
+    let power_preference = power_preference_env()?;
+    let wanted = match std::env::var("WGPU_ADAPTER_NAME") {
+        Err(std::env::VarError::NotPresent) => {
+            return pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference,
+                ..Default::default()
+            }))
+            .map_err(|e| BnError::NoAdapter(e.to_string()));
+        }
+        Err(std::env::VarError::NotUnicode(value)) => {
+            return Err(BnError::Config {
+                name: "WGPU_ADAPTER_NAME",
+                value: value.to_string_lossy().into_owned(),
+                reason: "is not UTF-8",
+            })
+        }
+        // Empty would match every adapter: the first listed, whatever the preference.
+        Ok(value) if value.trim().is_empty() => {
+            return Err(BnError::Config {
+                name: "WGPU_ADAPTER_NAME",
+                value,
+                reason: "is empty: unset it, or give a part of an adapter's name",
+            })
+        }
+        Ok(value) => value,
     };
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));
@@ -79,22 +100,56 @@ fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         })
         .collect();
     let needle = wanted.to_lowercase();
-    adapters
+    let (with_compute, without): (Vec<_>, Vec<_>) = adapters
         .into_iter()
-        .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+        .filter(|a| a.get_info().name.to_lowercase().contains(&needle))
+        .partition(has_compute);
+    with_compute
+        .into_iter()
+        .chain(without)
+        .next()
         .ok_or(BnError::NoSuchAdapter { wanted, found })
 }
 
-/// WGPU_BACKEND, where set, must name a backend: wgpu skips unknown names, and a list of
-/// none would end in "no adapter found" with no word of the typo.
+/// WGPU_BACKEND, where set, must name backends only: wgpu skips unknown names with a log
+/// line, so "vulkan,metl" would quietly leave Metal out, and a list of none would end in "no
+/// adapter found" with no word of the typo.
 fn check_backend_env() -> Result<()> {
-    match std::env::var("WGPU_BACKEND") {
-        Ok(value) if wgpu::Backends::from_comma_list(&value).is_empty() => Err(BnError::Config {
+    let value = match std::env::var("WGPU_BACKEND") {
+        Err(std::env::VarError::NotPresent) => return Ok(()),
+        Err(std::env::VarError::NotUnicode(value)) => value.to_string_lossy().into_owned(),
+        Ok(value) => value,
+    };
+    let native =
+        wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::GL;
+    let unknown = value.split(',').any(|name| {
+        let backends = wgpu::Backends::from_comma_list(name);
+        backends.is_empty() || !native.contains(backends)
+    });
+    if unknown {
+        return Err(BnError::Config {
             name: "WGPU_BACKEND",
             value,
-            reason: "names none of vulkan, metal, dx12, gl",
+            reason: "names something other than vulkan, metal, dx12 or gl",
+        });
+    }
+    Ok(())
+}
+
+/// WGPU_POWER_PREF, where set, must be one of wgpu's values: wgpu reads anything else as
+/// unset.
+fn power_preference_env() -> Result<wgpu::PowerPreference> {
+    match (
+        std::env::var_os("WGPU_POWER_PREF"),
+        wgpu::PowerPreference::from_env(),
+    ) {
+        (None, _) => Ok(wgpu::PowerPreference::default()),
+        (Some(_), Some(preference)) => Ok(preference),
+        (Some(value), None) => Err(BnError::Config {
+            name: "WGPU_POWER_PREF",
+            value: value.to_string_lossy().into_owned(),
+            reason: "is none of low, high, none",
         }),
-        _ => Ok(()),
     }
 }
 

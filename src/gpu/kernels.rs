@@ -59,6 +59,9 @@ impl Kernel {
         source: String,
         constants: &[(&str, f64)],
     ) -> Result<Self> {
+        // All three filters, as GpuContext::scoped opens them: an error no scope catches goes
+        // to wgpu's default handler, which panics.
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -79,7 +82,8 @@ impl Kernel {
         let layout = pipeline.get_bind_group_layout(0);
         let v = pollster::block_on(validation.pop());
         let i = pollster::block_on(internal.pop());
-        if let Some(e) = v.or(i) {
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = v.or(i).or(o) {
             return Err(BnError::Wgpu {
                 kernel: format!("shaders/{name}.wgsl"),
                 message: e.to_string(),
