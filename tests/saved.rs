@@ -302,6 +302,36 @@ fn saved_statistics_keep_their_forwards_mode() {
     }
 }
 
+/// A caller's buffers for two calls: x and dy holding `xs` and `dys`, y and dx to write.
+fn caller_buffers(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    xs: &[ArrayD<f32>; 2],
+    dys: &[ArrayD<f32>; 2],
+) -> [[wgpu::Buffer; 2]; 4] {
+    let bytes = xs[0].len() as u64 * 4;
+    let buffer = |data: Option<&ArrayD<f32>>| {
+        let b = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(d) = data {
+            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
+        }
+        b
+    };
+    [
+        [buffer(Some(&xs[0])), buffer(Some(&xs[1]))],
+        [buffer(Some(&dys[0])), buffer(Some(&dys[1]))],
+        [buffer(None), buffer(None)],
+        [buffer(None), buffer(None)],
+    ]
+}
+
 /// The recording API: two forwards of one layer recorded into one encoder, their backwards
 /// into another, on the caller's buffers; each dx and the last dgamma match the reference.
 #[test]
@@ -314,24 +344,7 @@ fn recorded_forwards_keep_their_statistics_until_their_backwards() {
     let gamma: Vec<f32> = (0..6).map(|_| (0.5 + rng.uniform()) as f32).collect();
     let xs = [rng.array(&dims, 1.0, 2.0), rng.array(&dims, -2.0, 0.3)];
     let dys = [rng.array(&dims, 0.0, 1.0), rng.array(&dims, 0.0, 1.0)];
-    let usage =
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let buffer = |data: Option<&ArrayD<f32>>| {
-        let b = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: n as u64 * 4,
-            usage,
-            mapped_at_creation: false,
-        });
-        if let Some(d) = data {
-            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
-        }
-        b
-    };
-    let x_bufs = [buffer(Some(&xs[0])), buffer(Some(&xs[1]))];
-    let dy_bufs = [buffer(Some(&dys[0])), buffer(Some(&dys[1]))];
-    let y_bufs = [buffer(None), buffer(None)];
-    let dx_bufs = [buffer(None), buffer(None)];
+    let [x_bufs, dy_bufs, y_bufs, dx_bufs] = caller_buffers(&device, &queue, &xs, &dys);
     let t = |b| GpuTensor::new(b, &dims, Layout::ChannelsFirst).unwrap();
 
     let mut bn = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(6)).unwrap();
@@ -383,24 +396,7 @@ fn accumulated_parameter_gradients_sum_over_calls() {
     let xs = [rng.array(&dims, 1.0, 2.0), rng.array(&dims, -2.0, 0.3)];
     let dys = [rng.array(&dims, 0.5, 1.0), rng.array(&dims, -0.5, 1.0)];
     let want = [0, 1].map(|k| reference(&gamma, &xs[k], &dys[k], Layout::ChannelsFirst));
-    let buffer = |data: Option<&ArrayD<f32>>| {
-        let b = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: n as u64 * 4,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        if let Some(d) = data {
-            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
-        }
-        b
-    };
-    let x_bufs = [buffer(Some(&xs[0])), buffer(Some(&xs[1]))];
-    let dy_bufs = [buffer(Some(&dys[0])), buffer(Some(&dys[1]))];
-    let y_bufs = [buffer(None), buffer(None)];
-    let dx_bufs = [buffer(None), buffer(None)];
+    let [x_bufs, dy_bufs, y_bufs, dx_bufs] = caller_buffers(&device, &queue, &xs, &dys);
     let t = |b| GpuTensor::new(b, &dims, Layout::ChannelsFirst).unwrap();
 
     let mut bn = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(4)).unwrap();

@@ -111,10 +111,7 @@ pub fn cross_check_input(
     rng: &mut Rng,
 ) -> Vec<String> {
     let dims = x.shape().to_vec();
-    let channels = match layout {
-        Layout::ChannelsFirst => dims[1],
-        Layout::ChannelsLast => dims[dims.len() - 1],
-    };
+    let channels = dims[channel_axis(&x, layout)];
     let dy = rng.array(&dims, 0.0, 1.0);
     let context = if Arc::ptr_eq(&gpu, &super::gpu()) {
         ""
