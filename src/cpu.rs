@@ -4,7 +4,45 @@
 //! contiguous slices in the shape's layout; per-channel results are f64 so that callers can
 //! compare f32 GPU outputs against values that carry no f32 rounding of their own.
 
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+
+use crate::error::{BnError, Result};
 use crate::shape::Shape;
+
+/// An empty Vec with room for `n` values, or an `Allocation` error where the allocator
+/// refuses the bytes: an absurd size (a broadcast view of 2^56 elements) is then an error
+/// rather than an abort.
+fn with_room<T>(n: usize, what: &'static str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| BnError::Allocation {
+        what,
+        bytes: (n as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+    })?;
+    Ok(v)
+}
+
+/// `n` copies of `value`, allocated as `with_room` does.
+pub(crate) fn filled<T: Clone>(n: usize, value: T, what: &'static str) -> Result<Vec<T>> {
+    let mut v = with_room(n, what)?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// `a` itself where it is in standard layout, else a copy that is (of a broadcast or
+/// transposed view), allocated as `with_room` does.
+pub(crate) fn contiguous<'a>(
+    a: ArrayViewD<'a, f32>,
+    what: &'static str,
+) -> Result<CowArray<'a, f32, IxDyn>> {
+    if a.is_standard_layout() {
+        return Ok(a.into());
+    }
+    let mut data = with_room(a.len(), what)?;
+    data.extend(a.iter().copied());
+    Ok(ArrayD::from_shape_vec(a.raw_dim(), data)
+        .expect("numel matches")
+        .into())
+}
 
 /// Calls `f(channel, range)` for every contiguous run of one channel's values.
 fn for_each_run(shape: &Shape, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
@@ -68,7 +106,7 @@ pub fn batch_stats(x: &[f32], shape: &Shape) -> Stats {
     Stats { mean, var }
 }
 
-/// y = (x − mean)·invstd·gamma + beta.
+/// y = (x − mean)·invstd·gamma + beta, into `y` (x's length).
 pub fn normalize(
     x: &[f32],
     shape: &Shape,
@@ -76,8 +114,8 @@ pub fn normalize(
     invstd: &[f64],
     gamma: &[f32],
     beta: &[f32],
-) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
+    y: &mut [f32],
+) {
     if let Some((_, c)) = rows(shape) {
         let scale: Vec<f64> = (0..c).map(|k| invstd[k] * gamma[k] as f64).collect();
         for (out, row) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
@@ -85,7 +123,7 @@ pub fn normalize(
                 out[k] = ((row[k] as f64 - mean[k]) * scale[k] + beta[k] as f64) as f32;
             }
         }
-        return y;
+        return;
     }
     for_each_run(shape, |c, r| {
         let (mu, s, b) = (mean[c], invstd[c] * gamma[c] as f64, beta[c] as f64);
@@ -93,7 +131,6 @@ pub fn normalize(
             *out = ((v as f64 - mu) * s + b) as f32;
         }
     });
-    y
 }
 
 /// Per-channel Σdy and Σdy·(x − mean).
@@ -139,7 +176,7 @@ pub fn backward(
     invstd: &[f64],
     gamma: &[f32],
     frozen: bool,
-) -> Grads {
+) -> Result<Grads> {
     let (sum_dy, sum_dy_xmu) = grad_sums(x, dy, shape, mean);
     let m = shape.per_channel() as f64;
     // dx = g·(dy − a − (x − mean)·b) per channel.
@@ -153,7 +190,7 @@ pub fn backward(
             }
         })
         .collect();
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = filled(x.len(), 0.0f32, "dx")?;
     let dx_of = |c: usize, gy: f32, v: f32| {
         let (g, a, b) = coeffs[c];
         if frozen {
@@ -179,11 +216,11 @@ pub fn backward(
         });
     }
     let dgamma = sum_dy_xmu.iter().zip(invstd).map(|(s, i)| s * i).collect();
-    Grads {
+    Ok(Grads {
         dx,
         dgamma,
         dbeta: sum_dy,
-    }
+    })
 }
 
 /// One running-statistics step: PyTorch's `(1 − f)·running + f·batch`, where f is the

@@ -16,6 +16,9 @@ pub enum BnError {
     #[error("shape {shape:?} holds more than {limit} bytes of f32, the most one allocation can")]
     TooLarge { shape: Vec<usize>, limit: u64 },
 
+    #[error("could not allocate {bytes} bytes for {what}")]
+    Allocation { what: &'static str, bytes: u64 },
+
     #[error("expected {expected} channels (num_features), got {got} in shape {shape:?}")]
     Channels {
         expected: usize,

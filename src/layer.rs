@@ -162,19 +162,19 @@ struct CpuBatchNorm {
 }
 
 impl CpuBatchNorm {
-    fn new(config: BatchNormConfig) -> Self {
+    fn new(config: BatchNormConfig) -> Result<Self> {
         let n = config.num_features;
-        Self {
+        Ok(Self {
             config,
             training: true,
             num_batches_tracked: 0,
-            gamma: vec![1.0; n],
-            beta: vec![0.0; n],
-            running_mean: vec![0.0; n],
-            running_var: vec![1.0; n],
+            gamma: cpu::filled(n, 1.0, "gamma")?,
+            beta: cpu::filled(n, 0.0, "beta")?,
+            running_mean: cpu::filled(n, 0.0, "running_mean")?,
+            running_var: cpu::filled(n, 1.0, "running_var")?,
             saved: None,
             id: new_layer_id(),
-        }
+        })
     }
 
     fn keep(&mut self, shape: Shape, mean: Vec<f64>, invstd: Vec<f64>, frozen: bool) {
@@ -205,8 +205,10 @@ impl CpuBatchNorm {
                 stats: None,
             });
         }
-        let data = x.as_standard_layout();
+        let data = cpu::contiguous(x, "x in standard layout")?;
         let x = data.as_slice().expect("standard layout");
+        // Allocated before the running statistics move, so that a refusal changes nothing.
+        let mut y = cpu::filled(x.len(), 0.0f32, "y")?;
         let (mean, invstd, stats) = if batch_stats {
             if shape.per_channel() == 1 {
                 return Err(BnError::SingleValuePerChannel {
@@ -246,7 +248,7 @@ impl CpuBatchNorm {
                 .collect();
             (mean, invstd, None)
         };
-        let y = cpu::normalize(x, &shape, &mean, &invstd, &self.gamma, &self.beta);
+        cpu::normalize(x, &shape, &mean, &invstd, &self.gamma, &self.beta, &mut y);
         let y = ArrayD::from_shape_vec(shape.dims(), y).expect("numel matches");
         self.keep(shape, mean, invstd, !batch_stats);
         Ok(ForwardOutput { y, stats })
@@ -315,8 +317,8 @@ impl CpuBatchNorm {
         if shape.is_empty() {
             return Ok(BackwardOutput::of_empty_batch(shape, &self.config));
         }
-        let x = x.as_standard_layout();
-        let dy = dy.as_standard_layout();
+        let x = cpu::contiguous(x, "x in standard layout")?;
+        let dy = cpu::contiguous(dy, "dy in standard layout")?;
         let grads = cpu::backward(
             x.as_slice().expect("standard layout"),
             dy.as_slice().expect("standard layout"),
@@ -325,7 +327,7 @@ impl CpuBatchNorm {
             invstd,
             &self.gamma,
             frozen,
-        );
+        )?;
         let affine = self.config.affine;
         let to_f32 = |v: Vec<f64>| v.into_iter().map(|g| g as f32).collect();
         Ok(BackwardOutput {
@@ -350,7 +352,7 @@ impl BatchNorm {
     pub fn new(config: BatchNormConfig, device: Device) -> Result<Self> {
         config.validate()?;
         let engine = match device {
-            Device::Cpu => Engine::Cpu(Box::new(CpuBatchNorm::new(config))),
+            Device::Cpu => Engine::Cpu(Box::new(CpuBatchNorm::new(config)?)),
             Device::Gpu(ctx) => Engine::Gpu(Box::new(GpuBatchNorm::new(ctx, config)?)),
         };
         Ok(Self { engine })

@@ -1285,6 +1285,38 @@ fn bench_refuses_bad_shapes_before_timing_any() {
     }
 }
 
+/// A shape the layer refuses (rank 1, rank 6, no channels) is reported with the file it
+/// came from, on one line.
+#[test]
+fn an_input_shape_refused_names_its_file() {
+    let s = Scratch::new("shape-names-file");
+    for (dims, says) in [
+        (vec![6], "rank 1 is not supported"),
+        (vec![2, 3, 1, 1, 1, 2], "rank 6 is not supported"),
+        (vec![2, 0, 4], "shape [2, 0, 4] has no channels"),
+    ] {
+        let tag = format!("x_{}.npy", dims.len());
+        let values = vec![0.5; dims.iter().product()];
+        let x = s.file(&tag, &f32_values(&dims, &values));
+        let out_dir = s.fresh_out(&tag);
+        let args = strs(&[
+            "forward",
+            "--x",
+            &x,
+            "--out",
+            &out_dir.display().to_string(),
+        ]);
+        let out = run(&args).unwrap_or_else(|e| panic!("{dims:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{dims:?}: stderr {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {x}: ")) && stderr.contains(says),
+            "{dims:?}: stderr {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{dims:?}: stderr {stderr}");
+    }
+}
+
 /// An adapter name that matches nothing (or is empty), a backend list with a name that is no
 /// backend, or a power preference wgpu does not know, is an error on one line, not a panic
 /// (wgpu's own adapter helper panics) nor a silent choice of another.

@@ -3,7 +3,7 @@
 mod common;
 
 use ndarray::{ArrayD, IxDyn};
-use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, GpuContext, Layout};
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout};
 
 /// A NaN or an infinity in one channel makes that channel's y and statistics non-finite, as
 /// in PyTorch, and leaves the other channels exactly as they would be.
@@ -157,4 +157,30 @@ fn a_lost_device_gives_errors_not_panics() {
         .is_err());
     assert!(bn.running_mean().is_err());
     assert!(BatchNorm::new(BatchNormConfig::new(2), Device::Gpu(ctx)).is_err());
+}
+
+/// A broadcast view too large to copy (2^56 values of one) is an `Allocation` error on the
+/// CPU engine, which copies views to standard layout, and a limit error on the GPU engine,
+/// which checks its bindings first; neither aborts, and the layer keeps its state.
+#[test]
+fn a_view_too_large_to_copy_is_an_error() {
+    let one = ArrayD::from_elem(IxDyn(&[1, 4, 1, 1]), 1.0f32);
+    let huge = one
+        .broadcast(IxDyn(&[1 << 20, 4, 1 << 20, 1 << 14]))
+        .unwrap();
+    let mut cpu = BatchNorm::new(BatchNormConfig::new(4), Device::Cpu).unwrap();
+    match cpu.forward(huge.view(), Layout::ChannelsFirst) {
+        Err(BnError::Allocation { what, bytes }) => {
+            assert_eq!((what, bytes), ("x in standard layout", 1 << 58));
+        }
+        other => panic!("expected an allocation error, got {other:?}"),
+    }
+    assert_eq!(cpu.num_batches_tracked().unwrap(), 0);
+    assert_eq!(cpu.running_mean().unwrap(), vec![0.0; 4]);
+    let mut gpu = BatchNorm::new(BatchNormConfig::new(4), Device::Gpu(common::gpu())).unwrap();
+    assert!(matches!(
+        gpu.forward(huge.view(), Layout::ChannelsFirst),
+        Err(BnError::Limit { .. })
+    ));
+    assert_eq!(gpu.num_batches_tracked().unwrap(), 0);
 }

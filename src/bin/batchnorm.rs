@@ -249,8 +249,20 @@ fn read_vector(path: &Path) -> Result<Vec<f32>> {
 /// The layer the options describe, with its inputs loaded and checked.
 fn build_layer(args: &PassArgs, x: &ArrayD<f32>) -> Result<BatchNorm> {
     let layout = layout(args.layout);
-    let shape = wgpu_batchnorm::Shape::new(x.shape(), layout)?;
+    // The errors name the file whose shape it is.
+    let refused = |reason: String| BnError::Npy {
+        path: args.x.display().to_string(),
+        reason,
+    };
+    let shape =
+        wgpu_batchnorm::Shape::new(x.shape(), layout).map_err(|e| refused(e.to_string()))?;
     let channels = shape.channels();
+    if channels == 0 {
+        return Err(refused(format!(
+            "shape {:?} has no channels (its channel dimension is zero)",
+            x.shape()
+        )));
+    }
     let mut config = BatchNormConfig::new(channels);
     config.eps = args.eps;
     config.momentum = args.momentum.0;

@@ -1046,7 +1046,7 @@ impl GpuBatchNorm {
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");
         let (xb, out, staging) = (io.x.clone(), io.out.clone(), io.staging.clone());
-        let x_data = x.as_standard_layout();
+        let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
         let x_slice = x_data.as_slice().expect("standard layout");
         ctx.queue
             .write_buffer(&xb, 0, bytemuck::cast_slice(x_slice));
@@ -1138,8 +1138,8 @@ impl GpuBatchNorm {
         self.io(&shape)?;
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");
-        let x_data = x.as_standard_layout();
-        let dy_data = dy.as_standard_layout();
+        let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
+        let dy_data = crate::cpu::contiguous(dy, "dy in standard layout")?;
         ctx.queue.write_buffer(
             &io.x,
             0,
