@@ -14,8 +14,9 @@
 @group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
 
 // Sixteen, as the element-wise kernels take sixteen rows per lane, so that the roof pays no
-// more per-workgroup overhead than they do.
-const PER_LANE: u32 = 16u;
+// more per-workgroup overhead than they do. The bench also times one per lane, which an H100
+// ran faster (PERF.md 41), and takes the faster copy as the roof.
+override PER_LANE: u32 = 16u;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {

@@ -15,7 +15,7 @@ use ndarray::ArrayD;
 use crate::config::{BatchNormConfig, Layout};
 use crate::error::{BnError, Result};
 use crate::gpu::context::read_staging;
-use crate::gpu::kernels::Geometry;
+use crate::gpu::kernels::{Geometry, Kernel};
 use crate::gpu::{GpuBatchNorm, GpuContext, GpuTensor};
 use crate::layer::{BackwardOutput, BatchNorm, Device, ForwardOutput};
 use crate::shape::Shape;
@@ -282,16 +282,70 @@ fn compare_layers(
 /// A recorder of one timed command sequence; its argument counts the iterations.
 type Recorder<'a> = Box<dyn FnMut(&mut wgpu::CommandEncoder, usize) -> Result<()> + 'a>;
 
+/// Which copy kernel the copy in `slot` (0, 2 or 4) runs in iteration i: each in turn, and
+/// in every slot, so that each meets each place in the turns.
+fn copy_kernel_of(i: usize, slot: usize, kernels: usize) -> usize {
+    (i + slot / 2) % kernels
+}
+
+/// The roof's kernel and end-to-end times: per copy slot (0, 2, 4 of `timed`) and copy kernel,
+/// the medians of the submissions it ran (timed submission t being iteration warmup + t),
+/// and of those the fastest.
+fn fastest_copy(timed: &[Samples], warmup: usize, kernels: usize) -> (Option<f64>, f64) {
+    let fastest = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    [0, 2, 4]
+        .iter()
+        .flat_map(|&slot| {
+            (0..kernels).filter_map(move |which| {
+                timed[slot].medians(|t| copy_kernel_of(warmup + t, slot, kernels) == which)
+            })
+        })
+        .fold((None, f64::INFINITY), |(k, e), (sk, se)| {
+            (fastest(k, sk), e.min(se))
+        })
+}
+
+/// One recorder's timed submissions, in order, in milliseconds.
+struct Samples {
+    /// From timestamps; `None` where the adapter has none, or wrote a pair that does not
+    /// advance (a backend that writes zeros, a counter that wrapped).
+    kernel: Option<Vec<f64>>,
+    /// From the host's clock, submit to done.
+    end_to_end: Vec<f64>,
+}
+
+impl Samples {
+    /// Medians of the submissions that `keep` takes (by their index among the timed ones),
+    /// or `None` where it takes none.
+    fn medians(&self, keep: impl Fn(usize) -> bool) -> Option<(Option<f64>, f64)> {
+        let pick = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .enumerate()
+                .filter(|&(t, _)| keep(t))
+                .map(|(_, &ms)| ms)
+                .collect()
+        };
+        let end_to_end = pick(&self.end_to_end);
+        if end_to_end.is_empty() {
+            return None;
+        }
+        let kernel = self.kernel.as_ref().map(|k| median(pick(k)));
+        Some((kernel, median(end_to_end)))
+    }
+}
+
 /// Times each recorder over `iters` submissions after `warmup` untimed ones, taking turns so
 /// that a change in the machine's load (other processes, clock speed) falls on all of them
-/// alike. Returns per recorder the median kernel time (when the adapter has timestamps) and
-/// the median end-to-end time, in milliseconds.
+/// alike.
 fn time_gpu(
     ctx: &GpuContext,
     warmup: usize,
     iters: usize,
     recorders: &mut [Recorder<'_>],
-) -> Result<Vec<(Option<f64>, f64)>> {
+) -> Result<Vec<Samples>> {
     let device = &ctx.device;
     let timestamps = ctx.has_timestamps().then(|| {
         let set = device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -343,8 +397,8 @@ fn time_gpu(
                 end_to_end[r].push(elapsed);
                 match ticks {
                     Some([t0, t1]) if t1 > t0 => kernel[r].push((t1 - t0) as f64 * period_ns / 1e6),
-                    // A pair that does not advance (a backend that writes zeros, a counter
-                    // that wrapped) is no time: the command reports end-to-end time only.
+                    // A pair that does not advance is no time: the command reports end-to-end
+                    // time only.
                     Some(_) => invalid[r] = true,
                     None => {}
                 }
@@ -355,15 +409,25 @@ fn time_gpu(
         .into_iter()
         .zip(end_to_end)
         .zip(invalid)
-        .map(|((k, e), bad)| ((!k.is_empty() && !bad).then(|| median(k)), median(e)))
+        .map(|((k, e), bad)| Samples {
+            kernel: (!k.is_empty() && !bad).then_some(k),
+            end_to_end: e,
+        })
         .collect())
 }
 
-/// The roof: a plain copy of `numel` values (a multiple of four) in blocks of 4096 vec4 per
-/// workgroup (shaders/copy.wgsl), checked once before it is timed, like the passes.
+/// The copy kernel, apart from the layer's: only the bench runs it.
+const COPY_SHADER: &str = include_str!("../shaders/copy.wgsl");
+/// The copy kernels the roof is the fastest of (shaders/copy.wgsl, by its vec4 per lane):
+/// blocks of 4096 vec4 per workgroup, the fastest on lavapipe (PERF.md 30), and one vec4 per
+/// lane, which an H100 ran faster (PERF.md 41).
+const COPY_PER_LANE: [u32; 2] = [16, 1];
+
+/// The roof: a plain copy of `numel` values (a multiple of four) by each of the copy kernels
+/// (COPY_PER_LANE), each checked once before it is timed, like the passes.
 struct CopyRoof {
     len4: wgpu::Buffer,
-    groups: (u32, u32),
+    kernels: Vec<(Kernel, (u32, u32))>,
     bytes: u64,
 }
 
@@ -377,25 +441,41 @@ impl CopyRoof {
         let vec4s = (numel / 4) as u64;
         ctx.queue
             .write_buffer(&len4, 0, bytemuck::bytes_of(&[vec4s as u32, 0, 0, 0]));
-        // Blocks past one dimension's workgroup limit go on along y (see copy.wgsl).
-        let blocks = vec4s.div_ceil(256 * 16);
         let max = ctx.limits().max_compute_workgroups_per_dimension as u64;
-        let groups = (blocks.min(max) as u32, blocks.div_ceil(max) as u32);
+        let kernels = COPY_PER_LANE
+            .iter()
+            .map(|&per_lane| {
+                let kernel = Kernel::from_source(
+                    &ctx.device,
+                    "copy",
+                    COPY_SHADER.to_string(),
+                    &[("PER_LANE", per_lane as f64)],
+                )?;
+                // Blocks past one dimension's workgroup limit go on along y (see copy.wgsl).
+                let blocks = vec4s.div_ceil(256 * per_lane as u64);
+                Ok((
+                    kernel,
+                    (blocks.min(max) as u32, blocks.div_ceil(max) as u32),
+                ))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             len4,
-            groups,
+            kernels,
             bytes: numel as u64 * 4,
         })
     }
 
+    /// Records copy kernel `which` (of COPY_PER_LANE).
     fn record(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
+        which: usize,
         src: &wgpu::Buffer,
         dst: &wgpu::Buffer,
     ) {
-        let copy = &ctx.kernels.copy;
+        let (copy, groups) = &self.kernels[which];
         let bind = copy.bind(
             &ctx.device,
             &[
@@ -405,14 +485,25 @@ impl CopyRoof {
             ],
         );
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        copy.dispatch(&mut pass, &bind, self.groups);
+        copy.dispatch(&mut pass, &bind, *groups);
     }
 
-    /// Copies `src`, which holds `want`, into `dst` and checks every value: a roof that
-    /// skipped part of the tensor would flatter every ratio.
+    /// Copies `src`, which holds `want`, into `dst` with each copy kernel and checks every
+    /// value: a roof that skipped part of the tensor would flatter every ratio.
     fn verify(
         &self,
         ctx: &GpuContext,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        want: &ArrayD<f32>,
+    ) -> Result<()> {
+        (0..self.kernels.len()).try_for_each(|which| self.verify_one(ctx, which, src, dst, want))
+    }
+
+    fn verify_one(
+        &self,
+        ctx: &GpuContext,
+        which: usize,
         src: &wgpu::Buffer,
         dst: &wgpu::Buffer,
         want: &ArrayD<f32>,
@@ -424,7 +515,7 @@ impl CopyRoof {
         )?;
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         encoder.clear_buffer(dst, 0, None);
-        self.record(ctx, &mut encoder, src, dst);
+        self.record(ctx, &mut encoder, which, src, dst);
         encoder.copy_buffer_to_buffer(dst, 0, &staging, 0, self.bytes);
         ctx.submit(encoder, "bench copy check")?;
         let got = ctx.read_mapped(&staging, self.bytes)?;
@@ -442,6 +533,7 @@ impl CopyRoof {
         match wrong {
             0 => Ok(()),
             _ => Err(BnError::RoofCheck {
+                per_lane: COPY_PER_LANE[which],
                 wrong,
                 total: want.len(),
             }),
@@ -605,14 +697,17 @@ pub fn time_shape(
     let mut eval = GpuBatchNorm::new(ctx.clone(), config)?;
     eval.set_training(false);
     // What ran before a command changes its time (on lavapipe a copy after the backward took
-    // 7.3–7.8 ms where after the forward it took 6.2, PERF.md 31), so the copy runs before
-    // each pass and the roof is its fastest slot: no pass is compared with a copy that ran
-    // in a worse place than it did.
+    // 7.3–7.8 ms where after the forward it took 6.2, PERF.md 31), so a copy runs before each
+    // pass, the copy kernels taking each slot in turn, and the roof is the fastest kernel in
+    // its fastest slot: no pass is compared with a copy that ran in a worse place than it
+    // did, or with a copy kernel slower than another on this adapter.
     let (roof, xs_ref, outs_ref) = (&roof, &xs, &outs);
+    let kernels = roof.kernels.len();
     let copy = |slot: usize| -> Recorder<'_> {
         Box::new(move |encoder: &mut wgpu::CommandEncoder, i: usize| {
             let j = input_of(i, slot);
-            roof.record(ctx, encoder, &xs_ref[j], &outs_ref[j]);
+            let which = copy_kernel_of(i, slot, kernels);
+            roof.record(ctx, encoder, which, &xs_ref[j], &outs_ref[j]);
             Ok(())
         })
     };
@@ -648,16 +743,8 @@ pub fn time_shape(
         ],
     )?;
     debug_assert_eq!(timed.len(), SLOTS);
-    let fastest = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let (copy_kernel, copy_e2e) = [0, 2, 4]
-        .iter()
-        .map(|&slot| timed[slot])
-        .fold((None, f64::INFINITY), |(k, e), (sk, se)| {
-            (fastest(k, sk), e.min(se))
-        });
+    let (copy_kernel, copy_e2e) = fastest_copy(&timed, warmup, kernels);
+    let pass = |slot: usize| timed[slot].medians(|_| true).expect("every pass is timed");
     for ((implementation, pass, per_element), (k, e)) in [
         ("copy", "copy", 8),
         ("gpu", "forward", 8),
@@ -665,7 +752,7 @@ pub fn time_shape(
         ("gpu", "backward", 12),
     ]
     .into_iter()
-    .zip([(copy_kernel, copy_e2e), timed[1], timed[3], timed[5]])
+    .zip([(copy_kernel, copy_e2e), pass(1), pass(3), pass(5)])
     {
         if let Some(k) = k {
             push(implementation, pass, Timing::Kernel, k, per_element);
@@ -709,6 +796,58 @@ pub fn time_shape(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The roof is the fastest copy kernel in its fastest slot, each kernel's time being the
+    /// median of the submissions it ran there: here kernel 1 in slot 2, though kernel 0 has
+    /// the single fastest submission (an outlier, in slot 0) and the fastest slot on average.
+    #[test]
+    fn the_roof_is_the_fastest_kernel_in_its_fastest_slot() {
+        let (warmup, kernels) = (3, 2);
+        // Timed submission t of slot s ran kernel (warmup + t + s / 2) % 2.
+        let slot = |s: usize, by_kernel: [[f64; 3]; 2]| {
+            let mut next = [0, 0];
+            let times: Vec<f64> = (0..6)
+                .map(|t| {
+                    let k = copy_kernel_of(warmup + t, s, kernels);
+                    next[k] += 1;
+                    by_kernel[k][next[k] - 1]
+                })
+                .collect();
+            Samples {
+                kernel: Some(times.iter().map(|ms| ms / 2.0).collect()),
+                end_to_end: times,
+            }
+        };
+        let pass = || Samples {
+            kernel: Some(vec![1.0; 6]),
+            end_to_end: vec![1.0; 6],
+        };
+        let timed = [
+            slot(0, [[0.5, 6.0, 6.0], [7.0, 7.0, 7.0]]),
+            pass(),
+            slot(2, [[6.0, 6.0, 6.0], [5.0, 5.5, 5.0]]),
+            pass(),
+            slot(4, [[6.0, 6.5, 6.0], [9.0, 9.0, 9.0]]),
+            pass(),
+        ];
+        assert_eq!(fastest_copy(&timed, warmup, kernels), (Some(2.5), 5.0));
+        // Without timestamps, end to end only.
+        let mut untimed = timed;
+        for s in &mut untimed {
+            s.kernel = None;
+        }
+        assert_eq!(fastest_copy(&untimed, warmup, kernels), (None, 5.0));
+    }
+
+    /// Over the turns, every copy kernel runs in every copy slot.
+    #[test]
+    fn every_copy_kernel_meets_every_slot() {
+        for slot in [0, 2, 4] {
+            let ran: std::collections::BTreeSet<usize> =
+                (0..2).map(|i| copy_kernel_of(i, slot, 2)).collect();
+            assert_eq!(ran, [0, 1].into(), "slot {slot}");
+        }
+    }
 
     fn inputs(dims: &[usize]) -> (ArrayD<f32>, ArrayD<f32>) {
         (input(dims, 1, 0.5, 2.0), input(dims, 2, 0.0, 1.0))

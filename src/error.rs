@@ -71,8 +71,12 @@ pub enum BnError {
         tolerance: f64,
     },
 
-    #[error("the bench's copy roof wrote {wrong} of {total} values wrong: its timings would flatter every ratio")]
-    RoofCheck { wrong: usize, total: usize },
+    #[error("the bench's copy roof ({per_lane} vec4 per lane) wrote {wrong} of {total} values wrong: its timings would flatter every ratio")]
+    RoofCheck {
+        per_lane: u32,
+        wrong: usize,
+        total: usize,
+    },
 
     #[error("expected more than 1 value per channel when training, got input shape {shape:?}")]
     SingleValuePerChannel { shape: Vec<usize> },

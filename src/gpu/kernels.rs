@@ -183,7 +183,6 @@ pub(crate) struct Kernels {
     /// Twins for eval with running statistics (FROZEN): dx from dy alone, x unread.
     pub(crate) apply_backward_frozen: Kernel,
     pub(crate) apply_backward_vec4_frozen: ByChannels,
-    pub(crate) copy: Kernel,
     pub(crate) count_batch: Kernel,
     /// Whether the reductions merge lanes with subgroup operations.
     pub(crate) subgroups: bool,
@@ -290,7 +289,6 @@ impl Kernels {
                 shader!("apply_backward_vec4", "apply_vec4"),
                 true,
             )?,
-            copy: plain(shader!("copy"))?,
             count_batch: plain(shader!("count_batch"))?,
             subgroups,
         })
