@@ -11,7 +11,7 @@
 // (center, offset, invstd, var): the running mean is its own center, offset 0.
 @group(0) @binding(5) var<storage, read_write> saved: array<vec4<f32>>;
 // (center, scale, shift, 0) for apply_forward.
-@group(0) @binding(6) var<storage, read_write> coeff: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> coeff: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {

@@ -26,7 +26,7 @@ override ACCUMULATE: bool = false;
 @group(0) @binding(4) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dbeta: array<f32>;
 // (center, k1, k2, k0) for apply_backward.
-@group(0) @binding(6) var<storage, read_write> coeff: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> coeff: array<f32>;
 
 var<workgroup> wg_sums: array<vec2<f32>, 256>;
 

@@ -31,7 +31,7 @@ const BIASED_RUNNING_VAR: u32 = 2u;
 // (center, offset, invstd, biased var) with mean = center + offset, read by backward.
 @group(0) @binding(7) var<storage, read_write> saved: array<vec4<f32>>;
 // (center, scale, shift, 0) for apply_forward.
-@group(0) @binding(8) var<storage, read_write> coeff: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> coeff: array<f32>;
 
 var<workgroup> wg_count: array<u32, 256>;
 var<workgroup> wg_mean: array<f32, 256>;

@@ -9,17 +9,21 @@
 // loads each coefficient of its four channels in one access, and a kernel that does not use
 // the fourth coefficient (the forward) skips its record: lavapipe pays per access and lane
 // (PERF.md 48).
+//
+// The kernel binds `coeff` as array<f32>, where the element-wise kernels read vec4: under
+// GROUPED_COEFF four invocations write the four components of one record, and WGSL lets a
+// write to one component of a vector touch the whole vector, so that writes to one vec4 by
+// different invocations would race. Scalars are separate memory locations.
 const GROUPED_COEFF: u32 = 8u;
 
 fn store_coeff(c: u32, k: vec4<f32>) {
+    var at = vec4<u32>(4u * c) + vec4<u32>(0u, 1u, 2u, 3u);
     if (p.flags & GROUPED_COEFF) != 0u {
         let first = c - c % 4u;
-        let lane = c % 4u;
-        coeff[first][lane] = k.x;
-        coeff[first + 1u][lane] = k.y;
-        coeff[first + 2u][lane] = k.z;
-        coeff[first + 3u][lane] = k.w;
-    } else {
-        coeff[c] = k;
+        at = vec4<u32>(4u * first + c % 4u) + vec4<u32>(0u, 4u, 8u, 12u);
     }
+    coeff[at.x] = k.x;
+    coeff[at.y] = k.y;
+    coeff[at.z] = k.z;
+    coeff[at.w] = k.w;
 }
