@@ -427,6 +427,26 @@ fn refused_array_calls_make_no_buffers() {
         layer.backward_array(x.view(), x.view(), Layout::ChannelsFirst),
         Err(wgpu_batchnorm::BnError::NoSavedStatistics { .. })
     ));
+    // A broadcast view larger than the device's largest buffer: refused before the buffer
+    // of statistics that forward_array_for_backward keeps, and before the host copy of the
+    // view (which would be larger than that buffer too).
+    let past = (ctx.limits().max_buffer_size / 64 + 1) as usize;
+    let zero = ndarray::arr0(0f32).into_dyn();
+    let huge = zero.broadcast(ndarray::IxDyn(&[2, 8, past])).unwrap();
+    for result in [
+        layer
+            .forward_array_for_backward(huge.view(), Layout::ChannelsFirst)
+            .map(|_| ()),
+        layer
+            .forward_array(huge.view(), Layout::ChannelsFirst)
+            .map(|_| ()),
+    ] {
+        assert!(
+            matches!(result, Err(BnError::Limit { .. })),
+            "{:?}",
+            result.err()
+        );
+    }
     assert_eq!(ctx.buffers_created(), before);
 }
 

@@ -938,13 +938,12 @@ impl GpuBatchNorm {
         Ok(steps)
     }
 
-    fn io(&mut self, shape: &Shape) -> Result<()> {
-        let ctx = self.ctx.clone();
+    /// What `io` would refuse, refused without making or dropping anything: the staging
+    /// buffer past the device's largest, or a shape the device cannot run.
+    fn check_io(&self, shape: &Shape) -> Result<()> {
         let channels = self.config.num_features as u64;
         let bytes = shape.numel() as u64 * 4;
-        // Refused here, before any buffer is made or kept plan dropped, rather than as an
-        // allocation failure.
-        let max = ctx.limits().max_buffer_size;
+        let max = self.ctx.limits().max_buffer_size;
         if bytes + channels * 16 > max {
             return Err(BnError::Limit {
                 what: "tensor bytes in one buffer",
@@ -952,6 +951,19 @@ impl GpuBatchNorm {
                 limit: max,
             });
         }
+        if !self.plans.contains_key(shape) {
+            Geometry::new(shape, self.ctx.limits(), self.ctx.tuning())?;
+        }
+        Ok(())
+    }
+
+    fn io(&mut self, shape: &Shape) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let channels = self.config.num_features as u64;
+        let bytes = shape.numel() as u64 * 4;
+        // Refused here, before any buffer is made or kept plan dropped, rather than as an
+        // allocation failure.
+        self.check_io(shape)?;
         let plan = self.plan(shape)?;
         if plan.io.is_none() {
             let tensor = wgpu::BufferUsages::STORAGE
@@ -1028,9 +1040,9 @@ impl GpuBatchNorm {
             shape: shape.clone(),
             training: self.training,
         };
-        let kept = keep.then(|| self.kept_statistics()).transpose()?;
-        let token = kept.as_ref().map(|kept| self.token(&saved, kept));
         if shape.is_empty() {
+            let kept = keep.then(|| self.kept_statistics()).transpose()?;
+            let token = kept.as_ref().map(|kept| self.token(&saved, kept));
             let ctx = self.ctx.clone();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             let steps = self.empty_batch_steps(&ctx, batches_after);
@@ -1042,11 +1054,16 @@ impl GpuBatchNorm {
             };
             return Ok((out, token));
         }
+        // Every refusal (the device's limits, the host copy of a broadcast or transposed view)
+        // before the first buffer is made.
+        self.check_io(&shape)?;
+        let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
         self.io(&shape)?;
+        let kept = keep.then(|| self.kept_statistics()).transpose()?;
+        let token = kept.as_ref().map(|kept| self.token(&saved, kept));
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");
         let (xb, out, staging) = (io.x.clone(), io.out.clone(), io.staging.clone());
-        let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
         let x_slice = x_data.as_slice().expect("standard layout");
         ctx.queue
             .write_buffer(&xb, 0, bytemuck::cast_slice(x_slice));
@@ -1135,11 +1152,13 @@ impl GpuBatchNorm {
             ctx.submit(encoder, "backward")?;
             return Ok(out);
         }
+        // Every refusal before the first buffer is made, as in run_forward.
+        self.check_io(&shape)?;
+        let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
+        let dy_data = crate::cpu::contiguous(dy, "dy in standard layout")?;
         self.io(&shape)?;
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");
-        let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
-        let dy_data = crate::cpu::contiguous(dy, "dy in standard layout")?;
         ctx.queue.write_buffer(
             &io.x,
             0,
