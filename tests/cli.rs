@@ -1417,6 +1417,65 @@ fn bench_takes_two_values_per_channel() {
     }
 }
 
+/// The bench prints nothing until every shape has run: stopped while it times its second
+/// shape (after the first one's rows exist), it has written nothing to stdout, so a run that
+/// fails part-way (a copy roof refused, an allocation) leaves no figures either.
+#[test]
+fn bench_stopped_part_way_leaves_stdout_empty() {
+    use std::io::BufRead as _;
+    let mut cmd = Command::new(BIN);
+    cmd.args(strs(&[
+        "bench",
+        "--shape",
+        "4x8x6x6,32x64x56x56",
+        "--layout",
+        "nchw",
+        "--iters",
+        "50",
+        "--format",
+        "csv",
+    ]))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let xdg = std::env::temp_dir().join(format!("batchnorm-cli-xdg-{}", std::process::id()));
+        let _ = fs::create_dir_all(&xdg);
+        cmd.env("XDG_RUNTIME_DIR", xdg);
+    }
+    let mut child = cmd.spawn().expect("spawn the CLI");
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut v);
+        v
+    });
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("piped"));
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.expect("stderr");
+        let second = line.contains("32x64x56x56 nchw: gpu passes");
+        seen.push(line);
+        if second {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    let printed = reader.join().expect("stdout reader");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("32x64x56x56 nchw: gpu passes")),
+        "never reached the second shape: {seen:?}"
+    );
+    assert!(!status.success(), "finished before it was stopped");
+    assert!(
+        printed.is_empty(),
+        "stdout before the end: {}",
+        String::from_utf8_lossy(&printed)
+    );
+}
+
 /// `batchnorm bench --format csv`: the header, then for each layout one row per command and
 /// timing (the copy roof, the three GPU passes, the three CPU ones), every figure a positive
 /// number, nothing else on stdout, progress on stderr. 5×8×32×33 is 10,560 vec4: two whole

@@ -432,7 +432,7 @@ fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
 
 fn bench(args: &BenchArgs) -> Result<()> {
     use wgpu_batchnorm::bench::{
-        check_shape, layout_name, shape_name, time_shape, verify_shape, DEFAULT_SHAPES,
+        check_shape, layout_name, shape_name, time_shape, verify_shape, Timing, DEFAULT_SHAPES,
     };
     let shapes: Vec<Vec<usize>> = match &args.shape {
         Some(s) => s.0.clone(),
@@ -478,38 +478,56 @@ fn bench(args: &BenchArgs) -> Result<()> {
         progress(&format!("{what}: verifying against the CPU reference"));
         cleared(terminal, verify_shape(&ctx, dims, *layout))?;
     }
+    // Printed once every shape has run: a failure on a later shape (the copy roof's check,
+    // an allocation) then leaves no figures of the earlier ones on stdout either.
+    let mut lines = Vec::new();
     let adapter = ctx
         .adapter_info()
         .map(|i| format!("{} ({:?}, {})", i.name, i.backend, i.driver_info))
         .unwrap_or_default();
     if args.format == Format::Table {
-        out!("adapter: {adapter}");
+        lines.push(format!("adapter: {adapter}"));
         if ctx.subgroups() {
-            out!("reductions merge lanes with subgroup operations");
+            lines.push("reductions merge lanes with subgroup operations".to_string());
         }
         if !ctx.has_timestamps() {
-            out!("no timestamp queries on this adapter: GPU times are end to end only");
+            lines.push(
+                "no timestamp queries on this adapter: GPU times are end to end only".to_string(),
+            );
         }
-        out!(
+        lines.push(format!(
             "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10} {:>9} {:>6}",
-            "impl",
-            "shape",
-            "layout",
-            "pass",
-            "timing",
-            "median_ms",
-            "GB/s",
-            "roof"
-        );
+            "impl", "shape", "layout", "pass", "timing", "median_ms", "GB/s", "roof"
+        ));
     } else {
-        out!("impl,shape,layout,pass,median_ms,gbps,timing");
+        lines.push("impl,shape,layout,pass,median_ms,gbps,timing".to_string());
     }
     for (dims, layout) in runs {
         let timed = time_shape(&ctx, &dims, layout, args.iters as usize, &mut progress);
         let rows = cleared(terminal, timed)?;
+        // A command whose timestamps did not advance (a backend that writes zeros) keeps its
+        // end-to-end row only; say so rather than leave its kernel row silently out.
+        if ctx.has_timestamps() {
+            for r in rows.iter().filter(|r| r.timing == Timing::EndToEnd) {
+                let kernel_row = rows.iter().any(|k| {
+                    k.timing == Timing::Kernel
+                        && (k.implementation, k.pass) == (r.implementation, r.pass)
+                });
+                if r.implementation != "cpu" && !kernel_row {
+                    let note = format!(
+                        "{} {} {}: its timestamps did not advance, end-to-end time only",
+                        r.shape, r.layout, r.pass
+                    );
+                    eprintln!("warning: {note}");
+                    if args.format == Format::Table {
+                        lines.push(note);
+                    }
+                }
+            }
+        }
         for r in rows {
             if args.format == Format::Csv {
-                out!(
+                lines.push(format!(
                     "{},{},{},{},{:.4},{:.2},{}",
                     r.implementation,
                     r.shape,
@@ -518,10 +536,10 @@ fn bench(args: &BenchArgs) -> Result<()> {
                     r.median_ms,
                     r.gbps,
                     r.timing.name()
-                );
+                ));
             } else {
                 let roof = r.roof.map(|v| format!("{v:.2}")).unwrap_or_default();
-                out!(
+                lines.push(format!(
                     "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10.3} {:>9.2} {:>6}",
                     r.implementation,
                     r.shape,
@@ -531,9 +549,12 @@ fn bench(args: &BenchArgs) -> Result<()> {
                     r.median_ms,
                     r.gbps,
                     roof
-                );
+                ));
             }
         }
+    }
+    for line in lines {
+        out!("{line}");
     }
     Ok(())
 }
