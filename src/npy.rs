@@ -47,16 +47,60 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
-    // The magic string and version first: what does not start as an .npy is refused before
-    // the rest is read (a device such as /dev/zero has no end).
+    // Piece by piece, each checked before the next is read: the magic string and version
+    // (a device such as /dev/zero has no end), the header (a float64 file of 40 GB is
+    // refused for its dtype, not read), then the data, whose size a regular file's length
+    // tells before any of it is read.
     let mut bytes = Vec::new();
-    (&mut file)
-        .take(PREAMBLE as u64)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    header_length_width(&bytes, &shown)?;
-    file.read_to_end(&mut bytes).map_err(io)?;
-    parse_f32(&bytes, &shown)
+    let mut read = |bytes: &mut Vec<u8>, n: usize| {
+        (&mut file)
+            .take(n as u64)
+            .read_to_end(bytes)
+            .map_err(io)
+            .map(|_| ())
+    };
+    read(&mut bytes, PREAMBLE)?;
+    let width = header_length_width(&bytes, &shown)?;
+    read(&mut bytes, width)?;
+    let header_len = match bytes[PREAMBLE..] {
+        [a, b] => u16::from_le_bytes([a, b]) as usize,
+        [a, b, c, d] => u32::from_le_bytes([a, b, c, d]) as usize,
+        // Too short: parse_prefix says where the file ends.
+        _ => 0,
+    };
+    read(&mut bytes, header_len)?;
+    let prefix = parse_prefix(&bytes, &shown)?;
+    let length = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    let mut data = Vec::new();
+    match length {
+        Some(length) => {
+            let held = usize::try_from(length.saturating_sub(prefix.header_end as u64))
+                .unwrap_or(usize::MAX);
+            check_data_len(held, &prefix, &shown)?;
+            (&mut file)
+                .take(prefix.data_len as u64)
+                .read_to_end(&mut data)
+                .map_err(io)?;
+        }
+        // A pipe tells nothing before its end.
+        None => {
+            file.read_to_end(&mut data).map_err(io)?;
+        }
+    }
+    check_data_len(data.len(), &prefix, &shown)?;
+    values(&data, prefix, &shown)
+}
+
+/// Where an .npy file's data starts, and what it must hold, from its preamble and header.
+struct Prefix {
+    header_end: usize,
+    shape: Vec<usize>,
+    count: usize,
+    data_len: usize,
 }
 
 /// The magic string and the format version.
@@ -102,6 +146,14 @@ fn header_length_width(bytes: &[u8], path: &str) -> Result<usize> {
 /// messages (use `"<bytes>"` when there is no file).
 pub fn parse_f32(bytes: &[u8], path_for_errors: &str) -> Result<ArrayD<f32>> {
     let path = path_for_errors;
+    let prefix = parse_prefix(bytes, path)?;
+    let data = bytes.get(prefix.header_end..).unwrap_or(&[]);
+    check_data_len(data.len(), &prefix, path)?;
+    values(data, prefix, path)
+}
+
+/// The preamble and header of `bytes` (which may end there), checked.
+fn parse_prefix(bytes: &[u8], path: &str) -> Result<Prefix> {
     let len_size = header_length_width(bytes, path)?;
 
     // Header length and header.
@@ -184,29 +236,42 @@ pub fn parse_f32(bytes: &[u8], path_for_errors: &str) -> Result<ArrayD<f32>> {
             format!("shape {shape:?} is too large: {count} elements overflow the byte count"),
         )
     })?;
-    let data = bytes.get(header_end..).unwrap_or(&[]);
-    if data.len() < data_len {
+    Ok(Prefix {
+        header_end,
+        shape,
+        count,
+        data_len,
+    })
+}
+
+/// Refuses data of `held` bytes where the header declares another size.
+fn check_data_len(held: usize, prefix: &Prefix, path: &str) -> Result<()> {
+    let (count, data_len) = (prefix.count, prefix.data_len);
+    if held < data_len {
         return Err(npy_err(
             path,
             format!(
                 "truncated: header declares {count} elements ({data_len} bytes) but the file \
-                 holds only {} data bytes",
-                data.len()
+                 holds only {held} data bytes"
             ),
         ));
     }
-    if data.len() > data_len {
+    if held > data_len {
         return Err(npy_err(
             path,
             format!(
                 "{} trailing bytes: header declares {count} elements ({data_len} bytes) but \
-                 the file holds {} data bytes",
-                data.len() - data_len,
-                data.len()
+                 the file holds {held} data bytes",
+                held - data_len
             ),
         ));
     }
+    Ok(())
+}
 
+/// The array of `data`, which check_data_len has found the header's size.
+fn values(data: &[u8], prefix: Prefix, path: &str) -> Result<ArrayD<f32>> {
+    let (shape, count) = (prefix.shape, prefix.count);
     // `data.len() == count * 4`, so this allocation is bounded by the input size.
     let mut values = Vec::with_capacity(count);
     for chunk in data.chunks_exact(ELEM) {

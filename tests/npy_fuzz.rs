@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use wgpu_batchnorm::npy::{parse_f32, to_bytes, BYTES_PATH};
+use wgpu_batchnorm::npy::{parse_f32, read_f32, to_bytes, BYTES_PATH};
 use wgpu_batchnorm::{BatchNormConfig, BnError, Layout, Shape};
 
 // ---------------------------------------------------------------------------------------------
@@ -766,6 +766,55 @@ fn special_f32() -> impl Strategy<Value = f32> {
             Just(1e-5f32),
         ],
     ]
+}
+
+/// A file of the wrong dtype, or whose size disagrees with its header, is refused from its
+/// header and its length, before its data is read: sparse files of 8 GiB (a float64 tensor
+/// the size of a model's activations) and of 1 GiB (four float32 values declared) are
+/// refused with the largest allocation a few kilobytes, where reading them whole would take
+/// their size. A file that is what its header says still reads.
+#[test]
+fn a_file_is_refused_from_its_header_and_length_before_its_data_is_read() {
+    let dir = std::env::temp_dir().join(format!("npy-sparse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (1048576, 1024), }",
+            8u64 << 30,
+            "unsupported dtype '<f8'",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }",
+            1 << 30,
+            "trailing bytes",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1073741824,), }",
+            16,
+            "truncated",
+        ),
+    ];
+    for (i, (dict, data_bytes, says)) in cases.into_iter().enumerate() {
+        let path = dir.join(format!("{i}.npy"));
+        let header = file_with_header(dict, &[]);
+        std::fs::write(&path, &header).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(header.len() as u64 + data_bytes).unwrap();
+        LARGEST.with(|c| c.set(0));
+        let r = read_f32(&path);
+        let largest = LARGEST.with(|c| c.get());
+        let err = r.expect_err(dict).to_string();
+        assert!(err.contains(says), "{dict}: {err}");
+        assert!(
+            largest < 65536,
+            "{dict}: allocated {largest} bytes in one piece"
+        );
+    }
+    let good = dir.join("good.npy");
+    let a = ndarray::Array::from_shape_fn(IxDyn(&[3, 5]), |i| (i[0] * 5 + i[1]) as f32);
+    std::fs::write(&good, to_bytes(&a.view())).unwrap();
+    assert_eq!(read_f32(&good).unwrap(), a);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The positive oracle above must not be vacuous: a fair share of the generated files are
