@@ -355,6 +355,16 @@ fn check_refusal(case: &Refusal) -> Option<String> {
             stderr.lines().count()
         ));
     }
+    // No terminal control (escape sequences, vertical tab, form feed) from a file's header
+    // or path: only the line's end.
+    if case.kind == Kind::OneLine
+        && stderr
+            .trim_end_matches('\n')
+            .chars()
+            .any(|c| c.is_control())
+    {
+        problems.push("stderr holds control characters".to_string());
+    }
     match listing(&case.out) {
         Ok(files) if files.is_empty() => {}
         Ok(files) => problems.push(format!("left files in --out: {files:?}")),
@@ -803,6 +813,17 @@ fn refusals_echoing_header_text_stay_on_one_line() {
         ),
     );
     r.forward("x header key with a newline", &["--x", &x]);
+    // An escape sequence (it would clear a terminal and retitle it), a vertical tab and a
+    // form feed (a line break to a terminal, not to str::lines).
+    let x = s.file(
+        "x_descr_escape.npy",
+        &npy_raw(
+            1,
+            "{'descr': '<f4\x1b]0;owned\x07\x1b[2J\x0b\x0c', 'fortran_order': False, 'shape': (2,), }",
+            &data,
+        ),
+    );
+    r.forward("x descr with terminal control", &["--x", &x]);
     r.check_all();
 }
 
@@ -1189,6 +1210,23 @@ fn unwritable_output_dir() {
         failures.len(),
         failures.join("\n\n")
     );
+
+    // An --out that is a file is refused before any work: with an input that is no .npy
+    // either, the error is about --out, not about the input it would have read first.
+    let not_npy = s.file("not.npy", b"plain text");
+    for sub in ["forward", "backward"] {
+        let mut args = strs(&[sub, "--x", &not_npy]);
+        if sub == "backward" {
+            args.extend(strs(&["--dy", &not_npy]));
+        }
+        args.extend(strs(&["--device", "cpu", "--out", &blocker_str]));
+        let out = run(&args).unwrap_or_else(|e| panic!("{sub}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("error: invalid --out") && stderr.contains("is a file"),
+            "{sub}: {stderr}"
+        );
+    }
 }
 
 #[test]

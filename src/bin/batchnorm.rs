@@ -216,8 +216,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, whatever a file's header or path held.
-            let message = e.to_string().replace('\r', "\\r").replace('\n', "\\n");
+            // One line, and no terminal control, whatever a file's header or path held.
+            let message: String = e
+                .to_string()
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
@@ -330,13 +340,7 @@ impl Outputs {
             let path = path.display().to_string();
             move |source| BnError::Io { path, source }
         };
-        if dir.exists() && !dir.is_dir() {
-            return Err(BnError::Config {
-                name: "--out",
-                value: dir.display().to_string(),
-                reason: "is a file, not a directory",
-            });
-        }
+        check_out_dir(dir)?;
         for (name, _) in &self.0 {
             let path = dir.join(name);
             if path.is_dir() {
@@ -356,7 +360,12 @@ impl Outputs {
         };
         for (name, bytes) in &self.0 {
             let path = dir.join(name);
-            let temp = dir.join(format!(".{name}.{}.partial", std::process::id()));
+            // The process id and the time: a run killed while writing leaves its hidden file
+            // behind, and a later run with the same id (PID 1 in a container) must not meet it.
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let temp = dir.join(format!(".{name}.{}.{stamp}.partial", std::process::id()));
             // create_new: never truncate, and so never remove, a file this run did not make.
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -385,7 +394,20 @@ impl Outputs {
     }
 }
 
+/// `--out` names a file: refused before any work, and again before writing.
+fn check_out_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(BnError::Config {
+            name: "--out",
+            value: dir.display().to_string(),
+            reason: "is a file, not a directory",
+        });
+    }
+    Ok(())
+}
+
 fn forward(args: &PassArgs) -> Result<()> {
+    check_out_dir(&args.out)?;
     let x = npy::read_f32(&args.x)?;
     let mut layer = build_layer(args, &x)?;
     let out = layer.forward(x.view(), layout(args.layout))?;
@@ -408,6 +430,7 @@ fn forward(args: &PassArgs) -> Result<()> {
 }
 
 fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
+    check_out_dir(&args.out)?;
     let x = npy::read_f32(&args.x)?;
     let dy = npy::read_f32(dy_path)?;
     wgpu_batchnorm::shape::expect_same_dims(x.shape(), dy.shape())?;
