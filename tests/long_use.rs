@@ -58,12 +58,17 @@ fn long_use(iterations: usize, warm_up: usize) {
     let mut buffers_after_first = None;
     let mut buffers_after_warm_up = None;
     let mut rss_warm = None;
+    let mut last_grads = None;
     for i in 0..iterations {
         let (x, dy) = &inputs[i % inputs.len()];
         let out = gpu.forward(x.view(), layout).unwrap();
         let grads = gpu.backward(x.view(), dy.view(), layout).unwrap();
         cpu.forward(x.view(), layout).unwrap();
         std::hint::black_box((&out, &grads));
+        if i + 1 == iterations {
+            let want = cpu.backward(x.view(), dy.view(), layout).unwrap();
+            last_grads = Some((grads, want));
+        }
         if i % 250 == 249 {
             // The per-channel read-back path is part of steady use too.
             gpu.running_mean().unwrap();
@@ -136,6 +141,16 @@ fn long_use(iterations: usize, warm_up: usize) {
         &gpu.running_var().unwrap(),
         &cpu.running_var().unwrap(),
     );
+    // The last step's gradients, as the reference computes them (stale partial records
+    // or coefficients would show here).
+    let (got, want) = last_grads.unwrap();
+    close(
+        "dx",
+        &got.dx.iter().copied().collect::<Vec<_>>(),
+        &want.dx.iter().copied().collect::<Vec<_>>(),
+    );
+    close("dgamma", &got.dgamma.unwrap(), &want.dgamma.unwrap());
+    close("dbeta", &got.dbeta.unwrap(), &want.dbeta.unwrap());
     gpu.eval();
     cpu.eval();
     let (x, _) = &inputs[0];

@@ -373,8 +373,10 @@ proptest! {
     }
 }
 
-/// A fixed, all-odd case in both layouts and every switch combination, so the property is
-/// exercised on a known input even when the random cases happen to miss odd sizes.
+/// A fixed, all-odd case in both layouts and five combinations of the switches (each of
+/// affine, tracking, momentum None and a second training step on and off at least once), so
+/// the property is exercised on a known input even when the random cases happen to miss odd
+/// sizes.
 #[test]
 fn fixed_odd_case_matches_cpu_reference() {
     for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {

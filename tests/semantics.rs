@@ -516,3 +516,32 @@ fn resets_start_the_running_statistics_and_parameters_again() {
         assert_eq!(bare.num_batches_tracked(), None, "{name}");
     }
 }
+
+/// An empty batch is counted for every channel of a wide layer, not only the first
+/// workgroup's (the GPU counts in count_batch.wgsl, 64 channels per workgroup): with momentum
+/// None the batch after it is weighed 1/3 on all 100 channels, as on the CPU reference.
+#[test]
+fn an_empty_batch_is_counted_for_every_channel_of_a_wide_layer() {
+    let channels = 100;
+    let mut config = BatchNormConfig::new(channels);
+    config.momentum = None;
+    let mut rng = common::Rng::new(77);
+    let (a, b) = (
+        rng.array(&[6, channels], 1.0, 2.0),
+        rng.array(&[6, channels], -3.0, 0.5),
+    );
+    let empty = ArrayD::<f32>::zeros(IxDyn(&[0, channels]));
+    let mut results = Vec::new();
+    for device in [Device::Gpu(common::gpu()), Device::Cpu] {
+        let mut bn = BatchNorm::new(config.clone(), device).unwrap();
+        for x in [&a, &empty, &b] {
+            bn.forward(x.view(), CF).unwrap();
+        }
+        assert_eq!(bn.num_batches_tracked(), Some(3));
+        results.push((bn.running_mean().unwrap(), bn.running_var().unwrap()));
+    }
+    let (gpu, cpu) = (&results[0], &results[1]);
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    assert_close("running_mean", &gpu.0, &wide(&cpu.0));
+    assert_close("running_var", &gpu.1, &wide(&cpu.1));
+}

@@ -954,6 +954,40 @@ mod tests {
             .sum()
     }
 
+    /// The shapes whose single-read forward the cross-checks claim to run (cross_check.rs,
+    /// outliers_at_the_ends_should_match_reference) take it wherever the single read is on,
+    /// each through the kernel it names: were Fused::new to refuse them, those checks would
+    /// compare the two-pass forward with itself.
+    #[test]
+    fn the_cross_checked_single_read_shapes_take_it() {
+        for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            for (dims, layout, reduce) in [
+                (
+                    &[16, 4, 32, 32][..],
+                    Layout::ChannelsFirst,
+                    Reduce::Vec4Inner,
+                ),
+                (&[4096, 4][..], Layout::ChannelsLast, Reduce::Vec4Channels),
+                (&[256, 3, 7, 7][..], Layout::ChannelsFirst, Reduce::Scalar),
+            ] {
+                let shape = Shape::new(dims, layout).unwrap();
+                let on = Tuning {
+                    single_read: true,
+                    ..Tuning::for_device(Some(device))
+                };
+                let g = Geometry::new(&shape, &wgpu::Limits::default(), on).unwrap();
+                assert_eq!(g.reduce, reduce, "{dims:?} {device:?}");
+                assert!(g.fused.is_some(), "{dims:?} {device:?}: no single read");
+                let off = Tuning::for_device(Some(device));
+                let g = Geometry::new(&shape, &wgpu::Limits::default(), off).unwrap();
+                assert!(
+                    g.fused.is_none(),
+                    "{dims:?} {device:?}: single read by default"
+                );
+            }
+        }
+    }
+
     /// Two samples of one channel, four million values each: rows alone would give two
     /// workgroups, so the reductions cut the rows along inner.
     #[test]
