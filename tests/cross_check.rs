@@ -4,8 +4,8 @@
 mod common;
 
 use common::check::{
-    compare, compare_dx, cross_check, cross_check_input, flat, with_channel_levels,
-    with_outliers_at_ends,
+    compare, compare_dx, cross_check, cross_check_config, cross_check_input, flat, switch_configs,
+    with_channel_levels, with_outliers_at_ends,
 };
 use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
@@ -488,4 +488,36 @@ fn a_nan_stays_in_its_channel() {
             }
         }
     }
+}
+
+/// Every switch (momentum None, affine and tracking off, a biased running variance, another
+/// eps) on each kind of reduction (vec4 inner, vec4 channels, (N, C), grouped 7×7, scalar),
+/// under a GPU's tuning and a CPU rasterizer's, train, eval and train again: the default
+/// configuration is what every other cross-check runs.
+#[test]
+fn every_switch_should_match_reference() {
+    let cases: [(&[usize], Layout); 5] = [
+        (&[6, 8, 12, 12], CF),
+        (&[5, 6, 6, 8], CL),
+        (&[64, 12], CF),
+        (&[9, 8, 7, 7], CF),
+        (&[7, 3, 5, 5], CF),
+    ];
+    let mut errors = Vec::new();
+    for (i, (dims, layout)) in cases.into_iter().enumerate() {
+        let channels = dims[if layout == CF { 1 } else { dims.len() - 1 }];
+        for config in switch_configs(channels) {
+            for ctx in [gpu(), gpu_caller(true), common::gpu_cpu_tuned()] {
+                let mut rng = Rng::new(900 + i as u64);
+                let x = rng.array(dims, 1.0, 2.0);
+                errors.extend(cross_check_config(ctx, x, layout, &mut rng, &config));
+            }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} mismatches:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }

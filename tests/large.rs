@@ -6,7 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::check::{cross_check, cross_check_input, with_channel_levels, with_outliers_at_ends};
+use common::check::{
+    cross_check, cross_check_config, cross_check_input, switch_configs, with_channel_levels,
+    with_outliers_at_ends,
+};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout};
 
 use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
@@ -97,6 +100,46 @@ fn chunked_outliers_at_the_ends_should_match_reference() {
             errors.join("\n")
         );
     }
+}
+
+/// Every switch of switch_configs on tensors cut into chunks (a 64 KiB binding), with the
+/// GPU's tuning and the CPU rasterizer's: momentum None's count and the running statistics
+/// of an untracked layer go through the chunks' merge too.
+#[test]
+fn chunked_switches_should_match_reference() {
+    let mut errors = Vec::new();
+    for ctx in [
+        small_binding_context(64 << 10, true),
+        small_binding_cpu_tuned_context(64 << 10),
+    ] {
+        for (i, (dims, layout)) in [
+            (&[40, 8, 12, 12][..], CF),
+            (&[300, 8, 7, 7][..], CF),
+            (&[2100, 8][..], CL),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let channels = dims[if layout == CF { 1 } else { dims.len() - 1 }];
+            for config in switch_configs(channels) {
+                let mut rng = common::Rng::new(950 + i as u64);
+                let x = rng.array(dims, 0.5, 2.0);
+                errors.extend(cross_check_config(
+                    ctx.clone(),
+                    x,
+                    layout,
+                    &mut rng,
+                    &config,
+                ));
+            }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} mismatches:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }
 
 fn chunked_bindings(ctx: Arc<GpuContext>) {

@@ -47,10 +47,14 @@ pub fn layers(
         .collect();
     [Device::Gpu(gpu), Device::Cpu].map(|device| {
         let mut l = BatchNorm::new(config.clone(), device).unwrap();
-        l.set_gamma(&gamma).unwrap();
-        l.set_beta(&beta).unwrap();
-        l.set_running_mean(&rm).unwrap();
-        l.set_running_var(&rv).unwrap();
+        if config.affine {
+            l.set_gamma(&gamma).unwrap();
+            l.set_beta(&beta).unwrap();
+        }
+        if config.track_running_stats {
+            l.set_running_mean(&rm).unwrap();
+            l.set_running_var(&rv).unwrap();
+        }
         l
     })
 }
@@ -110,6 +114,20 @@ pub fn cross_check_input(
     layout: Layout,
     rng: &mut Rng,
 ) -> Vec<String> {
+    let channels = x.shape()[channel_axis(&x, layout)];
+    cross_check_config(gpu, x, layout, rng, &BatchNormConfig::new(channels))
+}
+
+/// cross_check_input under `config` (its switches: momentum None, affine or tracking off, a
+/// biased running variance, another eps): what the layer has not (gamma and beta, running
+/// statistics) must be absent on both sides.
+pub fn cross_check_config(
+    gpu: Arc<GpuContext>,
+    x: ArrayD<f32>,
+    layout: Layout,
+    rng: &mut Rng,
+    config: &BatchNormConfig,
+) -> Vec<String> {
     let dims = x.shape().to_vec();
     let channels = dims[channel_axis(&x, layout)];
     let dy = rng.array(&dims, 0.0, 1.0);
@@ -126,9 +144,21 @@ pub fn cross_check_input(
     } else {
         " caller device, no subgroups"
     };
-    let [mut g, mut c] = layers(gpu, channels, &BatchNormConfig::new(channels), rng);
+    let [mut g, mut c] = layers(gpu, channels, config, rng);
     let mut errors = Vec::new();
-    let tag = format!("{dims:?} {layout:?}{context}");
+    let switches = if *config == BatchNormConfig::new(channels) {
+        String::new()
+    } else {
+        format!(
+            " (momentum {:?}, affine {}, tracked {}, {:?} running var, eps {})",
+            config.momentum,
+            config.affine,
+            config.track_running_stats,
+            config.running_var,
+            config.eps
+        )
+    };
+    let tag = format!("{dims:?} {layout:?}{context}{switches}");
     // Training again after eval: its reductions then find the records the backward passes
     // left in the partials buffer, and must write every one they read.
     for training in [true, false, true] {
@@ -145,26 +175,47 @@ pub fn cross_check_input(
             &flat(&gf.y),
             &flat(&cf.y),
         );
-        if let (Some(gs), Some(cs)) = (&gf.stats, &cf.stats) {
-            compare(&mut errors, &format!("{tag} mean"), &gs.mean, &cs.mean);
-            compare(&mut errors, &format!("{tag} var"), &gs.var, &cs.var);
-            compare(
-                &mut errors,
-                &format!("{tag} invstd"),
-                &gs.invstd,
-                &cs.invstd,
-            );
+        match (&gf.stats, &cf.stats) {
+            (Some(gs), Some(cs)) => {
+                compare(&mut errors, &format!("{tag} mean"), &gs.mean, &cs.mean);
+                compare(&mut errors, &format!("{tag} var"), &gs.var, &cs.var);
+                compare(
+                    &mut errors,
+                    &format!("{tag} invstd"),
+                    &gs.invstd,
+                    &cs.invstd,
+                );
+            }
+            (None, None) => {}
+            (gs, cs) => errors.push(format!(
+                "{tag} {mode}: batch statistics on the GPU {}, on the CPU {}",
+                gs.is_some(),
+                cs.is_some()
+            )),
         }
-        for (name, gv, cv) in [
-            ("running_mean", g.running_mean(), c.running_mean()),
-            ("running_var", g.running_var(), c.running_var()),
-        ] {
-            compare(
-                &mut errors,
-                &format!("{tag} {mode} {name}"),
-                &gv.unwrap(),
-                &cv.unwrap(),
-            );
+        if config.track_running_stats {
+            for (name, gv, cv) in [
+                ("running_mean", g.running_mean(), c.running_mean()),
+                ("running_var", g.running_var(), c.running_var()),
+            ] {
+                compare(
+                    &mut errors,
+                    &format!("{tag} {mode} {name}"),
+                    &gv.unwrap(),
+                    &cv.unwrap(),
+                );
+            }
+            if g.num_batches_tracked() != c.num_batches_tracked() {
+                errors.push(format!(
+                    "{tag} {mode}: num_batches_tracked {:?} against {:?}",
+                    g.num_batches_tracked(),
+                    c.num_batches_tracked()
+                ));
+            }
+        } else if g.running_mean().is_ok() || g.num_batches_tracked().is_some() {
+            errors.push(format!(
+                "{tag} {mode}: running statistics on an untracked layer"
+            ));
         }
         let (gb, cb) = (
             g.backward(x.view(), dy.view(), layout).unwrap(),
@@ -176,10 +227,11 @@ pub fn cross_check_input(
                 .running_var()
                 .unwrap()
                 .iter()
-                .map(|v| 1.0 / (v + 1e-5).sqrt())
+                .map(|v| 1.0 / (v + config.eps).sqrt())
                 .collect(),
         };
-        let gain = (c.gamma().unwrap().iter().zip(&invstd))
+        let gamma = c.gamma().unwrap_or_else(|_| vec![1.0; channels]);
+        let gain = (gamma.iter().zip(&invstd))
             .map(|(g, i)| (g * i).abs() as f64)
             .fold(0.0, f64::max);
         let dy_norm = dy.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
@@ -190,18 +242,38 @@ pub fn cross_check_input(
             &flat(&cb.dx),
             gain * dy_norm,
         );
-        compare(
-            &mut errors,
-            &format!("{tag} {mode} dgamma"),
-            gb.dgamma.as_deref().unwrap(),
-            cb.dgamma.as_deref().unwrap(),
-        );
-        compare(
-            &mut errors,
-            &format!("{tag} {mode} dbeta"),
-            gb.dbeta.as_deref().unwrap(),
-            cb.dbeta.as_deref().unwrap(),
-        );
+        match (&gb.dgamma, &cb.dgamma, &gb.dbeta, &cb.dbeta) {
+            (Some(gg), Some(cg), Some(gbeta), Some(cbeta)) if config.affine => {
+                compare(&mut errors, &format!("{tag} {mode} dgamma"), gg, cg);
+                compare(&mut errors, &format!("{tag} {mode} dbeta"), gbeta, cbeta);
+            }
+            (None, None, None, None) if !config.affine => {}
+            _ => errors.push(format!(
+                "{tag} {mode}: parameter gradients where the layer has {} (affine {})",
+                if config.affine { "them" } else { "none" },
+                config.affine
+            )),
+        }
     }
     errors
+}
+
+/// Configurations that differ from the default in each switch PyTorch has: momentum None,
+/// affine off, tracking off (and both), a biased running variance with another momentum and
+/// eps.
+pub fn switch_configs(channels: usize) -> Vec<BatchNormConfig> {
+    let base = BatchNormConfig::new(channels);
+    let mut none = base.clone();
+    none.momentum = None;
+    let mut plain = base.clone();
+    plain.affine = false;
+    let mut untracked = base.clone();
+    untracked.track_running_stats = false;
+    let mut bare = untracked.clone();
+    bare.affine = false;
+    let mut biased = base.clone();
+    biased.running_var = wgpu_batchnorm::RunningVar::Biased;
+    biased.momentum = Some(0.3);
+    biased.eps = 1e-3;
+    vec![none, plain, untracked, bare, biased]
 }
