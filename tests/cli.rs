@@ -328,7 +328,15 @@ impl<'a> Refusals<'a> {
             failures.len(),
             failures.join("\n\n")
         );
-        eprintln!("{total} refusal cases on {} held the contract", self.device);
+        let named = self
+            .cases
+            .iter()
+            .filter(|c| !expected_mentions(c).is_empty())
+            .count();
+        eprintln!(
+            "{total} refusal cases on {} held the contract, {named} naming what they are about",
+            self.device
+        );
     }
 }
 
@@ -365,6 +373,14 @@ fn check_refusal(case: &Refusal) -> Option<String> {
     {
         problems.push("stderr holds control characters".to_string());
     }
+    if case.kind == Kind::OneLine {
+        let mentions = expected_mentions(case);
+        if !mentions.is_empty() && !mentions.iter().any(|m| stderr.contains(m.as_str())) {
+            problems.push(format!(
+                "stderr names none of {mentions:?}, what the case is about"
+            ));
+        }
+    }
     match listing(&case.out) {
         Ok(files) if files.is_empty() => {}
         Ok(files) => problems.push(format!("left files in --out: {files:?}")),
@@ -379,6 +395,44 @@ fn check_refusal(case: &Refusal) -> Option<String> {
         problems.join("; "),
         out.status
     ))
+}
+
+/// What a refusal's one line must name (any one of), from the case's name: the file of a bad
+/// input or the option or parameter at fault, or PyTorch's words for one value per channel;
+/// so that a case refused for another reason than the one it is about fails.
+fn expected_mentions(case: &Refusal) -> Vec<String> {
+    let name = case.name.as_str();
+    let arg = |flag: &str| -> Vec<String> {
+        let at = case.args.iter().position(|a| a == flag);
+        at.and_then(|at| case.args.get(at + 1).cloned())
+            .into_iter()
+            .collect()
+    };
+    if name.contains("train x (1,") {
+        return vec!["more than 1 value per channel".to_string()];
+    }
+    let options = [
+        ("gamma", "--gamma"),
+        ("beta", "--beta"),
+        ("running_mean", "--running-mean"),
+        ("running_var", "--running-var"),
+        ("eps", "--eps"),
+        ("momentum", "--momentum"),
+    ];
+    if let Some(&(word, flag)) = options.iter().find(|(w, _)| name.starts_with(w)) {
+        let mut any = arg(flag);
+        any.push(word.to_string());
+        return any;
+    }
+    if name.starts_with("dy ") {
+        let mut any = arg("--dy");
+        any.push("dy is".to_string());
+        return any;
+    }
+    if name.starts_with("x ") || name.starts_with("backward x ") {
+        return arg("--x");
+    }
+    Vec::new()
 }
 
 /// The bad and good input files the refusal cases share.
