@@ -311,6 +311,19 @@ fn subgroup_reductions_run_where_offered() {
     assert!(!common::gpu_cpu_tuned().subgroups());
 }
 
+/// The suite runs on the backend WGPU_BACKEND names (.ci/run runs it on Vulkan, then on GL),
+/// not on another one wgpu fell back to: a GL run that quietly took Vulkan would test
+/// nothing of GL.
+#[test]
+fn the_suite_runs_on_the_backend_it_was_asked_for() {
+    let info = gpu().adapter_info().expect("our own adapter").clone();
+    match std::env::var("WGPU_BACKEND").ok().as_deref() {
+        Some("gl") => assert_eq!(info.backend, wgpu::Backend::Gl, "{}", info.name),
+        Some("vulkan") => assert_eq!(info.backend, wgpu::Backend::Vulkan, "{}", info.name),
+        _ => {}
+    }
+}
+
 /// In eval with running statistics dx = gamma·dy/sqrt(running_var + eps), which PyTorch forms
 /// without reading x: a NaN or ±Inf in x reaches dgamma but not dx (through 0·(x − mean) it
 /// would make dx NaN). Checked against that closed form on every element-wise kernel.
