@@ -5,8 +5,8 @@
 // Each workgroup copies one block of PER_LANE·256 neighbouring vec4, neighbouring lanes on
 // neighbouring vec4 at every step (coalesced on a GPU), at constant offsets from one index
 // (a CPU rasterizer unrolls the loop and reads one stream per workgroup). On lavapipe this
-// copy took 0.83–1.05 of a grid-stride copy's time, 0.94 in the median (PERF.md 30), so it
-// is the roof.
+// copy took 0.83–1.05 of a grid-stride copy's time, 0.94 in the median (PERF.md 30); the
+// bench takes the faster of it and the one-per-lane form (PER_LANE = 1) as the roof.
 
 // How many vec4 to copy.
 @group(0) @binding(0) var<uniform> len4: u32;

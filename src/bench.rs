@@ -1,5 +1,5 @@
-//! `batchnorm bench`: GPU passes, the CPU reference and a plain copy kernel (the roof), on
-//! the same shapes, verified before they are timed.
+//! `batchnorm bench`: GPU passes, the CPU reference and two plain copy kernels (the faster
+//! is the roof), on the same shapes, verified before they are timed.
 //!
 //! Bytes counted are the minimal ones: forward and eval read x and write y (8 per element),
 //! backward reads x and dy and writes dx (12), the copy reads and writes (8). Kernel times

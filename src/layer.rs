@@ -437,7 +437,7 @@ impl BatchNorm {
     /// next forward of the layer. Autograd saves statistics per call; this keeps only the
     /// last forward's: a layer applied twice before its backwards (shared weights, siamese
     /// branches) would differentiate both calls with the second call's statistics, and only
-    /// a different shape is refused (`NoSavedStatistics`). Use `forward_for_backward` and
+    /// a different shape or layout is refused (`NoSavedStatistics`). Use `forward_for_backward` and
     /// `backward_from` there.
     pub fn backward(
         &mut self,

@@ -49,7 +49,7 @@ enum Command {
     Info,
     /// Forward pass: writes y.npy, batch statistics, and updated running statistics with num_batches_tracked.txt.
     Forward(PassArgs),
-    /// Time GPU passes, the CPU reference and a copy kernel (the roof), verified first.
+    /// Time GPU passes, the CPU reference and two copy kernels (the faster is the roof), verified first.
     Bench(BenchArgs),
     /// Backward pass: writes dx.npy and, when affine, dgamma.npy and dbeta.npy.
     Backward {

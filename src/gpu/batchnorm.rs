@@ -515,7 +515,8 @@ impl GpuBatchNorm {
     }
 
     /// Records the forward pass into `encoder`: batch statistics (and the running-statistics
-    /// update) in training, running statistics in eval, then y. Nothing is submitted.
+    /// update) in training, running statistics in eval where tracked (batch statistics
+    /// otherwise), then y. Nothing is submitted.
     pub fn forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,

@@ -182,7 +182,7 @@ impl GpuContext {
 
     /// Uses the caller's device and queue; pipelines are built here, once, with a GPU's work
     /// sizes. The reductions use subgroup operations if the device was created with
-    /// `wgpu::Features::SUBGROUP`.
+    /// `wgpu::Features::SUBGROUP` and its subgroups pass the lane-layout check.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Arc<Self>> {
         Self::build(device, queue, None).map(Arc::new)
     }
@@ -253,8 +253,9 @@ impl GpuContext {
         &self.limits
     }
 
-    /// Whether the reductions merge lanes with subgroup operations: the device offers them
-    /// and its subgroups are runs of consecutive invocations (checked once, at creation).
+    /// Whether the reductions merge lanes with subgroup operations: the device offers them,
+    /// its subgroups are runs of consecutive invocations (checked once, at creation), and it
+    /// is not a CPU rasterizer (where they saved nothing, PERF.md 18).
     pub fn subgroups(&self) -> bool {
         self.kernels.subgroups
     }
@@ -300,7 +301,8 @@ impl GpuContext {
 
     /// How many buffers this crate has made on the context: flat in steady state, since
     /// every buffer is made once per layer or per input shape and then reused (but for one
-    /// small buffer per call of `set_num_batches_tracked`, the count it carries to the GPU).
+    /// small buffer per call of `set_num_batches_tracked` or `reset_running_stats`, the count
+    /// they carry to the GPU, and one per `forward_for_backward`, the statistics it keeps).
     pub fn buffers_created(&self) -> u64 {
         self.buffers_created.load(Ordering::Relaxed)
     }
