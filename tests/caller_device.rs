@@ -547,3 +547,42 @@ fn refusals_by_the_devices_limits_keep_the_layers_plans() {
         "kept plans dropped by refused calls"
     );
 }
+
+/// A recording call refused after its shape's plan was made (here: x destroyed, which
+/// only bind-group creation sees) drops that plan and evicts none of the eight kept ones:
+/// the least recently used shape then records without making a buffer.
+#[test]
+fn a_refused_recording_keeps_the_plans() {
+    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
+    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
+    let layout = Layout::ChannelsFirst;
+    let mut layer = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(3)).unwrap();
+    let record = |layer: &mut GpuBatchNorm, rows: usize, x: &wgpu::Buffer| {
+        let y = tensor_buffer(&device, &queue, &vec![0.0; rows * 3]);
+        let dims = [rows, 3];
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let result = layer.forward(
+            &mut encoder,
+            &GpuTensor::new(x, &dims, layout).unwrap(),
+            &GpuTensor::new(&y, &dims, layout).unwrap(),
+        );
+        queue.submit([encoder.finish()]);
+        result
+    };
+    for rows in 2..10 {
+        let x = tensor_buffer(&device, &queue, &vec![1.0; rows * 3]);
+        record(&mut layer, rows, &x).unwrap();
+    }
+    let gone = tensor_buffer(&device, &queue, &[2.0; 30]);
+    gone.destroy();
+    assert!(record(&mut layer, 10, &gone).is_err(), "destroyed x");
+    assert_eq!(layer.num_batches_tracked(), Some(8));
+    let x = tensor_buffer(&device, &queue, &[1.0; 6]);
+    let before = ctx.buffers_created();
+    record(&mut layer, 2, &x).unwrap();
+    assert_eq!(
+        ctx.buffers_created(),
+        before,
+        "the least recently used plan was evicted by the refused call"
+    );
+}

@@ -1456,6 +1456,20 @@ fn adapter_and_backend_variables_that_match_nothing_are_refused() {
             ));
         }
     }
+    // `info` lists adapters under the same variable, and refuses the same typo.
+    let out = run_with_env(&strs(&["info"]), &[("WGPU_BACKEND", "vulkann")])
+        .unwrap_or_else(|e| panic!("info: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(1)
+        || !out.stdout.is_empty()
+        || !stderr.contains("names something other than")
+    {
+        failures.push(format!(
+            "info with WGPU_BACKEND=vulkann: exit {}, stdout {:?}, stderr {stderr:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -583,7 +583,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 fn info() -> Result<()> {
-    let adapters = list_adapters();
+    let adapters = list_adapters()?;
     out!("adapters found: {}", adapters.len());
     for a in &adapters {
         let i = &a.info;

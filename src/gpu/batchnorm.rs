@@ -421,8 +421,8 @@ impl GpuBatchNorm {
                 io: None,
                 last_used: 0,
             };
-            // Only now: a buffer that could not be made has cost no kept plan its place.
-            self.evict_a_plan_if_full();
+            // Kept beside the others until the call succeeds (settle_plans): a call that fails
+            // costs no kept plan its place.
             self.plans.insert(shape.clone(), plan);
         }
         let plan = self.plans.get_mut(shape).expect("inserted above");
@@ -430,21 +430,31 @@ impl GpuBatchNorm {
         Ok(plan)
     }
 
-    /// Drops the least recently used plan, but never the one backward still needs.
-    fn evict_a_plan_if_full(&mut self) {
-        if self.plans.len() < MAX_PLANS {
-            return;
+    /// After a call that may have made `shape`'s plan (`had`: it was there before): on
+    /// success, drops the least recently used plans past MAX_PLANS, but never `shape`'s nor
+    /// the one backward still needs; on failure, drops the plan the call made, so that a
+    /// refused call leaves the cache as it was.
+    fn settle_plans<T>(&mut self, shape: &Shape, had: bool, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            if !had {
+                self.plans.remove(shape);
+            }
+            return result;
         }
-        let keep = self.saved_for_backward.as_ref().map(|s| &s.shape);
-        let oldest = self
-            .plans
-            .iter()
-            .filter(|(shape, _)| Some(*shape) != keep)
-            .min_by_key(|(_, plan)| plan.last_used)
-            .map(|(shape, _)| shape.clone());
-        if let Some(shape) = oldest {
-            self.plans.remove(&shape);
+        while self.plans.len() > MAX_PLANS {
+            let keep = self.saved_for_backward.as_ref().map(|s| &s.shape);
+            let oldest = self
+                .plans
+                .iter()
+                .filter(|(s, _)| *s != shape && Some(*s) != keep)
+                .min_by_key(|(_, plan)| plan.last_used)
+                .map(|(s, _)| s.clone());
+            match oldest {
+                Some(s) => self.plans.remove(&s),
+                None => break,
+            };
         }
+        result
     }
 
     /// Checks that the tensors share one shape with num_features channels, sit at bindable
@@ -526,7 +536,9 @@ impl GpuBatchNorm {
         let ctx = self.ctx.clone();
         // Nothing is recorded, and the layer's state stays, unless every dispatch was prepared
         // without error.
-        let (batches, saved, steps) = ctx.scoped("forward", || self.prepare_forward(&ctx, x, y))?;
+        let had = self.plans.contains_key(&x.shape);
+        let prepared = ctx.scoped("forward", || self.prepare_forward(&ctx, x, y));
+        let (batches, saved, steps) = self.settle_plans(&x.shape, had, prepared)?;
         self.record_forward(encoder, batches, saved, &steps);
         Ok(())
     }
@@ -541,10 +553,12 @@ impl GpuBatchNorm {
         y: &GpuTensor,
     ) -> Result<SavedForBackward> {
         let ctx = self.ctx.clone();
-        let (batches, saved, steps, kept) = ctx.scoped("forward", || {
+        let had = self.plans.contains_key(&x.shape);
+        let prepared = ctx.scoped("forward", || {
             let (batches, saved, steps) = self.prepare_forward(&ctx, x, y)?;
             Ok((batches, saved, steps, self.kept_statistics()?))
-        })?;
+        });
+        let (batches, saved, steps, kept) = self.settle_plans(&x.shape, had, prepared)?;
         let token = self.token(&saved, &kept);
         self.record_forward(encoder, batches, saved, &steps);
         encoder.copy_buffer_to_buffer(&self.saved, 0, &kept, 0, kept.size());
@@ -821,7 +835,9 @@ impl GpuBatchNorm {
         dx: &GpuTensor,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
-        let steps = ctx.scoped("backward", || self.prepare_backward(&ctx, from, x, dy, dx))?;
+        let had = self.plans.contains_key(&x.shape);
+        let prepared = ctx.scoped("backward", || self.prepare_backward(&ctx, from, x, dy, dx));
+        let steps = self.settle_plans(&x.shape, had, prepared)?;
         if x.shape.is_empty() && !self.accumulate_param_grads {
             self.zero_param_grads(encoder);
         }
@@ -1017,7 +1033,10 @@ impl GpuBatchNorm {
             self.saved_for_backward.clone(),
             self.pending_count.clone(),
         );
+        let shape = Shape::new(x.shape(), layout)?;
+        let had = self.plans.contains_key(&shape);
         let result = ctx.scoped("forward", || self.run_forward(x, layout, keep));
+        let result = self.settle_plans(&shape, had, result);
         if result.is_err() {
             (
                 self.num_batches_tracked,
@@ -1107,7 +1126,10 @@ impl GpuBatchNorm {
         layout: Layout,
     ) -> Result<BackwardOutput> {
         let ctx = self.ctx.clone();
-        ctx.scoped("backward", || self.run_backward(None, x, dy, layout))
+        let shape = Shape::new(x.shape(), layout)?;
+        let had = self.plans.contains_key(&shape);
+        let result = ctx.scoped("backward", || self.run_backward(None, x, dy, layout));
+        self.settle_plans(&shape, had, result)
     }
 
     /// `backward_array` through the statistics that `saved` holds, which a
@@ -1122,7 +1144,10 @@ impl GpuBatchNorm {
         layout: Layout,
     ) -> Result<BackwardOutput> {
         let ctx = self.ctx.clone();
-        ctx.scoped("backward", || self.run_backward(Some(saved), x, dy, layout))
+        let shape = Shape::new(x.shape(), layout)?;
+        let had = self.plans.contains_key(&shape);
+        let result = ctx.scoped("backward", || self.run_backward(Some(saved), x, dy, layout));
+        self.settle_plans(&shape, had, result)
     }
 
     fn run_backward(

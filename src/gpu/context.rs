@@ -44,24 +44,26 @@ fn has_compute(adapter: &wgpu::Adapter) -> bool {
         .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
 }
 
-/// Every adapter wgpu finds on the backends that WGPU_BACKEND allows.
-pub fn list_adapters() -> Vec<AdapterSummary> {
+/// Every adapter wgpu finds on the backends that WGPU_BACKEND allows; a WGPU_BACKEND that
+/// names something other than a backend is refused, as `GpuContext::new` refuses it.
+pub fn list_adapters() -> Result<Vec<AdapterSummary>> {
+    check_backend_env()?;
     let instance = instance();
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    pollster::block_on(instance.enumerate_adapters(backends))
+    Ok(pollster::block_on(instance.enumerate_adapters(backends))
         .into_iter()
         .map(|a| AdapterSummary {
             info: a.get_info(),
             compute_shaders: has_compute(&a),
         })
-        .collect()
+        .collect())
 }
 
 /// The adapter whose name contains WGPU_ADAPTER_NAME (ignoring case), where it is set, or
 /// else wgpu's default for WGPU_POWER_PREF. wgpu's own helper for this panics when no name
 /// matches; this says which adapters there are instead. Among adapters of that name, one
 /// with compute shaders is taken first (a GL adapter may lack them where its Vulkan twin has
-/// them).
+/// them), then the kind WGPU_POWER_PREF prefers (discrete for high, integrated for low).
 fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
     check_backend_env()?;
     let power_preference = power_preference_env()?;
@@ -100,14 +102,21 @@ fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         })
         .collect();
     let needle = wanted.to_lowercase();
-    let (with_compute, without): (Vec<_>, Vec<_>) = adapters
+    let rank = |a: &wgpu::Adapter| {
+        use wgpu::DeviceType::*;
+        let kind = match (power_preference, a.get_info().device_type) {
+            (wgpu::PowerPreference::HighPerformance, DiscreteGpu)
+            | (wgpu::PowerPreference::LowPower, IntegratedGpu) => 0,
+            (wgpu::PowerPreference::None, _) => 0,
+            _ => 1,
+        };
+        (!has_compute(a), kind)
+    };
+    // min_by_key keeps the first of equals: enumeration order breaks ties.
+    adapters
         .into_iter()
         .filter(|a| a.get_info().name.to_lowercase().contains(&needle))
-        .partition(has_compute);
-    with_compute
-        .into_iter()
-        .chain(without)
-        .next()
+        .min_by_key(rank)
         .ok_or(BnError::NoSuchAdapter { wanted, found })
 }
 
@@ -436,15 +445,24 @@ pub(crate) fn read_staging<T: bytemuck::Pod>(
         let _ = sender.send(r);
     });
     // Every return after the map was asked for leaves the buffer unmapped (a pending map is
-    // aborted), so that the next read of it can copy into it; only a map that failed left it
-    // so already, and unmapping it then would add a NotMapped error of its own.
+    // aborted), so that the next read of it can copy into it. After a map that failed, wgpu
+    // still counts the buffer as mapped on the client's side until unmap(), which then also
+    // raises a NotMapped error on the device's: caught here, as the map's own error is the
+    // one to return.
     if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
         staging.unmap();
         return Err(BnError::Readback(e.to_string()));
     }
+    let failed = |why: String| {
+        let _ = scoped(device, "unmapping a failed read-back", || {
+            staging.unmap();
+            Ok(())
+        });
+        BnError::Readback(why)
+    };
     pollster::block_on(receiver.receive())
-        .ok_or_else(|| BnError::Readback("map callback dropped".into()))?
-        .map_err(|e| BnError::Readback(e.to_string()))?;
+        .ok_or_else(|| failed("map callback dropped".into()))?
+        .map_err(|e| failed(e.to_string()))?;
     let values = slice
         .get_mapped_range()
         .map(|view| bytemuck::cast_slice::<u8, T>(&view).to_vec())
