@@ -62,11 +62,10 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     read(&mut bytes, PREAMBLE)?;
     let width = header_length_width(&bytes, &shown)?;
     read(&mut bytes, width)?;
-    let header_len = match bytes[PREAMBLE..] {
-        [a, b] => u16::from_le_bytes([a, b]) as usize,
-        [a, b, c, d] => u32::from_le_bytes([a, b, c, d]) as usize,
+    let header_len = match bytes.get(PREAMBLE..PREAMBLE + width) {
+        Some(len_bytes) => header_length(len_bytes, &shown)?,
         // Too short: parse_prefix says where the file ends.
-        _ => 0,
+        None => 0,
     };
     read(&mut bytes, header_len)?;
     let prefix = parse_prefix(&bytes, &shown)?;
@@ -101,6 +100,23 @@ struct Prefix {
     shape: Vec<usize>,
     count: usize,
     data_len: usize,
+}
+
+/// The header length that follows the preamble: 2 bytes (version 1.0) or 4.
+fn header_length(len_bytes: &[u8], path: &str) -> Result<usize> {
+    match *len_bytes {
+        [a, b] => Ok(u16::from_le_bytes([a, b]) as usize),
+        [a, b, c, d] => {
+            let n = u32::from_le_bytes([a, b, c, d]);
+            usize::try_from(n).map_err(|_| {
+                npy_err(
+                    path,
+                    format!("header length {n} does not fit in memory on this machine"),
+                )
+            })
+        }
+        _ => Err(npy_err(path, "internal error: bad header length width")),
+    }
 }
 
 /// The magic string and the format version.
@@ -167,19 +183,7 @@ fn parse_prefix(bytes: &[u8], path: &str) -> Result<Prefix> {
             ),
         )
     })?;
-    let header_len = match *len_bytes {
-        [a, b] => u16::from_le_bytes([a, b]) as usize,
-        [a, b, c, d] => {
-            let n = u32::from_le_bytes([a, b, c, d]);
-            usize::try_from(n).map_err(|_| {
-                npy_err(
-                    path,
-                    format!("header length {n} does not fit in memory on this machine"),
-                )
-            })?
-        }
-        _ => return Err(npy_err(path, "internal error: bad header length width")),
-    };
+    let header_len = header_length(len_bytes, path)?;
     let header_end = header_start
         .checked_add(header_len)
         .filter(|&end| end <= bytes.len())

@@ -849,35 +849,28 @@ fn refusals_echoing_header_text_stay_on_one_line() {
     let s = Scratch::new("refuse-echo");
     let data = [0u8; 8];
     let mut r = Refusals::new(&s, "cpu");
-    let x = s.file(
-        "x_descr_nl.npy",
-        &npy_raw(
-            1,
+    for (name, file, header) in [
+        (
+            "x descr with a newline",
+            "x_descr_nl.npy",
             "{'descr': '<f4\n', 'fortran_order': False, 'shape': (2,), }",
-            &data,
         ),
-    );
-    r.forward("x descr with a newline", &["--x", &x]);
-    let x = s.file(
-        "x_key_nl.npy",
-        &npy_raw(
-            1,
+        (
+            "x header key with a newline",
+            "x_key_nl.npy",
             "{'de\nscr': '<f4', 'fortran_order': False, 'shape': (2,), }",
-            &data,
         ),
-    );
-    r.forward("x header key with a newline", &["--x", &x]);
-    // An escape sequence (it would clear a terminal and retitle it), a vertical tab and a
-    // form feed (a line break to a terminal, not to str::lines).
-    let x = s.file(
-        "x_descr_escape.npy",
-        &npy_raw(
-            1,
+        // An escape sequence (it would clear a terminal and retitle it), a vertical tab and
+        // a form feed (a line break to a terminal, not to str::lines).
+        (
+            "x descr with terminal control",
+            "x_descr_escape.npy",
             "{'descr': '<f4\x1b]0;owned\x07\x1b[2J\x0b\x0c', 'fortran_order': False, 'shape': (2,), }",
-            &data,
         ),
-    );
-    r.forward("x descr with terminal control", &["--x", &x]);
+    ] {
+        let x = s.file(file, &npy_raw(1, header, &data));
+        r.forward(name, &["--x", &x]);
+    }
     r.check_all();
 }
 

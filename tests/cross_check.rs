@@ -4,8 +4,8 @@
 mod common;
 
 use common::check::{
-    compare, compare_dx, cross_check, cross_check_config, cross_check_input, flat, switch_configs,
-    with_channel_levels, with_outliers_at_ends,
+    assert_no_mismatches, channels_of, compare, compare_dx, cross_check, cross_check_config,
+    cross_check_input, flat, switch_configs, with_channel_levels, with_outliers_at_ends,
 };
 use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
@@ -28,12 +28,7 @@ fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
             errors.extend(cross_check(ctx, dims, layout, 100 + i as u64, mean, std));
         }
     }
-    assert!(
-        errors.is_empty(),
-        "{} mismatches:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    assert_no_mismatches(&errors);
 }
 
 use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
@@ -139,12 +134,7 @@ fn outliers_at_the_ends_should_match_reference() {
             errors.extend(cross_check_input(ctx, x, layout, &mut rng));
         }
     }
-    assert!(
-        errors.is_empty(),
-        "{} mismatches:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    assert_no_mismatches(&errors);
 }
 
 /// Few rows, long planes: reductions also split each row along inner (so that a GPU gets
@@ -518,7 +508,7 @@ fn every_switch_should_match_reference() {
     ];
     let mut errors = Vec::new();
     for (i, (dims, layout)) in cases.into_iter().enumerate() {
-        let channels = dims[if layout == CF { 1 } else { dims.len() - 1 }];
+        let channels = channels_of(dims, layout);
         for config in switch_configs(channels) {
             for ctx in [gpu(), gpu_caller(true), common::gpu_cpu_tuned()] {
                 let mut rng = Rng::new(900 + i as u64);
@@ -527,10 +517,5 @@ fn every_switch_should_match_reference() {
             }
         }
     }
-    assert!(
-        errors.is_empty(),
-        "{} mismatches:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    assert_no_mismatches(&errors);
 }

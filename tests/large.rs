@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use common::check::{
-    cross_check, cross_check_config, cross_check_input, switch_configs, with_channel_levels,
-    with_outliers_at_ends,
+    assert_no_mismatches, channels_of, cross_check, cross_check_config, cross_check_input,
+    switch_configs, with_channel_levels, with_outliers_at_ends,
 };
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout};
 
@@ -56,12 +56,7 @@ fn check_all(ctx: Arc<GpuContext>, cases: &[(&[usize], Layout, f64, f64)]) {
             std,
         ));
     }
-    assert!(
-        errors.is_empty(),
-        "{} mismatches:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    assert_no_mismatches(&errors);
 }
 
 /// Every reduction and element-wise variant, cut into chunks of a 64 KiB binding, with and
@@ -93,12 +88,7 @@ fn chunked_outliers_at_the_ends_should_match_reference() {
             let x = with_outliers_at_ends(x, layout, 1e4);
             errors.extend(cross_check_input(ctx.clone(), x, layout, &mut rng));
         }
-        assert!(
-            errors.is_empty(),
-            "{} mismatches:\n{}",
-            errors.len(),
-            errors.join("\n")
-        );
+        assert_no_mismatches(&errors);
     }
 }
 
@@ -120,7 +110,7 @@ fn chunked_switches_should_match_reference() {
         .into_iter()
         .enumerate()
         {
-            let channels = dims[if layout == CF { 1 } else { dims.len() - 1 }];
+            let channels = channels_of(dims, layout);
             for config in switch_configs(channels) {
                 let mut rng = common::Rng::new(950 + i as u64);
                 let x = rng.array(dims, 0.5, 2.0);
@@ -134,12 +124,7 @@ fn chunked_switches_should_match_reference() {
             }
         }
     }
-    assert!(
-        errors.is_empty(),
-        "{} mismatches:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    assert_no_mismatches(&errors);
 }
 
 fn chunked_bindings(ctx: Arc<GpuContext>) {

@@ -107,6 +107,24 @@ fn channel_axis(x: &ArrayD<f32>, layout: Layout) -> usize {
     }
 }
 
+/// The channel count of a tensor of `dims` stored in `layout`.
+pub fn channels_of(dims: &[usize], layout: Layout) -> usize {
+    match layout {
+        Layout::ChannelsFirst => dims[1],
+        Layout::ChannelsLast => dims[dims.len() - 1],
+    }
+}
+
+/// Fails with every mismatch the cross-checks collected, counted.
+pub fn assert_no_mismatches(errors: &[String]) {
+    assert!(
+        errors.is_empty(),
+        "{} mismatches:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+}
+
 /// cross_check on a given x (dy and the layers' parameters drawn from `rng`).
 pub fn cross_check_input(
     gpu: Arc<GpuContext>,
@@ -114,7 +132,7 @@ pub fn cross_check_input(
     layout: Layout,
     rng: &mut Rng,
 ) -> Vec<String> {
-    let channels = x.shape()[channel_axis(&x, layout)];
+    let channels = channels_of(x.shape(), layout);
     cross_check_config(gpu, x, layout, rng, &BatchNormConfig::new(channels))
 }
 
@@ -129,7 +147,7 @@ pub fn cross_check_config(
     config: &BatchNormConfig,
 ) -> Vec<String> {
     let dims = x.shape().to_vec();
-    let channels = dims[channel_axis(&x, layout)];
+    let channels = channels_of(&dims, layout);
     let dy = rng.array(&dims, 0.0, 1.0);
     let context = if Arc::ptr_eq(&gpu, &super::gpu()) {
         ""
