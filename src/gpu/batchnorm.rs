@@ -974,13 +974,12 @@ impl GpuBatchNorm {
         Ok(())
     }
 
+    /// The ndarray calls' buffers for `shape`, made once; callers refuse with `check_io`
+    /// first, before any buffer is made, rather than meet an allocation failure here.
     fn io(&mut self, shape: &Shape) -> Result<()> {
         let ctx = self.ctx.clone();
         let channels = self.config.num_features as u64;
         let bytes = shape.numel() as u64 * 4;
-        // Refused here, before any buffer is made or kept plan dropped, rather than as an
-        // allocation failure.
-        self.check_io(shape)?;
         let plan = self.plan(shape)?;
         if plan.io.is_none() {
             let tensor = wgpu::BufferUsages::STORAGE
