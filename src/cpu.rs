@@ -12,7 +12,7 @@ use crate::shape::Shape;
 /// An empty Vec with room for `n` values, or an `Allocation` error where the allocator
 /// refuses the bytes: an absurd size (a broadcast view of 2^56 elements) is then an error
 /// rather than an abort.
-fn with_room<T>(n: usize, what: &'static str) -> Result<Vec<T>> {
+pub(crate) fn with_room<T>(n: usize, what: &'static str) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| BnError::Allocation {
         what,

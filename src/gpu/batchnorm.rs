@@ -1077,6 +1077,8 @@ impl GpuBatchNorm {
         // before the first buffer is made.
         self.check_io(&shape)?;
         let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
+        let channels = self.config.num_features;
+        let y_room = crate::cpu::with_room(shape.numel() + 4 * channels, "y read back")?;
         self.io(&shape)?;
         let kept = keep.then(|| self.kept_statistics()).transpose()?;
         let token = kept.as_ref().map(|kept| self.token(&saved, kept));
@@ -1093,22 +1095,21 @@ impl GpuBatchNorm {
             &GpuTensor::new(&out, shape.dims(), layout)?,
         )?;
         let bytes = shape.numel() as u64 * 4;
-        let channels = self.config.num_features;
         encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes);
         encoder.copy_buffer_to_buffer(&self.saved, 0, &staging, bytes, channels as u64 * 16);
         if let Some(kept) = &kept {
             encoder.copy_buffer_to_buffer(&self.saved, 0, kept, 0, kept.size());
         }
         ctx.submit(encoder, "forward")?;
-        let values = ctx.read_mapped(&staging, bytes + channels as u64 * 16)?;
-        let (y, saved) = values.split_at(shape.numel());
+        let mut y = ctx.read_mapped_into(&staging, bytes + channels as u64 * 16, y_room)?;
+        let saved = y.split_off(shape.numel());
         let stats = self.uses_batch_stats().then(|| BatchStatistics {
             mean: saved.chunks(4).map(|s| s[0] + s[1]).collect(),
             invstd: saved.chunks(4).map(|s| s[2]).collect(),
             var: saved.chunks(4).map(|s| s[3]).collect(),
         });
         let out = ForwardOutput {
-            y: ArrayD::from_shape_vec(shape.dims(), y.to_vec()).expect("numel matches"),
+            y: ArrayD::from_shape_vec(shape.dims(), y).expect("numel matches"),
             stats,
         };
         Ok((out, token))
@@ -1181,6 +1182,8 @@ impl GpuBatchNorm {
         self.check_io(&shape)?;
         let x_data = crate::cpu::contiguous(x, "x in standard layout")?;
         let dy_data = crate::cpu::contiguous(dy, "dy in standard layout")?;
+        let dx_room =
+            crate::cpu::with_room(shape.numel() + 2 * self.config.num_features, "dx read back")?;
         self.io(&shape)?;
         let ctx = self.ctx.clone();
         let io = self.plans[&shape].io.as_ref().expect("made by io()");
@@ -1214,14 +1217,14 @@ impl GpuBatchNorm {
         encoder.copy_buffer_to_buffer(&self.dgamma, 0, &staging, bytes, c_bytes);
         encoder.copy_buffer_to_buffer(&self.dbeta, 0, &staging, bytes + c_bytes, c_bytes);
         ctx.submit(encoder, "backward")?;
-        let values = ctx.read_mapped(&staging, bytes + 2 * c_bytes)?;
-        let (dx, rest) = values.split_at(shape.numel());
-        let (dgamma, dbeta) = rest.split_at(self.config.num_features);
+        let mut dx = ctx.read_mapped_into(&staging, bytes + 2 * c_bytes, dx_room)?;
+        let dbeta = dx.split_off(shape.numel() + self.config.num_features);
+        let dgamma = dx.split_off(shape.numel());
         let affine = self.config.affine;
         Ok(BackwardOutput {
-            dx: ArrayD::from_shape_vec(shape.dims(), dx.to_vec()).expect("numel matches"),
-            dgamma: affine.then(|| dgamma.to_vec()),
-            dbeta: affine.then(|| dbeta.to_vec()),
+            dx: ArrayD::from_shape_vec(shape.dims(), dx).expect("numel matches"),
+            dgamma: affine.then_some(dgamma),
+            dbeta: affine.then_some(dbeta),
         })
     }
 }

@@ -376,6 +376,17 @@ impl GpuContext {
     pub(crate) fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
         read_staging(&self.device, staging, bytes)
     }
+
+    /// `read_mapped`, appending to `into`: a caller that reserved its room before any GPU
+    /// work (`cpu::with_room`) cannot then fail to allocate after that work has run.
+    pub(crate) fn read_mapped_into(
+        &self,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+        into: Vec<f32>,
+    ) -> Result<Vec<f32>> {
+        read_staging_into(&self.device, staging, bytes, into)
+    }
 }
 
 /// Refuses a device whose limits fall short of `GpuContext::required_limits`, naming the
@@ -439,6 +450,16 @@ pub(crate) fn read_staging<T: bytemuck::Pod>(
     staging: &wgpu::Buffer,
     bytes: u64,
 ) -> Result<Vec<T>> {
+    read_staging_into(device, staging, bytes, Vec::new())
+}
+
+/// `read_staging`, appending the values to `into`, which grows only where its room is short.
+pub(crate) fn read_staging_into<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    staging: &wgpu::Buffer,
+    bytes: u64,
+    mut into: Vec<T>,
+) -> Result<Vec<T>> {
     let slice = staging.slice(..bytes);
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -465,10 +486,10 @@ pub(crate) fn read_staging<T: bytemuck::Pod>(
         .map_err(|e| failed(e.to_string()))?;
     let values = slice
         .get_mapped_range()
-        .map(|view| bytemuck::cast_slice::<u8, T>(&view).to_vec())
+        .map(|view| into.extend_from_slice(bytemuck::cast_slice::<u8, T>(&view)))
         .map_err(|e| BnError::Readback(e.to_string()));
     staging.unmap();
-    values
+    values.map(|()| into)
 }
 
 /// Runs shaders/subgroup_probe.wgsl once and checks what common/subgroups_on.wgsl assumes:

@@ -1,0 +1,138 @@
+//! Host memory that runs out: a forward or backward whose result the host cannot allocate
+//! is an `Allocation` error before any work, on both engines, and the layer is left as if
+//! the call had not been made. The GPU engine reserves its read-back before it records
+//! anything: reserved after the submit, the running statistics would already have moved.
+//!
+//! A global allocator refuses, on the test's own thread, every single allocation at or above
+//! a limit that the test sets around the call under test.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::cell::Cell;
+
+use ndarray::ArrayD;
+use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BnError, Device, Layout};
+
+struct Refusing;
+
+thread_local! {
+    static REFUSE_FROM: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn refused(size: usize) -> bool {
+    REFUSE_FROM.try_with(|r| size >= r.get()).unwrap_or(false)
+}
+
+unsafe impl GlobalAlloc for Refusing {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        if refused(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: AllocLayout) -> *mut u8 {
+        if refused(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        if refused(new_size) {
+            return std::ptr::null_mut();
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Refusing = Refusing;
+
+/// `work`, with this thread's allocations of `from` bytes or more refused.
+fn refusing<T>(from: usize, work: impl FnOnce() -> T) -> T {
+    REFUSE_FROM.with(|r| r.set(from));
+    let out = work();
+    REFUSE_FROM.with(|r| r.set(usize::MAX));
+    out
+}
+
+const DIMS: [usize; 4] = [4, 8, 128, 256];
+/// Under one tensor of DIMS (4 MiB), over everything else a call allocates.
+const REFUSE_FROM_BYTES: usize = 3 << 20;
+
+fn engines() -> [(&'static str, Device); 2] {
+    [("gpu", Device::Gpu(common::gpu())), ("cpu", Device::Cpu)]
+}
+
+fn expect_allocation_error<T: std::fmt::Debug>(
+    engine: &str,
+    result: Result<T, BnError>,
+    gpu_what: &str,
+) {
+    match result {
+        Err(BnError::Allocation { what, bytes }) => {
+            assert!(
+                bytes >= REFUSE_FROM_BYTES as u64,
+                "{engine}: {what} refused at {bytes} bytes"
+            );
+            if engine == "gpu" {
+                assert_eq!(what, gpu_what, "{engine}: the read-back is reserved first");
+            }
+        }
+        other => panic!("{engine}: expected an allocation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_forward_without_room_for_y_changes_nothing() {
+    let mut rng = common::Rng::new(41);
+    let x: ArrayD<f32> = rng.array(&DIMS, 1.5, 2.0);
+    for (engine, device) in engines() {
+        let mut fresh = BatchNorm::new(BatchNormConfig::new(8), device.clone()).unwrap();
+        let want = fresh.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        let want_mean = fresh.running_mean().unwrap();
+
+        let mut layer = BatchNorm::new(BatchNormConfig::new(8), device).unwrap();
+        let refused = refusing(REFUSE_FROM_BYTES, || {
+            layer.forward(x.view(), Layout::ChannelsFirst)
+        });
+        expect_allocation_error(engine, refused, "y read back");
+        assert_eq!(layer.num_batches_tracked(), Some(0), "{engine}");
+        assert_eq!(layer.running_mean().unwrap(), vec![0.0; 8], "{engine}");
+        assert_eq!(layer.running_var().unwrap(), vec![1.0; 8], "{engine}");
+
+        // The same forward, given room, is the first one the layer counts.
+        let got = layer.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        assert_eq!(got.y, want.y, "{engine}");
+        assert_eq!(layer.num_batches_tracked(), Some(1), "{engine}");
+        assert_eq!(layer.running_mean().unwrap(), want_mean, "{engine}");
+    }
+}
+
+#[test]
+fn a_backward_without_room_for_dx_changes_nothing() {
+    let mut rng = common::Rng::new(42);
+    let x: ArrayD<f32> = rng.array(&DIMS, -0.5, 1.0);
+    let dy: ArrayD<f32> = rng.array(&DIMS, 0.0, 1.0);
+    for (engine, device) in engines() {
+        let mut layer = BatchNorm::new(BatchNormConfig::new(8), device).unwrap();
+        layer.forward(x.view(), Layout::ChannelsFirst).unwrap();
+        let want = layer
+            .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+            .unwrap();
+
+        let refused = refusing(REFUSE_FROM_BYTES, || {
+            layer.backward(x.view(), dy.view(), Layout::ChannelsFirst)
+        });
+        expect_allocation_error(engine, refused, "dx read back");
+        let got = layer
+            .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+            .unwrap();
+        assert_eq!(got.dx, want.dx, "{engine}");
+        assert_eq!(got.dgamma, want.dgamma, "{engine}");
+        assert_eq!(got.dbeta, want.dbeta, "{engine}");
+    }
+}
