@@ -331,7 +331,7 @@ impl<'a> Refusals<'a> {
         let named = self
             .cases
             .iter()
-            .filter(|c| !expected_mentions(c).is_empty())
+            .filter(|c| c.kind == Kind::Clap || !expected_mentions(c).is_empty())
             .count();
         eprintln!(
             "{total} refusal cases on {} held the contract, {named} naming what they are about",
@@ -381,6 +381,17 @@ fn check_refusal(case: &Refusal) -> Option<String> {
             ));
         }
     }
+    if case.kind == Kind::Clap {
+        // Clap's usage line names every flag given; what it says before that must name the
+        // one at fault.
+        let said = stderr.split("Usage:").next().unwrap_or_default();
+        let flag = clap_flag_at_fault(case);
+        if !said.contains(flag) {
+            problems.push(format!(
+                "clap's message names not {flag}, the flag at fault"
+            ));
+        }
+    }
     match listing(&case.out) {
         Ok(files) if files.is_empty() => {}
         Ok(files) => problems.push(format!("left files in --out: {files:?}")),
@@ -419,7 +430,17 @@ fn expected_mentions(case: &Refusal) -> Vec<String> {
         ("eps", "--eps"),
         ("momentum", "--momentum"),
     ];
-    if let Some(&(word, flag)) = options.iter().find(|(w, _)| name.starts_with(w)) {
+    // "backward gamma length 2", "nhwc gamma of length dims[1]": the option after the mode.
+    let subject = ["backward ", "nhwc ", "nchw "]
+        .iter()
+        .fold(name, |n, prefix| n.strip_prefix(prefix).unwrap_or(n));
+    if subject.starts_with("running stats") {
+        let mut any = arg("--running-mean");
+        any.extend(arg("--running-var"));
+        any.extend(["running_mean".to_string(), "running_var".to_string()]);
+        return any;
+    }
+    if let Some(&(word, flag)) = options.iter().find(|(w, _)| subject.starts_with(w)) {
         let mut any = arg(flag);
         any.push(word.to_string());
         return any;
@@ -433,6 +454,34 @@ fn expected_mentions(case: &Refusal) -> Vec<String> {
         return arg("--x");
     }
     Vec::new()
+}
+
+/// The flag a usage error is about, from the case's name: the one missing ("gamma without
+/// beta", "momentum 1.5, untracked": no running statistics), else the one misused.
+fn clap_flag_at_fault(case: &Refusal) -> &'static str {
+    let name = case.name.as_str();
+    let missing = name
+        .split(" without ")
+        .nth(1)
+        .or(name.contains("untracked").then_some("running statistics"));
+    let word = missing.unwrap_or(name);
+    let flags = [
+        ("running statistics", "--running-mean"),
+        ("running-mean", "--running-mean"),
+        ("running-var", "--running-var"),
+        ("gamma", "--gamma"),
+        ("beta", "--beta"),
+        ("--x", "--x"),
+        ("--dy", "--dy"),
+        ("momentum", "--momentum"),
+        ("eps", "--eps"),
+        ("layout", "--layout"),
+    ];
+    flags
+        .iter()
+        .find(|(w, _)| word.contains(w))
+        .map(|&(_, flag)| flag)
+        .unwrap_or_else(|| panic!("no flag at fault known for clap case {name:?}"))
 }
 
 /// The bad and good input files the refusal cases share.
