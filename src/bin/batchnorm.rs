@@ -379,7 +379,9 @@ impl Outputs {
                 }
             };
             made.push((temp, path.clone()));
-            if let Err(e) = file.write_all(bytes) {
+            // Flushed before any rename: a rename that reaches the disk before the data would
+            // leave, after a crash, a short file where the earlier run's was.
+            if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
                 remove(&made);
                 return Err(io(&path)(e));
             }
