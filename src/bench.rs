@@ -432,7 +432,7 @@ const COPY_PER_LANE: [u32; 2] = [16, 1];
 /// (COPY_PER_LANE), each checked once before it is timed, like the passes.
 struct CopyRoof {
     len4: wgpu::Buffer,
-    kernels: Vec<(Kernel, (u32, u32))>,
+    kernels: Vec<(Kernel, (u32, u32, u32))>,
     bytes: u64,
 }
 
@@ -460,7 +460,7 @@ impl CopyRoof {
                 let blocks = vec4s.div_ceil(256 * per_lane as u64);
                 Ok((
                     kernel,
-                    (blocks.min(max) as u32, blocks.div_ceil(max) as u32),
+                    (blocks.min(max) as u32, blocks.div_ceil(max) as u32, 1),
                 ))
             })
             .collect::<Result<_>>()?;

@@ -214,6 +214,43 @@ fn past_the_dispatch_and_f32_count_limits_should_match_reference() {
     );
 }
 
+/// A device of 16 workgroups per dimension, under a GPU's tuning and a CPU rasterizer's:
+/// rows of more element-wise columns than x holds (scalar and vec4 planes), which wrap into
+/// z; and as many channels as the layer then takes (1024) on planes for which a GPU's tuning
+/// would put 256 lanes along inner, and so one channel per workgroup, 600 workgroups along
+/// y. Refused as over the device's limits before the columns wrapped and the lanes along
+/// inner were capped.
+#[test]
+fn few_workgroups_per_dimension_should_match_reference() {
+    let limits = wgpu::Limits {
+        max_compute_workgroups_per_dimension: 16,
+        ..wgpu::Limits::default()
+    };
+    let (device, queue) = common::caller_device(false, Some(limits.clone()));
+    let gpu_tuned = GpuContext::from_device(device, queue).unwrap();
+    let (device, queue, info) = common::caller_adapter_device(false, Some(limits));
+    let info = wgpu::AdapterInfo {
+        device_type: wgpu::DeviceType::Cpu,
+        ..info
+    };
+    let cpu_tuned = GpuContext::from_adapter_device(device, queue, info).unwrap();
+    for ctx in [gpu_tuned, cpu_tuned] {
+        assert_eq!(ctx.limits().max_compute_workgroups_per_dimension, 16);
+        check_all(
+            ctx,
+            &[
+                (&[2, 3, 4099], CF, 0.5, 2.0),
+                (&[1, 8, 4096], CF, -1.0, 0.5),
+                (&[3, 8, 4096], CF, 2.0, 1.0),
+                (&[2, 600, 257], CF, 0.5, 2.0),
+                (&[2, 600, 130], CF, 0.5, 2.0),
+                (&[3, 1024, 65], CF, 0.5, 2.0),
+                (&[4, 5, 3, 1000], CL, 0.5, 2.0),
+            ],
+        );
+    }
+}
+
 /// 64×256×56×56 float32 is 822 MB: seven bindings' worth at lavapipe's 128 MiB. On an
 /// adapter that binds more at once (a GPU's 2 GiB or more), a context of its own limits but
 /// a 128 MiB binding, so that the tensor is still chunked.

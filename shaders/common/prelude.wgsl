@@ -296,3 +296,10 @@ fn next_run(q: Params, r: SplitRange, c: RunCursor, lane_i: u32, run: u32, row_s
     let at = select(c.at + step, c.at + q.tile_o * row_stride - (c.i - i0), wrap);
     return RunCursor(at, select(c.i + step, i0, wrap));
 }
+
+// The element-wise kernels' column (one lane each, 256 per workgroup): along x, and on into z
+// where a plane has more columns than one dimension of workgroups holds (Geometry's
+// apply_groups). Lanes past the plane's width return.
+fn apply_column(lid: u32, wid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return (wid.z * groups.x + wid.x) * 256u + lid;
+}

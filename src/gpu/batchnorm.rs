@@ -82,7 +82,7 @@ struct Saved {
 struct Step<'k> {
     kernel: &'k Kernel,
     bind: wgpu::BindGroup,
-    groups: (u32, u32),
+    groups: (u32, u32, u32),
 }
 
 fn record(encoder: &mut wgpu::CommandEncoder, label: &str, steps: &[Step]) {
@@ -655,7 +655,7 @@ impl GpuBatchNorm {
         vec![Step {
             kernel,
             bind,
-            groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1),
+            groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1, 1),
         }]
     }
 
@@ -722,7 +722,7 @@ impl GpuBatchNorm {
             steps.push(Step {
                 kernel,
                 bind,
-                groups: (f.groups, 1),
+                groups: (f.groups, 1, 1),
             });
         } else if batch_stats {
             for (i, chunk) in g.chunks.iter().enumerate() {

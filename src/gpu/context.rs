@@ -526,7 +526,7 @@ fn subgroups_are_lane_runs(device: &wgpu::Device, queue: &wgpu::Queue) -> Result
         let mut encoder = device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            probe.dispatch(&mut pass, &bind, (1, 1));
+            probe.dispatch(&mut pass, &bind, (1, 1, 1));
         }
         encoder.copy_buffer_to_buffer(&lanes, 0, &staging, 0, BYTES);
         queue.submit([encoder.finish()]);

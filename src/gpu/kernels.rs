@@ -121,11 +121,11 @@ impl Kernel {
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         bind_group: &wgpu::BindGroup,
-        groups: (u32, u32),
+        groups: (u32, u32, u32),
     ) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
     }
 }
 
@@ -583,9 +583,9 @@ pub(crate) struct Geometry {
     /// tensors that fit one storage binding.
     pub fused: Option<Fused>,
     pub apply: Apply,
-    pub finalize_groups: (u32, u32),
+    pub finalize_groups: (u32, u32, u32),
     /// Workgroups of stats_finalize and grad_finalize, which merge the partial records.
-    pub merge_groups: (u32, u32),
+    pub merge_groups: (u32, u32, u32),
     /// Partial records per channel, over all chunks.
     pub splits: u32,
     /// Runs of whole rows, each within one storage binding; kernels that read the tensor run
@@ -601,8 +601,9 @@ pub(crate) struct Chunk {
     /// Byte offset and length of the chunk in the tensor.
     pub offset: u64,
     pub bytes: u64,
-    pub reduce_groups: (u32, u32),
-    pub apply_groups: (u32, u32),
+    pub reduce_groups: (u32, u32, u32),
+    /// Columns along x, wrapping into z past a dimension's workgroups; row groups along y.
+    pub apply_groups: (u32, u32, u32),
 }
 
 /// The most channels the per-channel kernels reach: those with one lane per channel, on one
@@ -679,11 +680,20 @@ impl Geometry {
 
         // Reduction: lanes (tile_c, tile_i, tile_o) over channel units, inner units and outer
         // rows, where a unit is what one lane loads at a time.
+        // Channel blocks go along y, one dimension of workgroups: a workgroup takes at least
+        // this many channel units, so the lanes along inner are capped to leave room for them.
+        let least_tile_c = |units_c: u32| (units_c as u64).div_ceil(max_groups).next_power_of_two();
+        // The grouped kernels keep a lane to one position of the group, which fixes their
+        // lanes along inner: where that leaves too few for the channels, the scalar kernels.
+        let grouped_fits = |units_c: u32| {
+            least_tile_c(units_c)
+                <= (WORKGROUP / inner.next_power_of_two()).min(WORKGROUP / 4) as u64
+        };
         let (reduce, units_c, units_i) = if inner.is_multiple_of(4) {
             (Reduce::Vec4Inner, channels, inner / 4)
         } else if inner == 1 && channels.is_multiple_of(4) {
             (Reduce::Vec4Channels, channels / 4, 1)
-        } else if inner <= WORKGROUP && channels.is_multiple_of(4) {
+        } else if inner <= WORKGROUP && channels.is_multiple_of(4) && grouped_fits(channels / 4) {
             (Reduce::Vec4Grouped, channels / 4, inner)
         } else {
             (Reduce::Scalar, channels, inner)
@@ -709,7 +719,10 @@ impl Geometry {
                     tile_i as u64 * tile_c as u64 * chunk_rows.next_power_of_two()
                         >= WORKGROUP as u64
                 };
-                let most = units_i.div_ceil(run).next_power_of_two().min(WORKGROUP);
+                let most = units_i
+                    .div_ceil(run)
+                    .next_power_of_two()
+                    .min(WORKGROUP / least_tile_c(units_c).min(WORKGROUP as u64) as u32);
                 let mut tile_i = if run > 1 {
                     1
                 } else {
@@ -829,8 +842,18 @@ impl Geometry {
         } else {
             apply_width
         };
+        // Columns past one dimension's workgroups wrap into z (a plane of 64×1024×1024 is
+        // 65,536 workgroups of vec4).
         let column_groups = lanes_per_row.div_ceil(WORKGROUP as u64);
-        limit("element-wise column workgroups", column_groups, max_groups)?;
+        let (columns_x, columns_z) = (
+            column_groups.min(max_groups),
+            column_groups.div_ceil(max_groups),
+        );
+        limit(
+            "element-wise column workgroups, wrapped",
+            columns_z,
+            max_groups,
+        )?;
 
         let mut chunks = Vec::new();
         let mut first_row = 0u64;
@@ -875,10 +898,11 @@ impl Geometry {
                 params,
                 offset: first_row * row_bytes,
                 bytes: rows * row_bytes,
-                reduce_groups: (chunk_splits, channel_blocks as u32),
+                reduce_groups: (chunk_splits, channel_blocks as u32, 1),
                 apply_groups: (
-                    column_groups as u32,
+                    columns_x as u32,
                     apply_rows.div_ceil(apply_rows_per_group) as u32,
+                    columns_z as u32,
                 ),
             });
             splits += chunk_records;
@@ -913,8 +937,8 @@ impl Geometry {
             lane_records,
             fused,
             apply,
-            finalize_groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1),
-            merge_groups: (channels.div_ceil(MERGE_WORKGROUP / merge_lanes), 1),
+            finalize_groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1, 1),
+            merge_groups: (channels.div_ceil(MERGE_WORKGROUP / merge_lanes), 1, 1),
             splits,
             chunks,
         })
@@ -1040,7 +1064,9 @@ mod tests {
 
     /// A device may be made with fewer workgroups per dimension than WebGPU's 65,535: every
     /// dispatch a geometry makes stays within what the device allows, where few long rows
-    /// would have the reductions split along inner for a GPU's 512 workgroups.
+    /// would have the reductions split along inner for a GPU's 512 workgroups, where a row
+    /// has more columns than one dimension holds, and where a GPU's tuning would give the
+    /// channels too few lanes; a shape is refused only past what x and z or the layer hold.
     #[test]
     fn every_dispatch_fits_a_device_with_few_workgroups_per_dimension() {
         let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
@@ -1054,39 +1080,64 @@ mod tests {
             // under few rows and many: the reductions want 512 workgroups on a GPU, and
             // split such planes along inner as well as along rows.
             let long = most as usize * 1024;
-            let fits = [
+            let wide = most as usize * 64;
+            let cases = [
                 (&[2, 1, long][..], Layout::ChannelsFirst),
                 (&[1, 2, long / 2][..], Layout::ChannelsFirst),
                 (&[3, 1, long - 4][..], Layout::ChannelsFirst),
                 (&[16, 1, long][..], Layout::ChannelsFirst),
                 (&[64, 1, long][..], Layout::ChannelsFirst),
                 (&[64, 1, long / 4][..], Layout::ChannelsFirst),
-            ];
-            // Refused by another of the device's limits (element-wise columns or channel
-            // blocks) under the smallest counts.
-            let may_refuse = [
+                // Planes of more columns than a dimension holds, scalar and vec4: wrapped.
                 (&[2, 1, long / 3][..], Layout::ChannelsFirst),
+                (&[2, 3, long + 1][..], Layout::ChannelsFirst),
+                (&[1, 8, long * 2][..], Layout::ChannelsFirst),
+                // As many channels as the layer takes, under planes that would give a
+                // GPU's tuning 256 lanes along inner (scalar, grouped, vec4) and channels-last.
+                (&[2, wide, 257][..], Layout::ChannelsFirst),
+                (&[2, wide, 130][..], Layout::ChannelsFirst),
+                (&[2, wide, 1024][..], Layout::ChannelsFirst),
+                (&[4, 3, wide][..], Layout::ChannelsLast),
                 (&[64, 256, 14, 14][..], Layout::ChannelsFirst),
                 (&[1024, 4096][..], Layout::ChannelsFirst),
             ];
-            let cases = fits.iter().map(|c| (c, true));
-            for ((dims, layout), must_fit) in cases.chain(may_refuse.iter().map(|c| (c, false))) {
+            for (dims, layout) in cases {
+                let shape = Shape::new(dims, layout).unwrap();
+                // Refused only for more channels than the layer takes, or for a row of more
+                // columns than x and z hold together (never with 65,535 per dimension).
+                let (_, channels, inner) = shape.view();
+                let plane = (channels * inner) as u64;
+                let lanes = if plane.is_multiple_of(4) {
+                    plane / 4
+                } else {
+                    plane
+                };
+                let refusal = if channels as u64 > max_channels(&limits) {
+                    Some("channels")
+                } else if lanes > most as u64 * most as u64 * WORKGROUP as u64 {
+                    Some("element-wise column workgroups, wrapped")
+                } else {
+                    None
+                };
                 for tuning in [gpu, cpu] {
-                    let shape = Shape::new(dims, *layout).unwrap();
                     let g = match Geometry::new(&shape, &limits, tuning) {
-                        Ok(g) => g,
-                        Err(BnError::Limit { what, .. })
-                            if !must_fit && what != "reduction workgroups" =>
-                        {
-                            continue
-                        }
-                        Err(e) => panic!("{dims:?} under {most}: {e}"),
+                        Ok(g) if refusal.is_none() => g,
+                        Err(BnError::Limit { what, .. }) if Some(what) == refusal => continue,
+                        other => panic!("{dims:?} under {most}: {other:?}, expected {refusal:?}"),
                     };
                     for c in &g.chunks {
                         let (a, b) = (c.reduce_groups, c.apply_groups);
-                        for n in [a.0, a.1, b.0, b.1, g.merge_groups.0] {
+                        for n in [a.0, a.1, a.2, b.0, b.1, b.2, g.merge_groups.0] {
                             assert!(n <= most, "{dims:?} under {most}: {a:?} {b:?}");
                         }
+                        // Every column of the row has a lane.
+                        let p = c.params;
+                        let vec4 = (p.channels * p.inner).is_multiple_of(4);
+                        let lanes = p.apply_width / if vec4 { 4 } else { 1 };
+                        assert!(
+                            b.0 as u64 * b.2 as u64 * WORKGROUP as u64 >= lanes as u64,
+                            "{dims:?} under {most}: {b:?} for {lanes} lanes"
+                        );
                     }
                 }
             }
@@ -1223,7 +1274,7 @@ mod tests {
             let per_group = MERGE_WORKGROUP / lanes;
             assert_eq!(
                 g.merge_groups,
-                (p.channels.div_ceil(per_group), 1),
+                (p.channels.div_ceil(per_group), 1, 1),
                 "{dims:?}"
             );
             assert!(g.merge_groups.0 <= max_groups);
