@@ -6,6 +6,11 @@ use crate::gpu::kernels::Chunk;
 use crate::shape::Shape;
 
 /// A float32 tensor stored in a caller's buffer from `offset` on, C-contiguous in `layout`.
+///
+/// The buffer must belong to the layer's device (`GpuContext::device`). One of another
+/// device of the same `wgpu::Instance` is refused (`BnError::Wgpu`); one of another instance
+/// cannot be told apart in wgpu 30, whose ids are numbered per instance, and may be taken for
+/// a buffer of this instance or make wgpu panic.
 #[derive(Clone, Debug)]
 pub struct GpuTensor<'a> {
     pub(crate) buffer: &'a wgpu::Buffer,
