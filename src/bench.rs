@@ -609,8 +609,12 @@ fn given_name(memory: &[usize], layout: Layout) -> String {
     format!("{} {}", shape_name(&logical), layout_name(&logical, layout))
 }
 
+/// The dims of the (N, C, ...) shape `logical` as stored in `layout`: channels moved last for
+/// channels-last. A shape of rank below 2 has no channel axis to move and comes back as it
+/// is, for `Shape::new` to refuse.
 pub fn memory_dims(logical: &[usize], layout: Layout) -> Vec<usize> {
     match layout {
+        Layout::ChannelsLast if logical.len() < 2 => logical.to_vec(),
         Layout::ChannelsFirst => logical.to_vec(),
         Layout::ChannelsLast => {
             let mut dims = vec![logical[0]];
@@ -925,6 +929,25 @@ mod tests {
             given_name(&[1024, 4096], Layout::ChannelsLast),
             "1024x4096 nc"
         );
+    }
+
+    /// Channels go last for channels-last; a shape without a channel axis comes back as it
+    /// is, to be refused by Shape::new rather than panic here.
+    #[test]
+    fn memory_dims_moves_channels_last() {
+        let cl = Layout::ChannelsLast;
+        assert_eq!(memory_dims(&[4, 8, 3, 5], cl), vec![4, 3, 5, 8]);
+        assert_eq!(memory_dims(&[4, 8], cl), vec![4, 8]);
+        assert_eq!(
+            memory_dims(&[4, 8, 3], Layout::ChannelsFirst),
+            vec![4, 8, 3]
+        );
+        assert_eq!(memory_dims(&[6], cl), vec![6]);
+        assert_eq!(memory_dims(&[], cl), Vec::<usize>::new());
+        assert!(matches!(
+            Shape::new(&memory_dims(&[6], cl), cl),
+            Err(BnError::Rank { .. })
+        ));
     }
 
     /// With two values per channel dx's three paths cancel to nearly nothing, and f32
