@@ -1,4 +1,5 @@
 //! CPU reference against GPU kernels, same shapes, same passes (forward, eval, backward).
+//! Each GPU pass's output is checked against the CPU reference before it is timed.
 //! Device setup, uploads and the first (plan-making) call stay outside the timed code; the GPU
 //! figure is submit-to-done of the recorded pass. Under `cargo test --benches` (no `--bench`
 //! argument, criterion's test mode) the shapes shrink and each benchmark runs once, so the
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpu_batchnorm::bench::{input, layout_name, memory_dims, shape_name, DEFAULT_SHAPES};
+use ndarray::ArrayD;
+use wgpu_batchnorm::bench::{input, layout_name, memory_dims, rel_l2, shape_name, DEFAULT_SHAPES};
 use wgpu_batchnorm::{
     BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
 };
@@ -56,6 +58,38 @@ fn gpu_pass(
     total
 }
 
+/// The first `n` f32 of `buffer` (COPY_SRC), read back through a staging buffer.
+fn read_back(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let bytes = n as u64 * 4;
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bench read-back"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    ctx.queue().submit([encoder.finish()]);
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    let values = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().unwrap()).to_vec();
+    staging.unmap();
+    values
+}
+
+/// Refuses to time a pass whose output the CPU reference does not confirm.
+fn check(name: &str, what: &str, got: &[f32], want: &ArrayD<f32>, tolerance: f64) {
+    let err = rel_l2(got, want.as_slice().expect("standard layout"));
+    assert!(
+        err <= tolerance,
+        "{name}: GPU {what} off the CPU reference by {err:.2e} (relative L2), over {tolerance:e}"
+    );
+}
+
 fn bench(c: &mut Criterion) {
     runtime_dir();
     let ctx: Arc<GpuContext> = GpuContext::new().expect("a GPU adapter (mesa-vulkan-drivers)");
@@ -72,7 +106,9 @@ fn bench(c: &mut Criterion) {
             let dy = input(&dims, 2, 0.0, 1.0);
             let name = format!("{}/{}", shape_name(logical), layout_name(logical, layout));
 
-            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+            let usage = wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC;
             let buffer = |data: Option<&ndarray::ArrayD<f32>>| {
                 let b = ctx.device().create_buffer(&wgpu::BufferDescriptor {
                     label: None,
@@ -92,7 +128,38 @@ fn bench(c: &mut Criterion) {
             let mut gpu_train = GpuBatchNorm::new(ctx.clone(), config.clone()).unwrap();
             let mut gpu_eval = GpuBatchNorm::new(ctx.clone(), config.clone()).unwrap();
             gpu_eval.set_training(false);
-            let mut cpu = BatchNorm::new(config, Device::Cpu).unwrap();
+            let mut cpu = BatchNorm::new(config.clone(), Device::Cpu).unwrap();
+
+            // What the timed passes write, checked first, in both modes: a pass that wrote
+            // the wrong buffer, or nothing, would otherwise be timed as if it worked.
+            let mut reference = BatchNorm::new(config.clone(), Device::Cpu).unwrap();
+            gpu_pass(&ctx, 1, |e| {
+                gpu_train.forward(e, &t(&xb), &t(&out)).unwrap()
+            });
+            let want = reference.forward(x.view(), layout).unwrap().y;
+            check(
+                &name,
+                "forward y",
+                &read_back(&ctx, &out, numel),
+                &want,
+                1e-5,
+            );
+            gpu_pass(&ctx, 1, |e| {
+                gpu_train.backward(e, &t(&xb), &t(&dyb), &t(&out)).unwrap()
+            });
+            let want = reference.backward(x.view(), dy.view(), layout).unwrap().dx;
+            check(
+                &name,
+                "backward dx",
+                &read_back(&ctx, &out, numel),
+                &want,
+                1e-4,
+            );
+            let mut reference = BatchNorm::new(config, Device::Cpu).unwrap();
+            reference.eval();
+            gpu_pass(&ctx, 1, |e| gpu_eval.forward(e, &t(&xb), &t(&out)).unwrap());
+            let want = reference.forward(x.view(), layout).unwrap().y;
+            check(&name, "eval y", &read_back(&ctx, &out, numel), &want, 1e-5);
 
             let mut group = c.benchmark_group(name);
             group.throughput(Throughput::Bytes(numel as u64 * 8));

@@ -121,6 +121,9 @@ fn file_with_header(dict: &str, data: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Fixed cases: huge claims in tiny files.
 
+/// What "fails fast" allows.
+const FAST: Duration = Duration::from_secs(2);
+
 #[test]
 fn huge_claimed_shape_in_a_100_byte_file_fails_fast_without_allocating() {
     let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }";
@@ -138,10 +141,9 @@ fn huge_claimed_shape_in_a_100_byte_file_fails_fast_without_allocating() {
     let elapsed = start.elapsed();
     let err = r.expect_err("a 100-byte file cannot hold 2**40 floats");
     assert!(err.to_string().contains("truncated"), "{err}");
-    assert!(
-        elapsed < Duration::from_millis(50),
-        "took {elapsed:?} to refuse"
-    );
+    // Generous, for a loaded 2-core machine running proptest beside it: reading or zeroing
+    // what the header claims would take minutes, and the allocation bound below is exact.
+    assert!(elapsed < FAST, "took {elapsed:?} to refuse");
     assert!(
         largest < 4096,
         "refusing the file allocated {largest} bytes in one piece"
@@ -161,7 +163,7 @@ fn huge_claimed_shape_in_a_100_byte_file_fails_fast_without_allocating() {
         let start = Instant::now();
         let (r, largest) = parse_tracked(&bytes);
         assert!(r.is_err(), "{shape} parsed");
-        assert!(start.elapsed() < Duration::from_millis(50), "{shape}");
+        assert!(start.elapsed() < FAST, "{shape}");
         assert!(largest < 4096, "{shape}: allocated {largest} bytes");
     }
 }

@@ -233,15 +233,25 @@ fn xdg_runtime_dir() -> PathBuf {
     dir
 }
 
+/// gpu and cpu, or those that BATCHNORM_PARITY_DEVICES names; a list naming neither, or
+/// something else, fails rather than checking less than it seems to.
 fn devices() -> Vec<String> {
-    match std::env::var("BATCHNORM_PARITY_DEVICES") {
-        Ok(s) if !s.trim().is_empty() => s
+    let devices: Vec<String> = match std::env::var("BATCHNORM_PARITY_DEVICES") {
+        Ok(s) => s
             .split(',')
             .map(|d| d.trim().to_string())
             .filter(|d| !d.is_empty())
             .collect(),
-        _ => vec!["gpu".into(), "cpu".into()],
+        Err(_) => vec!["gpu".into(), "cpu".into()],
+    };
+    assert!(
+        !devices.is_empty() && devices.iter().all(|d| d == "gpu" || d == "cpu"),
+        "BATCHNORM_PARITY_DEVICES must name gpu, cpu or both, comma separated: {devices:?}"
+    );
+    if !devices.iter().any(|d| d == "gpu") {
+        eprintln!("note: BATCHNORM_PARITY_DEVICES leaves the GPU out of the parity check");
     }
+    devices
 }
 
 fn cli_args(case: &Path, mode: &str, device: &str, out: &Path) -> Result<Vec<String>, String> {
@@ -416,6 +426,7 @@ fn cli_matches_pytorch_goldens() {
         }
     }
     let _ = fs::remove_dir_all(&xdg);
+    assert_eq!(runs, devices().len() * CASES.len() * 2, "runs made");
     assert!(
         failures.is_empty(),
         "{failed_runs} of {runs} CLI runs failed:\n\n{}",
@@ -460,6 +471,163 @@ fn fixtures_are_complete() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- the goldens themselves
+
+/// A case's switches, from its files and args.txt, with the CLI's defaults.
+struct Switches {
+    eval: bool,
+    channels_last: bool,
+    momentum: Option<f64>,
+    eps: f64,
+    nbt: u64,
+}
+
+fn switches(case: &Path) -> Switches {
+    let args = fs::read_to_string(case.join("args.txt")).unwrap();
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let value = |flag: &str| {
+        let at = words.iter().position(|w| *w == flag)?;
+        Some(words[at + 1])
+    };
+    Switches {
+        eval: words.contains(&"--eval"),
+        channels_last: value("--layout") == Some("nhwc"),
+        momentum: match value("--momentum") {
+            Some("none") => None,
+            Some(m) => Some(m.parse().unwrap()),
+            None => Some(0.1),
+        },
+        eps: value("--eps").map_or(1e-5, |e| e.parse().unwrap()),
+        nbt: value("--num-batches-tracked").map_or(0, |n| n.parse().unwrap()),
+    }
+}
+
+/// What PyTorch's BatchNorm gives on a case's inputs, worked out here in f64 from the
+/// formulas alone (not with the crate's reference): per channel, the mean and the biased
+/// variance normalize in training (and in eval without running statistics), the running
+/// statistics in eval; the running mean and the unbiased variance move by momentum, or by
+/// 1/(count + 1) for momentum None; dx = gamma·invstd/M·(M·dy − Σdy − x̂·Σdy·x̂) through
+/// batch statistics, gamma·invstd·dy through running ones.
+fn closed_form(case: &Path) -> Vec<(String, Vec<f64>)> {
+    let sw = switches(case);
+    let x = read_npy(&case.join("x.npy")).unwrap();
+    let dy = read_npy(&case.join("dy.npy")).unwrap();
+    let optional = |name: &str| {
+        let path = case.join(name);
+        path.exists().then(|| read_npy(&path).unwrap().data)
+    };
+    let (gamma, beta) = (optional("gamma.npy"), optional("beta.npy"));
+    let (rm, rv) = (optional("running_mean.npy"), optional("running_var.npy"));
+    let dims = &x.shape;
+    let (channels, inner) = if sw.channels_last {
+        (dims[dims.len() - 1], 1)
+    } else {
+        (dims[1], dims[2..].iter().product())
+    };
+    let channel_of = |i: usize| (i / inner) % channels;
+    let m = (x.data.len() / channels) as f64;
+    let per_channel = |f: &dyn Fn(usize) -> f64| {
+        let mut sums = vec![0.0; channels];
+        for i in 0..x.data.len() {
+            sums[channel_of(i)] += f(i);
+        }
+        sums
+    };
+    let xv = |i: usize| x.data[i] as f64;
+    let dyv = |i: usize| dy.data[i] as f64;
+    let mean: Vec<f64> = per_channel(&xv).iter().map(|s| s / m).collect();
+    let var: Vec<f64> = per_channel(&|i| (xv(i) - mean[channel_of(i)]).powi(2))
+        .iter()
+        .map(|s| s / m)
+        .collect();
+    let batch = !sw.eval || rm.is_none();
+    let (center, spread): (Vec<f64>, Vec<f64>) = if batch {
+        (mean.clone(), var.clone())
+    } else {
+        let f = |v: &Option<Vec<f32>>| v.as_ref().unwrap().iter().map(|&a| a as f64).collect();
+        (f(&rm), f(&rv))
+    };
+    let invstd: Vec<f64> = spread.iter().map(|v| 1.0 / (v + sw.eps).sqrt()).collect();
+    let g = |c: usize| gamma.as_ref().map_or(1.0, |g| g[c] as f64);
+    let b = |c: usize| beta.as_ref().map_or(0.0, |b| b[c] as f64);
+    let xhat = |i: usize| (xv(i) - center[channel_of(i)]) * invstd[channel_of(i)];
+    let y = (0..x.data.len())
+        .map(|i| xhat(i) * g(channel_of(i)) + b(channel_of(i)))
+        .collect();
+    let sum_dy = per_channel(&dyv);
+    let sum_dy_xhat = per_channel(&|i| dyv(i) * xhat(i));
+    let dx = (0..x.data.len())
+        .map(|i| {
+            let c = channel_of(i);
+            if batch {
+                g(c) * invstd[c] / m * (m * dyv(i) - sum_dy[c] - xhat(i) * sum_dy_xhat[c])
+            } else {
+                g(c) * invstd[c] * dyv(i)
+            }
+        })
+        .collect();
+    let mut out = vec![("y.npy".to_string(), y), ("dx.npy".to_string(), dx)];
+    if gamma.is_some() {
+        out.push(("dgamma.npy".into(), sum_dy_xhat));
+        out.push(("dbeta.npy".into(), sum_dy));
+    }
+    if batch {
+        out.push(("mean.npy".into(), mean.clone()));
+        out.push(("var.npy".into(), var.clone()));
+        out.push(("invstd.npy".into(), invstd));
+    }
+    if let (false, Some(rm), Some(rv)) = (sw.eval, &rm, &rv) {
+        let factor = sw.momentum.unwrap_or(1.0 / (sw.nbt + 1) as f64);
+        let moved = |old: &[f32], new: &[f64]| {
+            old.iter()
+                .zip(new)
+                .map(|(&o, &n)| (1.0 - factor) * o as f64 + factor * n)
+                .collect()
+        };
+        let unbiased: Vec<f64> = var.iter().map(|v| v * m / (m - 1.0)).collect();
+        out.push(("running_mean.npy".into(), moved(rm, &mean)));
+        out.push(("running_var.npy".into(), moved(rv, &unbiased)));
+    }
+    out
+}
+
+/// The goldens agree with PyTorch's formulas worked out independently here, far inside
+/// the CLI's tolerance: goldens regenerated by something other than PyTorch (the crate's
+/// own CLI, say) with a semantic error in them would fail here though the CLI matched them.
+/// Every expected file is accounted for, the count included.
+#[test]
+fn goldens_match_the_closed_form() {
+    const GOLDEN_TOL: f64 = 1e-6;
+    let mut failures = Vec::new();
+    for case in case_dirs() {
+        let name = case_name(&case);
+        let mut unchecked = file_names(&case.join("expected"));
+        for (file, want) in closed_form(&case) {
+            assert!(
+                unchecked.remove(&file),
+                "{name}: {file} not among the goldens"
+            );
+            let golden = read_npy(&case.join("expected").join(&file)).unwrap();
+            let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
+            for (&g, &w) in golden.data.iter().zip(&want) {
+                diff2 += (g as f64 - w).powi(2);
+                norm2 += w * w;
+            }
+            let err = (diff2 / norm2.max(1e-300)).sqrt();
+            if golden.data.len() != want.len() || err > GOLDEN_TOL {
+                failures.push(format!("{name}/{file}: relative L2 error {err:.2e}"));
+            }
+        }
+        if unchecked.remove(NBT_FILE) {
+            let sw = switches(&case);
+            let count = read_count(&case.join("expected").join(NBT_FILE)).unwrap();
+            assert_eq!(count, sw.nbt + 1, "{name}: a training step counts one");
+        }
+        assert!(unchecked.is_empty(), "{name}: {unchecked:?} unchecked");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -61,12 +61,16 @@ fn geometry(id: usize) -> (Vec<usize>, Layout, usize) {
 }
 
 fn new_layer(id: usize, ctx: &Arc<GpuContext>) -> BatchNorm {
+    new_layer_on(id, Device::Gpu(ctx.clone()))
+}
+
+fn new_layer_on(id: usize, device: Device) -> BatchNorm {
     let (_, _, c) = geometry(id);
     let mut config = BatchNormConfig::new(c);
     if id == 3 {
         config.momentum = None;
     }
-    let mut layer = BatchNorm::new(config, Device::Gpu(ctx.clone())).unwrap();
+    let mut layer = BatchNorm::new(config, device).unwrap();
     let mut rng = common::Rng::new(1000 + id as u64);
     layer.set_gamma(&rng.normal_vec(c, 1.0, 0.3)).unwrap();
     layer.set_beta(&rng.normal_vec(c, 0.0, 1.0)).unwrap();
@@ -148,8 +152,30 @@ fn four_threads_on_one_context_match_one_thread() {
         }
         assert_eq!(p.steps.len(), STEPS);
     }
-    // The workers really did different work (so equal results are not trivially equal).
-    assert_ne!(parallel[0].steps[0].y, parallel[2].steps[0].y);
+    // And what they agree on is right: each worker's run on the CPU reference, which shares
+    // nothing with the GPU's.
+    let floats = |v: &[u32]| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
+    for (id, p) in parallel.iter().enumerate() {
+        let reference = run_worker(id, new_layer_on(id, Device::Cpu), None);
+        let mut errors = Vec::new();
+        let mut compare = |what: String, got: &[u32], want: &[u32]| {
+            common::check::compare(&mut errors, &what, &floats(got), &floats(want))
+        };
+        compare(
+            format!("worker {id} running_mean"),
+            &p.running_mean,
+            &reference.running_mean,
+        );
+        compare(
+            format!("worker {id} running_var"),
+            &p.running_var,
+            &reference.running_var,
+        );
+        for (step, (ps, rs)) in p.steps.iter().zip(&reference.steps).enumerate() {
+            compare(format!("worker {id} step {step} y"), &ps.y, &rs.y);
+        }
+        common::check::assert_no_mismatches(&errors);
+    }
 }
 
 /// One layer used from several threads in turn, behind a mutex (Send + Sync of `BatchNorm`
