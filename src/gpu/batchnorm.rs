@@ -10,8 +10,8 @@ use crate::config::{BatchNormConfig, Layout, RunningVar};
 use crate::error::{BnError, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{
-    max_channels, Geometry, Kernel, Params, BIASED_RUNNING_VAR, FINALIZE_WORKGROUP, FROZEN_STATS,
-    UPDATE_RUNNING,
+    max_channels, Chunk, Geometry, Kernel, Params, BIASED_RUNNING_VAR, CHANNEL_RECORD_BYTES,
+    FINALIZE_WORKGROUP, FROZEN_STATS, UPDATE_RUNNING,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
@@ -46,9 +46,11 @@ struct Plan {
 const MAX_PLANS: usize = 8;
 
 /// One Params per chunk of a shape, `stride` bytes apart.
+/// One Params per chunk, then the per-channel kernels' (`Geometry::channel_params`).
 struct Uniforms {
     buffer: wgpu::Buffer,
     stride: u64,
+    chunks: usize,
 }
 
 impl Uniforms {
@@ -59,6 +61,25 @@ impl Uniforms {
             size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
         })
     }
+
+    fn channel_slot(&self) -> wgpu::BindingResource<'_> {
+        self.slot(self.chunks)
+    }
+}
+
+/// The records of `chunk`'s channels in a per-channel buffer of `bytes` per channel: every
+/// channel's, but for a block of a row over one binding (`Geometry::row_blocks`), whose
+/// kernels index its own channels from 0.
+fn chunk_channels<'b>(
+    buffer: &'b wgpu::Buffer,
+    chunk: &Chunk,
+    bytes: u64,
+) -> wgpu::BindingResource<'b> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: chunk.channel_base as u64 * bytes,
+        size: wgpu::BufferSize::new(chunk.params.channels as u64 * bytes),
+    })
 }
 
 struct IoBuffers {
@@ -375,24 +396,31 @@ impl GpuBatchNorm {
                 momentum: self.config.momentum.unwrap_or(-1.0),
                 ..*params
             };
-            // One slot per chunk, at offsets a uniform binding may start at.
+            // One slot per chunk and one for the per-channel kernels, at offsets a uniform
+            // binding may start at.
             let stride = (std::mem::size_of::<Params>() as u64)
                 .next_multiple_of(self.ctx.limits().min_uniform_buffer_offset_alignment as u64);
+            let chunks = geometry.chunks.len();
             let uniforms = |flags: u32| -> Result<Uniforms> {
                 let buffer = self.ctx.create_buffer(
                     "params",
-                    stride * geometry.chunks.len() as u64,
+                    stride * (chunks as u64 + 1),
                     wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 )?;
-                for (i, chunk) in geometry.chunks.iter().enumerate() {
-                    let params = fill(&chunk.params, flags);
+                let slots = geometry.chunks.iter().map(|chunk| chunk.params);
+                for (i, params) in slots.chain([geometry.channel_params()]).enumerate() {
+                    let params = fill(&params, flags);
                     self.ctx.queue.write_buffer(
                         &buffer,
                         i as u64 * stride,
                         bytemuck::bytes_of(&params),
                     );
                 }
-                Ok(Uniforms { buffer, stride })
+                Ok(Uniforms {
+                    buffer,
+                    stride,
+                    chunks,
+                })
             };
             let plan = Plan {
                 params_train: uniforms(if tracked { UPDATE_RUNNING } else { 0 })?,
@@ -745,7 +773,7 @@ impl GpuBatchNorm {
             let bind = k.stats_finalize.bind(
                 device,
                 &[
-                    params.slot(0),
+                    params.channel_slot(),
                     plan.partials.as_entire_binding(),
                     self.gamma.as_entire_binding(),
                     self.beta.as_entire_binding(),
@@ -765,7 +793,7 @@ impl GpuBatchNorm {
             let bind = k.eval_finalize.bind(
                 device,
                 &[
-                    params.slot(0),
+                    params.channel_slot(),
                     self.running_mean.as_entire_binding(),
                     self.running_var.as_entire_binding(),
                     self.gamma.as_entire_binding(),
@@ -787,7 +815,7 @@ impl GpuBatchNorm {
                     &[
                         params.slot(i),
                         x.chunk_binding(chunk),
-                        self.coeff.as_entire_binding(),
+                        chunk_channels(&self.coeff, chunk, CHANNEL_RECORD_BYTES),
                         y.chunk_binding(chunk),
                     ],
                 );
@@ -903,7 +931,7 @@ impl GpuBatchNorm {
                     params.slot(i),
                     x.chunk_binding(chunk),
                     dy.chunk_binding(chunk),
-                    stats.as_entire_binding(),
+                    chunk_channels(&stats, chunk, CHANNEL_RECORD_BYTES),
                     plan.partials.as_entire_binding(),
                 ],
             );
@@ -921,7 +949,7 @@ impl GpuBatchNorm {
         let bind = finalize.bind(
             device,
             &[
-                params.slot(0),
+                params.channel_slot(),
                 plan.partials.as_entire_binding(),
                 stats.as_entire_binding(),
                 self.gamma.as_entire_binding(),
@@ -942,7 +970,7 @@ impl GpuBatchNorm {
                     params.slot(i),
                     x.chunk_binding(chunk),
                     dy.chunk_binding(chunk),
-                    self.coeff.as_entire_binding(),
+                    chunk_channels(&self.coeff, chunk, CHANNEL_RECORD_BYTES),
                     dx.chunk_binding(chunk),
                 ],
             );

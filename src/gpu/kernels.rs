@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::config::Layout;
 use crate::error::{BnError, Result};
 use crate::shape::Shape;
 
@@ -568,6 +569,11 @@ impl Fused {
     }
 }
 
+/// Bytes per channel of the per-channel records the element-wise kernels and gradient
+/// reductions read (coefficients, saved statistics): a block of a row over one binding binds
+/// them from its first channel, so its start keeps this many bytes per channel aligned.
+pub(crate) const CHANNEL_RECORD_BYTES: u64 = 16;
+
 // Params in shaders/common/prelude.wgsl declares 20 four-byte fields and a vec4<u32>.
 const _: () = assert!(std::mem::size_of::<Params>() == 96);
 
@@ -588,9 +594,12 @@ pub(crate) struct Geometry {
     pub merge_groups: (u32, u32, u32),
     /// Partial records per channel, over all chunks.
     pub splits: u32,
-    /// Runs of whole rows, each within one storage binding; kernels that read the tensor run
-    /// once per chunk, the per-channel kernels once per pass.
+    /// Runs of whole rows, each within one storage binding (or blocks of a row's channels,
+    /// `row_blocks`); kernels that read the tensor run once per chunk, the per-channel
+    /// kernels once per pass, with `channel_params`.
     pub chunks: Vec<Chunk>,
+    /// The tensor's channels.
+    pub channels: u32,
 }
 
 /// Rows of the tensor that one binding covers, and how its kernels are dispatched.
@@ -601,6 +610,10 @@ pub(crate) struct Chunk {
     /// Byte offset and length of the chunk in the tensor.
     pub offset: u64,
     pub bytes: u64,
+    /// The chunk's first channel: 0 but in a block of a row over one binding
+    /// (`Geometry::row_blocks`), whose `params.channels` are its own channels and whose
+    /// per-channel records are bound from this one on.
+    pub channel_base: u32,
     pub reduce_groups: (u32, u32, u32),
     /// Columns along x, wrapping into z past a dimension's workgroups; row groups along y.
     pub apply_groups: (u32, u32, u32),
@@ -629,10 +642,31 @@ impl Geometry {
     }
 
     pub(crate) fn partials_bytes(&self) -> u64 {
-        self.chunks[0].params.channels as u64 * self.splits as u64 * PARTIAL_BYTES
+        self.channels as u64 * self.splits as u64 * PARTIAL_BYTES
+    }
+
+    /// The uniform of the per-channel kernels (the finalize kernels): every channel of the
+    /// tensor, with the splits and merge lanes that all chunks share.
+    pub(crate) fn channel_params(&self) -> Params {
+        Params {
+            channels: self.channels,
+            split_offset: 0,
+            ..self.chunks[0].params
+        }
     }
 
     pub(crate) fn new(shape: &Shape, limits: &wgpu::Limits, tuning: Tuning) -> Result<Self> {
+        Self::build(shape, limits, tuning, None)
+    }
+
+    /// `new`, or for `block` the geometry of one block of a row over one binding
+    /// (`row_blocks`), whose records share a binding with every block's.
+    fn build(
+        shape: &Shape,
+        limits: &wgpu::Limits,
+        tuning: Tuning,
+        block: Option<BlockOf>,
+    ) -> Result<Self> {
         // Empty batches never reach the kernels (see GpuBatchNorm::prepare_forward).
         shape.expect_values()?;
         let (outer, channels, inner) = shape.view();
@@ -658,11 +692,9 @@ impl Geometry {
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(MAX_BINDING_BYTES);
-        limit(
-            "bytes of one row (a sample channels-first, a position channels-last) in one storage binding",
-            row_bytes,
-            max_binding,
-        )?;
+        if row_bytes > max_binding {
+            return Self::row_blocks(shape, limits, tuning, max_binding);
+        }
         let rows_per_chunk = if outer as u64 * row_bytes <= max_binding {
             outer as u64
         } else {
@@ -693,7 +725,11 @@ impl Geometry {
             (Reduce::Vec4Inner, channels, inner / 4)
         } else if inner == 1 && channels.is_multiple_of(4) {
             (Reduce::Vec4Channels, channels / 4, 1)
-        } else if inner <= WORKGROUP && channels.is_multiple_of(4) && grouped_fits(channels / 4) {
+        } else if block.is_none_or(|b| b.grouped)
+            && inner <= WORKGROUP
+            && channels.is_multiple_of(4)
+            && grouped_fits(channels / 4)
+        {
             (Reduce::Vec4Grouped, channels / 4, inner)
         } else {
             (Reduce::Scalar, channels, inner)
@@ -799,8 +835,11 @@ impl Geometry {
         // longer ones, down to one per chunk; past that the shape is refused below.
         let chunk_count = (outer as u64).div_ceil(rows_per_chunk);
         let inner_splits = (units_i as u64).div_ceil(inner_per_split);
-        let per_channel_split = channels as u64 * PARTIAL_BYTES * records_per_split as u64;
-        let splits_fit = max_binding / per_channel_split;
+        // A block's records sit beside those of the tensor's other channels and rows.
+        let (record_channels, record_rows) =
+            block.map_or((channels as u64, 1), |b| (b.channels, b.rows));
+        let per_channel_split = record_channels * PARTIAL_BYTES * records_per_split as u64;
+        let splits_fit = max_binding / per_channel_split / record_rows;
         let (rows_per_split, inner_per_split) =
             if chunk_count * row_splits * inner_splits > splits_fit {
                 let per_chunk = (splits_fit / chunk_count).max(1);
@@ -898,6 +937,7 @@ impl Geometry {
                 params,
                 offset: first_row * row_bytes,
                 bytes: rows * row_bytes,
+                channel_base: 0,
                 reduce_groups: (chunk_splits, channel_blocks as u32, 1),
                 apply_groups: (
                     columns_x as u32,
@@ -908,26 +948,7 @@ impl Geometry {
             splits += chunk_records;
             first_row += rows;
         }
-        // Lanes enough per channel that each merges about MERGES_PER_LANE splits, but never so
-        // few channels per workgroup that they need more workgroups than a dimension allows.
-        let mut merge_lanes = splits
-            .div_ceil(MERGES_PER_LANE)
-            .next_power_of_two()
-            .min(MERGE_WORKGROUP);
-        while channels.div_ceil(MERGE_WORKGROUP / merge_lanes) as u64 > max_groups {
-            merge_lanes /= 2;
-        }
-        // The finalize kernels bind every channel's records at once: at least one per chunk,
-        // so a tensor of many chunks and many channels can need more than a binding holds.
-        limit(
-            "bytes of the partial records (channels × splits × 16), in one storage binding",
-            channels as u64 * splits as u64 * PARTIAL_BYTES,
-            max_binding,
-        )?;
-        for chunk in &mut chunks {
-            chunk.params.splits = splits;
-            chunk.params.merge_lanes = merge_lanes;
-        }
+        let merge_lanes = settle_splits(&mut chunks, channels, splits, max_binding, max_groups)?;
         let fused = (tuning.single_read && chunks.len() == 1)
             .then(|| Fused::new(reduce, units_c, units_i, outer, max_groups))
             .flatten();
@@ -941,8 +962,180 @@ impl Geometry {
             merge_groups: (channels.div_ceil(MERGE_WORKGROUP / merge_lanes), 1, 1),
             splits,
             chunks,
+            channels,
         })
     }
+
+    /// A channels-first tensor whose rows (one sample's C × spatial values) are each larger
+    /// than one storage binding: each row runs in blocks of channels, a chunk each. Every
+    /// block takes the tiling and splits of a full one (the geometry of one row of
+    /// `per_block` channels), so that each channel has as many partial records in each row;
+    /// a block's records go where its channels' are through its split_offset (channel
+    /// c0 + c, split s of row n at (c0 + c)·splits + n·block_splits + s), and the per-channel
+    /// records that it reads (coefficients, statistics) are bound from its first channel.
+    /// Refused as before where the rows do not start at aligned offsets (more than one
+    /// sample whose bytes are not a multiple of the storage offset alignment), or where even
+    /// the fewest channels that keep offsets aligned are over one binding. (Channels-last
+    /// rows are one position's channels, which fit whenever the layer's records do.)
+    fn row_blocks(
+        shape: &Shape,
+        limits: &wgpu::Limits,
+        tuning: Tuning,
+        max_binding: u64,
+    ) -> Result<Self> {
+        let (outer, channels, inner) = shape.view();
+        let (outer64, channels64, inner64) = (outer as u64, channels as u64, inner as u64);
+        let row_bytes = channels64 * inner64 * 4;
+        let align = limits.min_storage_buffer_offset_alignment as u64;
+        // A block starts where x's offset and the 16-byte records' offsets are aligned, at a
+        // multiple of four channels (the grouped kernels' groups stay whole).
+        let step = lcm(
+            lcm(4, align / gcd(CHANNEL_RECORD_BYTES, align)),
+            align / gcd(inner64 * 4, align),
+        );
+        let per_block = max_binding / (inner64 * 4) / step * step;
+        if inner == 1 || per_block == 0 || (outer > 1 && !row_bytes.is_multiple_of(align)) {
+            return Err(BnError::Limit {
+                what: "bytes of one row (a sample channels-first, a position channels-last) in one storage binding",
+                value: row_bytes,
+                limit: max_binding,
+            });
+        }
+        let block_shape = Shape::new(&[1, per_block as usize, inner], Layout::ChannelsFirst)?;
+        // One read per pass needs a whole tensor in one chunk.
+        let block_tuning = Tuning {
+            single_read: false,
+            ..tuning
+        };
+        // The grouped reductions need every block's channels in whole groups of four, and
+        // where they write a record per lane (Tuning::lane_records, compiled into their
+        // kernels) their records take as many bytes as the values: a row over one binding
+        // would have records over one too. The scalar reductions there.
+        let of = BlockOf {
+            channels: channels64,
+            rows: outer64,
+            grouped: channels.is_multiple_of(4) && !tuning.lane_records,
+        };
+        let block = Self::build(&block_shape, limits, block_tuning, Some(of))?;
+        let first = &block.chunks[0];
+        let block_splits = block.splits as u64;
+        let splits = outer64 * block_splits;
+        let (mut chunks, max_groups) = (Vec::new(), limits.max_compute_workgroups_per_dimension);
+        // The element-wise kernels by the whole plane, as `new` picks them: a block whose plane
+        // is not a multiple of four (the last, where C·inner is not) takes scalar loads.
+        let apply = if inner.is_multiple_of(4) {
+            Apply::Vec4OneChannel
+        } else if (channels64 * inner64).is_multiple_of(4) {
+            Apply::Vec4TwoChannels
+        } else {
+            Apply::Scalar
+        };
+        for n in 0..outer64 {
+            for c0 in (0..channels64).step_by(per_block as usize) {
+                let block_channels = (channels64 - c0).min(per_block);
+                let plane = block_channels * inner64;
+                let units_c = match block.reduce {
+                    Reduce::Vec4Grouped => block_channels.div_ceil(4),
+                    _ => block_channels,
+                };
+                let lanes = if apply == Apply::Scalar {
+                    plane
+                } else {
+                    plane / 4
+                };
+                let columns = lanes.div_ceil(WORKGROUP as u64);
+                let max = max_groups as u64;
+                chunks.push(Chunk {
+                    params: Params {
+                        channels: block_channels as u32,
+                        count: shape.per_channel() as u32,
+                        apply_width: plane as u32,
+                        total: plane as u32,
+                        split_offset: (c0 * splits + n * block_splits) as u32,
+                        ..first.params
+                    },
+                    offset: n * row_bytes + c0 * inner64 * 4,
+                    bytes: plane * 4,
+                    channel_base: c0 as u32,
+                    reduce_groups: (
+                        first.reduce_groups.0,
+                        units_c.div_ceil(first.params.tile_c as u64) as u32,
+                        1,
+                    ),
+                    apply_groups: (columns.min(max) as u32, 1, columns.div_ceil(max) as u32),
+                });
+            }
+        }
+        let channels = channels as u32;
+        let splits = u32::try_from(splits).map_err(|_| BnError::Limit {
+            what: "partial records per channel",
+            value: splits,
+            limit: u32::MAX as u64,
+        })?;
+        let merge_lanes = settle_splits(
+            &mut chunks,
+            channels,
+            splits,
+            max_binding,
+            max_groups as u64,
+        )?;
+        Ok(Self {
+            reduce: block.reduce,
+            runs: block.runs,
+            lane_records: block.lane_records,
+            fused: None,
+            apply,
+            finalize_groups: (channels.div_ceil(FINALIZE_WORKGROUP), 1, 1),
+            merge_groups: (channels.div_ceil(MERGE_WORKGROUP / merge_lanes), 1, 1),
+            splits,
+            chunks,
+            channels,
+        })
+    }
+}
+
+/// What the geometry of one block of a row (`Geometry::row_blocks`) must know of the tensor:
+/// its channels and rows, whose records share the block's binding, and whether the grouped
+/// reductions suit every block (a channel count that is a multiple of four).
+#[derive(Clone, Copy)]
+struct BlockOf {
+    channels: u64,
+    rows: u64,
+    grouped: bool,
+}
+
+/// Gives every chunk the tensor's split count and the finalize kernels' lanes per channel:
+/// enough that each merges about MERGES_PER_LANE splits, but never so few channels per
+/// workgroup that they need more workgroups than a dimension allows. Refuses records that
+/// one binding cannot hold: the finalize kernels bind every channel's at once, at least one
+/// per chunk, so a tensor of many chunks and many channels can need more than a binding.
+fn settle_splits(
+    chunks: &mut [Chunk],
+    channels: u32,
+    splits: u32,
+    max_binding: u64,
+    max_groups: u64,
+) -> Result<u32> {
+    let mut merge_lanes = splits
+        .div_ceil(MERGES_PER_LANE)
+        .next_power_of_two()
+        .min(MERGE_WORKGROUP);
+    while channels.div_ceil(MERGE_WORKGROUP / merge_lanes) as u64 > max_groups {
+        merge_lanes /= 2;
+    }
+    let bytes = channels as u64 * splits as u64 * PARTIAL_BYTES;
+    if bytes > max_binding {
+        return Err(BnError::Limit {
+            what: "bytes of the partial records (channels × splits × 16), in one storage binding",
+            value: bytes,
+            limit: max_binding,
+        });
+    }
+    for chunk in chunks {
+        chunk.params.splits = splits;
+        chunk.params.merge_lanes = merge_lanes;
+    }
+    Ok(merge_lanes)
 }
 
 /// How many vec4 positions of a group of four channels hold values of one channel, at most
@@ -958,6 +1151,10 @@ fn gcd(a: u64, b: u64) -> u64 {
     } else {
         gcd(b, a % b)
     }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    a / gcd(a, b) * b
 }
 
 #[cfg(test)]
@@ -1142,6 +1339,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rows over one binding run in blocks of channels: each (row, channel) in exactly one
+    /// block, blocks within one binding and at aligned offsets (in the tensor and in the
+    /// per-channel records), each channel's records for row n at n·block splits, as many in
+    /// every block; and what cannot be cut so is refused as before.
+    #[test]
+    fn rows_over_one_binding_run_in_blocks_of_channels() {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 64 << 10,
+            ..wgpu::Limits::default()
+        };
+        let align = limits.min_storage_buffer_offset_alignment as u64;
+        let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
+        let cpu = Tuning::for_device(Some(wgpu::DeviceType::Cpu));
+        for dims in [
+            &[2, 40, 32, 32][..],
+            &[3, 384, 7, 7],
+            &[1, 350, 7, 7],
+            &[2, 256, 130],
+        ] {
+            for tuning in [gpu, cpu] {
+                let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
+                let (outer, channels, inner) = shape.view();
+                let g = Geometry::new(&shape, &limits, tuning).unwrap();
+                assert!(g.fused.is_none() && g.channels as usize == channels);
+                let blocks = g.chunks.len() / outer;
+                assert!(blocks > 1 && g.chunks.len() == blocks * outer, "{dims:?}");
+                let block_splits = g.splits / outer as u32;
+                let mut seen = vec![0u32; outer * channels];
+                for (i, chunk) in g.chunks.iter().enumerate() {
+                    let (n, p) = (i / blocks, chunk.params);
+                    let c0 = chunk.channel_base as usize;
+                    let row_start = (n * channels * inner * 4) as u64;
+                    assert_eq!(
+                        chunk.offset,
+                        row_start + (c0 * inner * 4) as u64,
+                        "{dims:?}"
+                    );
+                    assert_eq!(chunk.bytes, (p.channels as usize * inner * 4) as u64);
+                    assert!(chunk.bytes <= 64 << 10, "{dims:?}");
+                    assert_eq!(chunk.offset % align, 0, "{dims:?}");
+                    assert_eq!(c0 as u64 * CHANNEL_RECORD_BYTES % align, 0, "{dims:?}");
+                    assert_eq!(
+                        p.split_offset,
+                        c0 as u32 * g.splits + n as u32 * block_splits
+                    );
+                    assert_eq!((p.outer, p.count), (1, (outer * inner) as u32));
+                    for c in c0..c0 + p.channels as usize {
+                        seen[n * channels + c] += 1;
+                    }
+                }
+                assert!(seen.iter().all(|&k| k == 1), "{dims:?}: {seen:?}");
+                assert_eq!(g.channel_params().channels as usize, channels);
+            }
+        }
+        let refused = |dims: &[usize], layout| {
+            let shape = Shape::new(dims, layout).unwrap();
+            match Geometry::new(&shape, &limits, gpu) {
+                Err(BnError::Limit { what, .. }) => assert!(what.contains("one row"), "{what}"),
+                other => panic!("{dims:?}: {other:?}"),
+            }
+        };
+        // Samples of 78,400 bytes, not a multiple of 256: the second would start unaligned.
+        refused(&[2, 400, 7, 7], Layout::ChannelsFirst);
+        // Sixteen channels (the fewest that keep records aligned) of 64×65 are over 64 KiB.
+        refused(&[2, 4, 64, 65], Layout::ChannelsFirst);
+        // One sample of 400 such channels is fine.
+        Geometry::new(
+            &Shape::new(&[1, 400, 7, 7], Layout::ChannelsFirst).unwrap(),
+            &limits,
+            gpu,
+        )
+        .unwrap();
     }
 
     /// A layer's per-channel records are 16 bytes and bound whole: on a device whose buffers
