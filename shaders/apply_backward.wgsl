@@ -23,7 +23,7 @@ fn main(
     if col >= p.apply_width {
         return;
     }
-    let k = coeff[(col / p.inner) % p.channels];
+    let k = coeff[p.channel_base + (col / p.inner) % p.channels];
     let r_begin = wid.y * p.apply_rows_per_group;
     let r_end = min(r_begin + p.apply_rows_per_group, p.apply_rows);
     for (var r = r_begin; r < r_end; r++) {

@@ -24,8 +24,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var sum_dy = 0.0;
     var sum_dy_xmu = 0.0;
     if c < p.channels {
-        let center = saved[c].x;
-        let offset = saved[c].y;
+        let center = saved[p.channel_base + c].x;
+        let offset = saved[p.channel_base + c].y;
         let row_stride = p.channels * p.inner;
         let r = split_range(p, split, p.inner);
         for (var o = r.o_begin + lane_o; o < r.o_end; o += p.tile_o) {

@@ -22,8 +22,8 @@ struct Centers {
 fn centers(u: u32) -> Centers {
     var mu: Centers;
     for (var c = 0u; c < 4u; c++) {
-        mu.center[c] = saved[4u * u + c].x;
-        mu.offset[c] = saved[4u * u + c].y;
+        mu.center[c] = saved[p.channel_base + 4u * u + c].x;
+        mu.offset[c] = saved[p.channel_base + 4u * u + c].y;
     }
     return mu;
 }

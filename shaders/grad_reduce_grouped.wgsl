@@ -33,8 +33,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let split_at = group_channel_split(lane_i, p.inner);
     let in_b = second_channel(lane_i, split_at, p.inner);
     if reads {
-        let stats_a = saved[4u * g + split_at.x];
-        let stats_b = saved[4u * g + split_at.y];
+        let stats_a = saved[p.channel_base + 4u * g + split_at.x];
+        let stats_b = saved[p.channel_base + 4u * g + split_at.y];
         let center = select(vec4<f32>(stats_a.x), vec4<f32>(stats_b.x), in_b);
         let offset = select(vec4<f32>(stats_a.y), vec4<f32>(stats_b.y), in_b);
         let row_stride = groups * units_i;

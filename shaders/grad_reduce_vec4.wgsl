@@ -28,8 +28,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var sum_dy = vec4<f32>(0.0);
     var sum_dy_xmu = vec4<f32>(0.0);
     if u < units_c {
-        let center = vec4<f32>(saved[u].x);
-        let offset = vec4<f32>(saved[u].y);
+        let center = vec4<f32>(saved[p.channel_base + u].x);
+        let offset = vec4<f32>(saved[p.channel_base + u].y);
         let row_stride = units_c * units_i;
         let r = split_range(p, split, units_i);
         // Two loads per step, added as a pair: half the serial chain of the sums (see

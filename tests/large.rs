@@ -175,6 +175,7 @@ fn rows_over_one_binding_run_in_blocks_of_channels_should_match_reference() {
         (&[3, 384, 7, 7], CF, 1e4, 1e-2), // grouped, blocks of 320: 320, 64
         (&[1, 350, 7, 7], CF, -1.0, 1.0), // scalar (350 is not a multiple of 4)
         (&[2, 256, 130], CF, 0.5, 2.0),   // grouped, two channels per vec4 in the apply
+        (&[2, 6, 64, 64], CF, -2.0, 0.5), // 16 KiB planes: blocks of 4 and 2
     ];
     let wide: &[(&[usize], Layout, f64, f64)] = &[
         (&[1, 100, 3001], CF, 0.5, 2.0),    // scalar over inner, blocks of 64
@@ -201,8 +202,8 @@ fn rows_over_one_binding_run_in_blocks_of_channels_should_match_reference() {
     assert_no_mismatches(&errors);
 }
 
-/// A sample whose fewest channels that keep block offsets aligned (16 here) are over one
-/// binding cannot be cut into blocks either: refused, naming the limit.
+/// A sample whose fewest channels a block takes (four here) are over one binding cannot be
+/// cut into blocks either: refused, naming the limit.
 #[test]
 fn a_sample_over_one_binding_is_refused() {
     let ctx = small_binding_context(64 << 10, false);

@@ -14,13 +14,13 @@ override CHANNELS_PER_LANE: u32 = 1u;
 // column never changes, so a lane does this once.
 fn lane_coefficients(col: u32) -> mat4x4<f32> {
     if CHANNELS_PER_LANE == 1u {
-        let c = coeff[(4u * col / p.inner) % p.channels];
+        let c = coeff[p.channel_base + (4u * col / p.inner) % p.channels];
         return mat4x4<f32>(vec4<f32>(c.x), vec4<f32>(c.y), vec4<f32>(c.z), vec4<f32>(c.w));
     } else if CHANNELS_PER_LANE == 2u {
         // The channel of the lane's first value, counted across the row's planes.
         let first = 4u * col / p.inner;
-        let a = coeff[first % p.channels];
-        let b = coeff[(first + 1u) % p.channels];
+        let a = coeff[p.channel_base + first % p.channels];
+        let b = coeff[p.channel_base + (first + 1u) % p.channels];
         let in_next = vec4<u32>(4u * col) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>((first + 1u) * p.inner);
         return mat4x4<f32>(
             select(vec4<f32>(a.x), vec4<f32>(b.x), in_next),
@@ -30,6 +30,6 @@ fn lane_coefficients(col: u32) -> mat4x4<f32> {
         );
     }
     // Records by four channels (common/store_coeff.wgsl): column k is record c + k.
-    let c = (4u * col) % p.channels;
+    let c = p.channel_base + (4u * col) % p.channels;
     return mat4x4<f32>(coeff[c], coeff[c + 1u], coeff[c + 2u], coeff[c + 3u]);
 }

@@ -34,7 +34,11 @@ struct Params {
     // Lanes that merge one channel's splits in stats_finalize and grad_finalize.
     merge_lanes: u32,
     // Where the values a reduction shifts a channel by lie (shift_samples).
-    shift_at: vec4<u32>,
+    shift_at: vec3<u32>,
+    // The chunk's first channel, where the per-channel records it reads start (coefficients,
+    // saved statistics): 0 but in a block of a sample over one binding (Geometry::row_blocks),
+    // whose channels the kernels count from 0 in the data and from here in the records.
+    channel_base: u32,
 }
 
 // One split's statistics of one channel: count, mean and M2 of the values shifted by
@@ -77,7 +81,7 @@ fn unpack_grad(v: vec2<f32>) -> GradPartial {
 // places the host picks (shift_offsets in src/gpu/kernels.rs says which and why). These are
 // their element indices in the [outer][channels][inner] view of this chunk.
 fn shift_samples(q: Params, c: u32) -> vec3<u32> {
-    return q.shift_at.xyz + vec3<u32>(c * q.inner);
+    return q.shift_at + vec3<u32>(c * q.inner);
 }
 
 // The median of three, component by component.

@@ -10,8 +10,8 @@ use crate::config::{BatchNormConfig, Layout, RunningVar};
 use crate::error::{BnError, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{
-    max_channels, Chunk, Geometry, Kernel, Params, BIASED_RUNNING_VAR, CHANNEL_RECORD_BYTES,
-    FINALIZE_WORKGROUP, FROZEN_STATS, UPDATE_RUNNING,
+    max_channels, Geometry, Kernel, Params, BIASED_RUNNING_VAR, FINALIZE_WORKGROUP, FROZEN_STATS,
+    UPDATE_RUNNING,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::layer::{
@@ -45,8 +45,8 @@ struct Plan {
 /// not an unbounded number, and each plan holds buffers.
 const MAX_PLANS: usize = 8;
 
-/// One Params per chunk of a shape, `stride` bytes apart.
-/// One Params per chunk, then the per-channel kernels' (`Geometry::channel_params`).
+/// One Params per chunk of a shape, then the per-channel kernels' (`Geometry::channel_params`),
+/// `stride` bytes apart.
 struct Uniforms {
     buffer: wgpu::Buffer,
     stride: u64,
@@ -65,21 +65,6 @@ impl Uniforms {
     fn channel_slot(&self) -> wgpu::BindingResource<'_> {
         self.slot(self.chunks)
     }
-}
-
-/// The records of `chunk`'s channels in a per-channel buffer of `bytes` per channel: every
-/// channel's, but for a block of a row over one binding (`Geometry::row_blocks`), whose
-/// kernels index its own channels from 0.
-fn chunk_channels<'b>(
-    buffer: &'b wgpu::Buffer,
-    chunk: &Chunk,
-    bytes: u64,
-) -> wgpu::BindingResource<'b> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset: chunk.channel_base as u64 * bytes,
-        size: wgpu::BufferSize::new(chunk.params.channels as u64 * bytes),
-    })
 }
 
 struct IoBuffers {
@@ -815,7 +800,7 @@ impl GpuBatchNorm {
                     &[
                         params.slot(i),
                         x.chunk_binding(chunk),
-                        chunk_channels(&self.coeff, chunk, CHANNEL_RECORD_BYTES),
+                        self.coeff.as_entire_binding(),
                         y.chunk_binding(chunk),
                     ],
                 );
@@ -931,7 +916,7 @@ impl GpuBatchNorm {
                     params.slot(i),
                     x.chunk_binding(chunk),
                     dy.chunk_binding(chunk),
-                    chunk_channels(&stats, chunk, CHANNEL_RECORD_BYTES),
+                    stats.as_entire_binding(),
                     plan.partials.as_entire_binding(),
                 ],
             );
@@ -970,7 +955,7 @@ impl GpuBatchNorm {
                     params.slot(i),
                     x.chunk_binding(chunk),
                     dy.chunk_binding(chunk),
-                    chunk_channels(&self.coeff, chunk, CHANNEL_RECORD_BYTES),
+                    self.coeff.as_entire_binding(),
                     dx.chunk_binding(chunk),
                 ],
             );

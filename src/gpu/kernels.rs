@@ -408,8 +408,11 @@ pub(crate) struct Params {
     /// Lanes that merge one channel's splits (stats_finalize, grad_finalize).
     pub merge_lanes: u32,
     /// Where the values whose median a reduction shifts a channel by lie, counted from the
-    /// channel's first value in this chunk (`shift_samples`); the fourth is unused.
-    pub shift_at: [u32; 4],
+    /// channel's first value in this chunk (`shift_samples`).
+    pub shift_at: [u32; 3],
+    /// The chunk's first channel, where its per-channel records (coefficients, saved
+    /// statistics) start: 0 but in a block of a row over one binding (`row_blocks`).
+    pub channel_base: u32,
 }
 
 /// The reductions shift a channel's values by one of its own values before accumulating, so
@@ -423,14 +426,14 @@ pub(crate) struct Params {
 /// fraction of the channel but at fractions (k + 1)·φ mod 1 (0.618, 0.236, 0.854) of its
 /// `rows · inner` values in this chunk, in order. Returned as element offsets from the
 /// channel's first value in the [rows][channels][inner] view.
-pub(crate) fn shift_offsets(rows: u64, channels: u64, inner: u64) -> [u32; 4] {
+pub(crate) fn shift_offsets(rows: u64, channels: u64, inner: u64) -> [u32; 3] {
     const FRACTIONS: [f64; 3] = [0.618_033_988_75, 0.236_067_977_5, 0.854_101_966_25];
     let values = rows * inner;
     let at = |f: f64| {
         let j = ((values as f64 * f) as u64).min(values - 1);
         (j / inner * channels * inner + j % inner) as u32
     };
-    [at(FRACTIONS[0]), at(FRACTIONS[1]), at(FRACTIONS[2]), 0]
+    [at(FRACTIONS[0]), at(FRACTIONS[1]), at(FRACTIONS[2])]
 }
 
 /// How much work one reduction workgroup takes on: GPUs want many workgroups in flight, CPU
@@ -569,12 +572,7 @@ impl Fused {
     }
 }
 
-/// Bytes per channel of the per-channel records the element-wise kernels and gradient
-/// reductions read (coefficients, saved statistics): a block of a row over one binding binds
-/// them from its first channel, so its start keeps this many bytes per channel aligned.
-pub(crate) const CHANNEL_RECORD_BYTES: u64 = 16;
-
-// Params in shaders/common/prelude.wgsl declares 20 four-byte fields and a vec4<u32>.
+// Params in shaders/common/prelude.wgsl declares 20 four-byte fields, a vec3<u32> and a u32.
 const _: () = assert!(std::mem::size_of::<Params>() == 96);
 
 /// How one shape is cut into workgroups, for every kernel of a pass.
@@ -610,10 +608,6 @@ pub(crate) struct Chunk {
     /// Byte offset and length of the chunk in the tensor.
     pub offset: u64,
     pub bytes: u64,
-    /// The chunk's first channel: 0 but in a block of a row over one binding
-    /// (`Geometry::row_blocks`), whose `params.channels` are its own channels and whose
-    /// per-channel records are bound from this one on.
-    pub channel_base: u32,
     pub reduce_groups: (u32, u32, u32),
     /// Columns along x, wrapping into z past a dimension's workgroups; row groups along y.
     pub apply_groups: (u32, u32, u32),
@@ -651,6 +645,7 @@ impl Geometry {
         Params {
             channels: self.channels,
             split_offset: 0,
+            channel_base: 0,
             ..self.chunks[0].params
         }
     }
@@ -932,12 +927,12 @@ impl Geometry {
                 inner_per_split,
                 merge_lanes: 0,
                 shift_at: shift_offsets(rows, channels as u64, inner as u64),
+                channel_base: 0,
             };
             chunks.push(Chunk {
                 params,
                 offset: first_row * row_bytes,
                 bytes: rows * row_bytes,
-                channel_base: 0,
                 reduce_groups: (chunk_splits, channel_blocks as u32, 1),
                 apply_groups: (
                     columns_x as u32,
@@ -972,7 +967,7 @@ impl Geometry {
     /// `per_block` channels), so that each channel has as many partial records in each row;
     /// a block's records go where its channels' are through its split_offset (channel
     /// c0 + c, split s of row n at (c0 + c)·splits + n·block_splits + s), and the per-channel
-    /// records that it reads (coefficients, statistics) are bound from its first channel.
+    /// records that it reads (coefficients, statistics) from its channel_base on.
     /// Refused as before where the rows do not start at aligned offsets (more than one
     /// sample whose bytes are not a multiple of the storage offset alignment), or where even
     /// the fewest channels that keep offsets aligned are over one binding. (Channels-last
@@ -987,12 +982,9 @@ impl Geometry {
         let (outer64, channels64, inner64) = (outer as u64, channels as u64, inner as u64);
         let row_bytes = channels64 * inner64 * 4;
         let align = limits.min_storage_buffer_offset_alignment as u64;
-        // A block starts where x's offset and the 16-byte records' offsets are aligned, at a
-        // multiple of four channels (the grouped kernels' groups stay whole).
-        let step = lcm(
-            lcm(4, align / gcd(CHANNEL_RECORD_BYTES, align)),
-            align / gcd(inner64 * 4, align),
-        );
+        // A block starts where x's offset is aligned, at a multiple of four channels (the
+        // grouped kernels' groups stay whole).
+        let step = lcm(4, align / gcd(inner64 * 4, align));
         let per_block = max_binding / (inner64 * 4) / step * step;
         if inner == 1 || per_block == 0 || (outer > 1 && !row_bytes.is_multiple_of(align)) {
             return Err(BnError::Limit {
@@ -1052,11 +1044,11 @@ impl Geometry {
                         apply_width: plane as u32,
                         total: plane as u32,
                         split_offset: (c0 * splits + n * block_splits) as u32,
+                        channel_base: c0 as u32,
                         ..first.params
                     },
                     offset: n * row_bytes + c0 * inner64 * 4,
                     bytes: plane * 4,
-                    channel_base: c0 as u32,
                     reduce_groups: (
                         first.reduce_groups.0,
                         units_c.div_ceil(first.params.tile_c as u64) as u32,
@@ -1359,6 +1351,7 @@ mod tests {
             &[3, 384, 7, 7],
             &[1, 350, 7, 7],
             &[2, 256, 130],
+            &[2, 6, 64, 64],
         ] {
             for tuning in [gpu, cpu] {
                 let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
@@ -1371,7 +1364,7 @@ mod tests {
                 let mut seen = vec![0u32; outer * channels];
                 for (i, chunk) in g.chunks.iter().enumerate() {
                     let (n, p) = (i / blocks, chunk.params);
-                    let c0 = chunk.channel_base as usize;
+                    let c0 = p.channel_base as usize;
                     let row_start = (n * channels * inner * 4) as u64;
                     assert_eq!(
                         chunk.offset,
@@ -1381,7 +1374,6 @@ mod tests {
                     assert_eq!(chunk.bytes, (p.channels as usize * inner * 4) as u64);
                     assert!(chunk.bytes <= 64 << 10, "{dims:?}");
                     assert_eq!(chunk.offset % align, 0, "{dims:?}");
-                    assert_eq!(c0 as u64 * CHANNEL_RECORD_BYTES % align, 0, "{dims:?}");
                     assert_eq!(
                         p.split_offset,
                         c0 as u32 * g.splits + n as u32 * block_splits
@@ -1404,7 +1396,7 @@ mod tests {
         };
         // Samples of 78,400 bytes, not a multiple of 256: the second would start unaligned.
         refused(&[2, 400, 7, 7], Layout::ChannelsFirst);
-        // Sixteen channels (the fewest that keep records aligned) of 64×65 are over 64 KiB.
+        // Four channels (the fewest a block takes) of 64×65 are over 64 KiB.
         refused(&[2, 4, 64, 65], Layout::ChannelsFirst);
         // One sample of 400 such channels is fine.
         Geometry::new(
@@ -1447,7 +1439,7 @@ mod tests {
             let at = shift_offsets(rows, channels, inner);
             let values = rows * inner;
             let mut seen = Vec::new();
-            for &o in &at[..3] {
+            for &o in &at {
                 let o = o as u64;
                 assert!(o + (channels - 1) * inner < rows * channels * inner);
                 assert_eq!(o / inner % channels, 0, "{o} is not channel 0's");
@@ -1464,7 +1456,7 @@ mod tests {
         for len in [512, 1024, 3136] {
             for n in 1..=512 {
                 let at = shift_offsets(n * len, 4, 1);
-                let ends = at[..3]
+                let ends = at
                     .iter()
                     .filter(|&&o| {
                         let token = o as u64 / 4 % len;
