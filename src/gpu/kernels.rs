@@ -1013,8 +1013,9 @@ impl Geometry {
         let block_splits = block.splits as u64;
         let splits = outer64 * block_splits;
         let (mut chunks, max_groups) = (Vec::new(), limits.max_compute_workgroups_per_dimension);
-        // The element-wise kernels by the whole plane, as `new` picks them: a block whose plane
-        // is not a multiple of four (the last, where C·inner is not) takes scalar loads.
+        // The element-wise kernels by the whole plane, as `new` picks them, not by the block's:
+        // where C·inner is not a multiple of four, the last block's plane is not either, and
+        // every block takes scalar loads.
         let apply = if inner.is_multiple_of(4) {
             Apply::Vec4OneChannel
         } else if (channels64 * inner64).is_multiple_of(4) {
