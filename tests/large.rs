@@ -255,10 +255,11 @@ fn past_the_dispatch_and_f32_count_limits_should_match_reference() {
 
 /// A device of 16 workgroups per dimension, under a GPU's tuning and a CPU rasterizer's:
 /// rows of more element-wise columns than x holds (scalar and vec4 planes), which wrap into
-/// z; and as many channels as the layer then takes (1024) on planes for which a GPU's tuning
-/// would put 256 lanes along inner, and so one channel per workgroup, 600 workgroups along
-/// y. Refused as over the device's limits before the columns wrapped and the lanes along
-/// inner were capped.
+/// z; and many channels on planes for which a GPU's tuning would put many lanes along inner:
+/// 600 on planes of 257 and 130 (256 lanes, one channel per workgroup, 600 workgroups along
+/// y), and as many as the layer then takes, 1024, on planes of 65 (128 lanes, 512
+/// workgroups). Refused as over the device's limits before the columns wrapped and the lanes
+/// along inner were capped.
 #[test]
 fn few_workgroups_per_dimension_should_match_reference() {
     let limits = wgpu::Limits {

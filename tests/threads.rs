@@ -153,7 +153,7 @@ fn four_threads_on_one_context_match_one_thread() {
         assert_eq!(p.steps.len(), STEPS);
     }
     // And what they agree on is right: each worker's run on the CPU reference, which shares
-    // nothing with the GPU's.
+    // nothing with the GPU's, every output of every step within 1e-5.
     let floats = |v: &[u32]| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
     for (id, p) in parallel.iter().enumerate() {
         let reference = run_worker(id, new_layer_on(id, Device::Cpu), None);
@@ -172,7 +172,25 @@ fn four_threads_on_one_context_match_one_thread() {
             &reference.running_var,
         );
         for (step, (ps, rs)) in p.steps.iter().zip(&reference.steps).enumerate() {
-            compare(format!("worker {id} step {step} y"), &ps.y, &rs.y);
+            let at = |what: &str| format!("worker {id} step {step} {what}");
+            compare(at("y"), &ps.y, &rs.y);
+            compare(at("dx"), &ps.dx, &rs.dx);
+            let pairs = [
+                ("dgamma", &ps.dgamma, &rs.dgamma),
+                ("dbeta", &ps.dbeta, &rs.dbeta),
+            ];
+            for (what, got, want) in pairs {
+                assert_eq!(got.is_some(), want.is_some(), "{}", at(what));
+                if let (Some(got), Some(want)) = (got, want) {
+                    compare(at(what), got, want);
+                }
+            }
+            assert_eq!(ps.stats.is_some(), rs.stats.is_some(), "{}", at("stats"));
+            if let (Some(got), Some(want)) = (&ps.stats, &rs.stats) {
+                for (k, what) in ["mean", "var", "invstd"].into_iter().enumerate() {
+                    compare(at(what), &got[k], &want[k]);
+                }
+            }
         }
         common::check::assert_no_mismatches(&errors);
     }

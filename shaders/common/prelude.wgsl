@@ -25,7 +25,9 @@ struct Params {
     flags: u32,
     eps: f32,
     momentum: f32,
-    // This chunk's first split (a tensor over one storage binding is run in chunks of rows).
+    // Where this chunk's records start among its channels' (a tensor over one storage binding
+    // runs in chunks of rows: the chunk's first split; a sample over one in blocks of
+    // channels: also past the records of the block's first channel_base channels).
     split_offset: u32,
     // Where rows are few and long, a reduction's splits also cut each row into ranges of
     // inner_per_split units (what one lane loads at a time): inner_splits of them.
@@ -302,7 +304,7 @@ fn next_run(q: Params, r: SplitRange, c: RunCursor, lane_i: u32, run: u32, row_s
 }
 
 // The element-wise kernels' column (one lane each, 256 per workgroup): along x, and on into z
-// where a plane has more columns than one dimension of workgroups holds (Geometry's
+// where a plane has more columns than one dimension of workgroups holds (Chunk's
 // apply_groups). Lanes past the plane's width return.
 fn apply_column(lid: u32, wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return (wid.z * groups.x + wid.x) * 256u + lid;

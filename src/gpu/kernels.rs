@@ -600,7 +600,8 @@ pub(crate) struct Geometry {
     pub channels: u32,
 }
 
-/// Rows of the tensor that one binding covers, and how its kernels are dispatched.
+/// Rows of the tensor that one binding covers, or a block of one row's channels
+/// (`Geometry::row_blocks`), and how its kernels are dispatched.
 #[derive(Clone, Debug)]
 pub(crate) struct Chunk {
     /// This chunk's uniform; flags, eps and momentum are the layer's to fill in.
@@ -986,9 +987,16 @@ impl Geometry {
         // grouped kernels' groups stay whole).
         let step = lcm(4, align / gcd(inner64 * 4, align));
         let per_block = max_binding / (inner64 * 4) / step * step;
-        if inner == 1 || per_block == 0 || (outer > 1 && !row_bytes.is_multiple_of(align)) {
+        if per_block == 0 {
             return Err(BnError::Limit {
-                what: "bytes of one row (a sample channels-first, a position channels-last) in one storage binding",
+                what: "bytes of the fewest channels that a block of a sample over one storage binding takes, in one binding",
+                value: step * inner64 * 4,
+                limit: max_binding,
+            });
+        }
+        if inner == 1 || (outer > 1 && !row_bytes.is_multiple_of(align)) {
+            return Err(BnError::Limit {
+                what: "bytes of one sample in one storage binding (a sample over one runs in blocks of channels only where its bytes are a multiple of the storage offset alignment)",
                 value: row_bytes,
                 limit: max_binding,
             });
@@ -1335,9 +1343,8 @@ mod tests {
     }
 
     /// Rows over one binding run in blocks of channels: each (row, channel) in exactly one
-    /// block, blocks within one binding and at aligned offsets (in the tensor and in the
-    /// per-channel records), each channel's records for row n at n·block splits, as many in
-    /// every block; and what cannot be cut so is refused as before.
+    /// block, blocks within one binding and at aligned offsets, each channel's records for
+    /// row n at n·block splits, as many in every block; and what cannot be cut so is refused.
     #[test]
     fn rows_over_one_binding_run_in_blocks_of_channels() {
         let limits = wgpu::Limits {
@@ -1362,6 +1369,12 @@ mod tests {
                 let blocks = g.chunks.len() / outer;
                 assert!(blocks > 1 && g.chunks.len() == blocks * outer, "{dims:?}");
                 let block_splits = g.splits / outer as u32;
+                let per_block_splits = g.chunks[0].reduce_groups.0;
+                assert_eq!(block_splits, per_block_splits, "{dims:?}");
+                assert!(g
+                    .chunks
+                    .iter()
+                    .all(|c| c.reduce_groups.0 == per_block_splits));
                 let mut seen = vec![0u32; outer * channels];
                 for (i, chunk) in g.chunks.iter().enumerate() {
                     let (n, p) = (i / blocks, chunk.params);
@@ -1388,17 +1401,17 @@ mod tests {
                 assert_eq!(g.channel_params().channels as usize, channels);
             }
         }
-        let refused = |dims: &[usize], layout| {
+        let refused = |dims: &[usize], layout, reason: &str| {
             let shape = Shape::new(dims, layout).unwrap();
             match Geometry::new(&shape, &limits, gpu) {
-                Err(BnError::Limit { what, .. }) => assert!(what.contains("one row"), "{what}"),
+                Err(BnError::Limit { what, .. }) => assert!(what.contains(reason), "{what}"),
                 other => panic!("{dims:?}: {other:?}"),
             }
         };
         // Samples of 78,400 bytes, not a multiple of 256: the second would start unaligned.
-        refused(&[2, 400, 7, 7], Layout::ChannelsFirst);
+        refused(&[2, 400, 7, 7], Layout::ChannelsFirst, "one sample");
         // Four channels (the fewest a block takes) of 64×65 are over 64 KiB.
-        refused(&[2, 4, 64, 65], Layout::ChannelsFirst);
+        refused(&[2, 4, 64, 65], Layout::ChannelsFirst, "fewest channels");
         // One sample of 400 such channels is fine.
         Geometry::new(
             &Shape::new(&[1, 400, 7, 7], Layout::ChannelsFirst).unwrap(),
