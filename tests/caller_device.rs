@@ -543,7 +543,8 @@ fn refusals_by_the_devices_limits_keep_the_layers_plans() {
         other => panic!("expected a Limit error, got {:?}", other.map(|_| ())),
     }
     // A sample of 4 × 16385 values is over one binding, and so is the fewest channels a block
-    // of it could take (64, where a plane's bytes are odd multiples of four).
+    // of it could take (64, where a plane's bytes are odd multiples of four), and an odd
+    // plane has no slices at aligned offsets.
     let wide = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 16385]));
     match layer.forward_array(wide.view(), Layout::ChannelsFirst) {
         Err(BnError::Limit { what, .. }) => assert!(what.contains("fewest channels"), "{what}"),

@@ -164,18 +164,22 @@ fn chunks_with_rows_cut_along_inner_should_match_reference() {
     }
 }
 
-/// Samples bigger than one binding, run in blocks of channels (Geometry::row_blocks): every
-/// reduction (vec4, grouped, scalar) and element-wise variant (one channel per vec4, two,
-/// scalar), a last block shorter than the others, one sample and several, under both
-/// tunings, with and without subgroup merges, and every switch on one of them.
+/// Samples bigger than one binding, run in blocks of channels (Geometry::row_blocks), and
+/// planes bigger than one in slices: every reduction (vec4, grouped, scalar) and
+/// element-wise variant (one channel per vec4, two, scalar), a last block shorter than the
+/// others, one sample and several, under both tunings, with and without subgroup merges,
+/// and every switch on one of them.
 #[test]
 fn rows_over_one_binding_run_in_blocks_of_channels_should_match_reference() {
     let small: &[(&[usize], Layout, f64, f64)] = &[
-        (&[2, 40, 32, 32], CF, 0.5, 2.0), // vec4, blocks of 16: 16, 16, 8
-        (&[3, 384, 7, 7], CF, 1e4, 1e-2), // grouped, blocks of 320: 320, 64
-        (&[1, 350, 7, 7], CF, -1.0, 1.0), // scalar (350 is not a multiple of 4)
-        (&[2, 256, 130], CF, 0.5, 2.0),   // grouped, two channels per vec4 in the apply
-        (&[2, 6, 64, 64], CF, -2.0, 0.5), // 16 KiB planes: blocks of 4 and 2
+        (&[2, 40, 32, 32], CF, 0.5, 2.0),  // vec4, blocks of 16: 16, 16, 8
+        (&[3, 384, 7, 7], CF, 1e4, 1e-2),  // grouped, blocks of 320: 320, 64
+        (&[1, 350, 7, 7], CF, -1.0, 1.0),  // scalar (350 is not a multiple of 4)
+        (&[2, 256, 130], CF, 0.5, 2.0),    // grouped, two channels per vec4 in the apply
+        (&[2, 6, 64, 64], CF, -2.0, 0.5),  // 16 KiB planes: blocks of 4 and 2
+        (&[2, 3, 64, 96], CF, 1.0, 3.0),   // 24 KiB planes: blocks of 2 and 1
+        (&[2, 3, 128, 160], CF, 0.5, 2.0), // 80 KiB planes, each in 2 slices
+        (&[1, 2, 96, 320], CF, 1e4, 1e-2), // 120 KiB planes in 2 slices, large mean
     ];
     let wide: &[(&[usize], Layout, f64, f64)] = &[
         (&[1, 100, 3001], CF, 0.5, 2.0),    // scalar over inner, blocks of 64
@@ -202,16 +206,18 @@ fn rows_over_one_binding_run_in_blocks_of_channels_should_match_reference() {
     assert_no_mismatches(&errors);
 }
 
-/// A sample whose fewest channels a block takes (four here) are over one binding cannot be
-/// cut into blocks either: refused, naming the limit.
+/// A sample that can be cut neither into blocks of channels nor into slices of a plane is
+/// refused, naming the limit: planes of 129×129 values, each over 64 KiB, whose odd size
+/// gives no slices at aligned offsets and makes a block take 64 channels.
 #[test]
 fn a_sample_over_one_binding_is_refused() {
     let ctx = small_binding_context(64 << 10, false);
     let mut bn = BatchNorm::new(BatchNormConfig::new(4), Device::Gpu(ctx)).unwrap();
-    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 64, 65]));
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 129, 129]));
     match bn.forward(x.view(), CF) {
-        Err(BnError::Limit { value, limit, .. }) => {
-            assert_eq!(value, 4 * 64 * 65 * 4);
+        Err(BnError::Limit { what, value, limit }) => {
+            assert!(what.contains("fewest channels"), "{what}");
+            assert_eq!(value, 64 * 129 * 129 * 4);
             assert_eq!(limit, 64 << 10);
         }
         other => panic!("expected a limit error, got {other:?}"),
@@ -292,9 +298,10 @@ fn few_workgroups_per_dimension_should_match_reference() {
 }
 
 /// One 64×1024×1024 sample is 256 MiB, two of lavapipe's 128 MiB bindings: run in blocks of
-/// channels. On an adapter that binds more at once, a context of a 128 MiB binding.
+/// channels; one 8192×8192 plane is 256 MiB too: run in two slices. On an adapter that binds
+/// more at once, a context of a 128 MiB binding.
 #[test]
-#[ignore = "a 256 MiB tensor; run by .ci/run with --ignored"]
+#[ignore = "256 MiB tensors; run by .ci/run with --ignored"]
 fn a_sample_over_the_binding_limit_should_match_reference() {
     let bytes = 64 * 1024 * 1024 * 4;
     let mut ctx = common::gpu();
@@ -307,7 +314,13 @@ fn a_sample_over_the_binding_limit_should_match_reference() {
         ctx = GpuContext::from_device(device, queue).unwrap();
     }
     assert!(bytes > ctx.limits().max_storage_buffer_binding_size);
-    check_all(ctx, &[(&[1, 64, 1024, 1024], CF, 0.5, 2.0)]);
+    check_all(
+        ctx,
+        &[
+            (&[1, 64, 1024, 1024], CF, 0.5, 2.0),
+            (&[1, 1, 8192, 8192], CF, -3.0, 0.5),
+        ],
+    );
 }
 
 /// 64×256×56×56 float32 is 822 MB: seven bindings' worth at lavapipe's 128 MiB. On an

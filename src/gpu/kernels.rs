@@ -963,16 +963,18 @@ impl Geometry {
     }
 
     /// A channels-first tensor whose rows (one sample's C × spatial values) are each larger
-    /// than one storage binding: each row runs in blocks of channels, a chunk each. Every
-    /// block takes the tiling and splits of a full one (the geometry of one row of
-    /// `per_block` channels), so that each channel has as many partial records in each row;
-    /// a block's records go where its channels' are through its split_offset (channel
-    /// c0 + c, split s of row n at (c0 + c)·splits + n·block_splits + s), and the per-channel
-    /// records that it reads (coefficients, statistics) from its channel_base on.
-    /// Refused as before where the rows do not start at aligned offsets (more than one
-    /// sample whose bytes are not a multiple of the storage offset alignment), or where even
-    /// the fewest channels that keep offsets aligned are over one binding. (Channels-last
-    /// rows are one position's channels, which fit whenever the layer's records do.)
+    /// than one storage binding: each row runs in blocks of channels, a chunk each, and where
+    /// one channel's plane is over a binding itself, each plane in equal slices, a block of
+    /// one channel each. Every block takes the tiling and splits of a full one (the geometry
+    /// of one row of `per_block` channels of `slice` values), so that each channel has as
+    /// many partial records in each block; a block's records go where its channels' are
+    /// through its split_offset (channel c0 + c, split s of slice j of row n at
+    /// (c0 + c)·splits + (n·slices + j)·block_splits + s), and the per-channel records that it
+    /// reads (coefficients, statistics) from its channel_base on. Refused where the rows do
+    /// not start at aligned offsets (more than one sample whose bytes are not a multiple of
+    /// the storage offset alignment), or where neither the fewest channels that keep offsets
+    /// aligned nor a plane's slices fit one binding. (Channels-last rows are one position's
+    /// channels, which fit whenever the layer's records do.)
     fn row_blocks(
         shape: &Shape,
         limits: &wgpu::Limits,
@@ -983,17 +985,24 @@ impl Geometry {
         let (outer64, channels64, inner64) = (outer as u64, channels as u64, inner as u64);
         let row_bytes = channels64 * inner64 * 4;
         let align = limits.min_storage_buffer_offset_alignment as u64;
-        // A block starts where x's offset is aligned, at a multiple of four channels (the
-        // grouped kernels' groups stay whole).
-        let step = lcm(4, align / gcd(inner64 * 4, align));
-        let per_block = max_binding / (inner64 * 4) / step * step;
-        if per_block == 0 {
-            return Err(BnError::Limit {
-                what: "bytes of the fewest channels that a block of a sample over one storage binding takes, in one binding",
+        // A block starts where x's offset is aligned; where a lane's four values may span two
+        // channels (inner not a multiple of four: the grouped reductions, the two-channel
+        // element-wise kernels), at a multiple of four channels too.
+        let four = if inner.is_multiple_of(4) { 1 } else { 4 };
+        let step = lcm(four, align / gcd(inner64 * 4, align));
+        let fit = max_binding / (inner64 * 4) / step * step;
+        // Where not even that many channels fit, one channel's plane runs in equal slices,
+        // each a block of its own.
+        let slices = if fit > 0 {
+            1
+        } else {
+            plane_slices(inner64, align, max_binding).ok_or(BnError::Limit {
+                what: "bytes of the fewest channels that a block of a sample over one storage binding takes (a plane over one cuts into at most 64 equal slices, of whole vec4 at aligned offsets), in one binding",
                 value: step * inner64 * 4,
                 limit: max_binding,
-            });
-        }
+            })?
+        };
+        let (per_block, slice) = (fit.max(1), inner64 / slices);
         if inner == 1 || (outer > 1 && !row_bytes.is_multiple_of(align)) {
             return Err(BnError::Limit {
                 what: "bytes of one sample in one storage binding (a sample over one runs in blocks of channels only where its bytes are a multiple of the storage offset alignment)",
@@ -1001,7 +1010,10 @@ impl Geometry {
                 limit: max_binding,
             });
         }
-        let block_shape = Shape::new(&[1, per_block as usize, inner], Layout::ChannelsFirst)?;
+        let block_shape = Shape::new(
+            &[1, per_block as usize, slice as usize],
+            Layout::ChannelsFirst,
+        )?;
         // One read per pass needs a whole tensor in one chunk.
         let block_tuning = Tuning {
             single_read: false,
@@ -1019,7 +1031,7 @@ impl Geometry {
         let block = Self::build(&block_shape, limits, block_tuning, Some(of))?;
         let first = &block.chunks[0];
         let block_splits = block.splits as u64;
-        let splits = outer64 * block_splits;
+        let splits = outer64 * slices * block_splits;
         let (mut chunks, max_groups) = (Vec::new(), limits.max_compute_workgroups_per_dimension);
         // The element-wise kernels by the whole plane, as `new` picks them, not by the block's:
         // where C·inner is not a multiple of four, the last block's plane is not either, and
@@ -1031,41 +1043,44 @@ impl Geometry {
         } else {
             Apply::Scalar
         };
-        for n in 0..outer64 {
-            for c0 in (0..channels64).step_by(per_block as usize) {
-                let block_channels = (channels64 - c0).min(per_block);
-                let plane = block_channels * inner64;
-                let units_c = match block.reduce {
-                    Reduce::Vec4Grouped => block_channels.div_ceil(4),
-                    _ => block_channels,
-                };
-                let lanes = if apply == Apply::Scalar {
-                    plane
-                } else {
-                    plane / 4
-                };
-                let columns = lanes.div_ceil(WORKGROUP as u64);
-                let max = max_groups as u64;
-                chunks.push(Chunk {
-                    params: Params {
-                        channels: block_channels as u32,
-                        count: shape.per_channel() as u32,
-                        apply_width: plane as u32,
-                        total: plane as u32,
-                        split_offset: (c0 * splits + n * block_splits) as u32,
-                        channel_base: c0 as u32,
-                        ..first.params
-                    },
-                    offset: n * row_bytes + c0 * inner64 * 4,
-                    bytes: plane * 4,
-                    reduce_groups: (
-                        first.reduce_groups.0,
-                        units_c.div_ceil(first.params.tile_c as u64) as u32,
-                        1,
-                    ),
-                    apply_groups: (columns.min(max) as u32, 1, columns.div_ceil(max) as u32),
-                });
-            }
+        let blocks = (0..outer64).flat_map(|n| {
+            (0..channels64)
+                .step_by(per_block as usize)
+                .flat_map(move |c0| (0..slices).map(move |j| (n, c0, j)))
+        });
+        for (n, c0, j) in blocks {
+            let block_channels = (channels64 - c0).min(per_block);
+            let plane = block_channels * slice;
+            let units_c = match block.reduce {
+                Reduce::Vec4Grouped => block_channels.div_ceil(4),
+                _ => block_channels,
+            };
+            let lanes = if apply == Apply::Scalar {
+                plane
+            } else {
+                plane / 4
+            };
+            let columns = lanes.div_ceil(WORKGROUP as u64);
+            let max = max_groups as u64;
+            chunks.push(Chunk {
+                params: Params {
+                    channels: block_channels as u32,
+                    count: shape.per_channel() as u32,
+                    apply_width: plane as u32,
+                    total: plane as u32,
+                    split_offset: (c0 * splits + (n * slices + j) * block_splits) as u32,
+                    channel_base: c0 as u32,
+                    ..first.params
+                },
+                offset: n * row_bytes + c0 * inner64 * 4 + j * slice * 4,
+                bytes: plane * 4,
+                reduce_groups: (
+                    first.reduce_groups.0,
+                    units_c.div_ceil(first.params.tile_c as u64) as u32,
+                    1,
+                ),
+                apply_groups: (columns.min(max) as u32, 1, columns.div_ceil(max) as u32),
+            });
         }
         let channels = channels as u32;
         let splits = u32::try_from(splits).map_err(|_| BnError::Limit {
@@ -1093,6 +1108,20 @@ impl Geometry {
             channels,
         })
     }
+}
+
+/// How many equal slices a channels-first plane of `inner` values, itself over one binding,
+/// runs in (`Geometry::row_blocks`): as few as fit one binding, each of whole vec4 starting
+/// at an aligned offset (so the plane's own bytes must be aligned, as every channel's start
+/// then is); at most 64, or None.
+fn plane_slices(inner: u64, align: u64, max_binding: u64) -> Option<u64> {
+    if !inner.is_multiple_of(4) || !(inner * 4).is_multiple_of(align) {
+        return None;
+    }
+    ((inner * 4).div_ceil(max_binding)..=64).find(|&k| {
+        let slice = inner / k;
+        inner.is_multiple_of(k) && slice.is_multiple_of(4) && (slice * 4).is_multiple_of(align)
+    })
 }
 
 /// What the geometry of one block of a row (`Geometry::row_blocks`) must know of the tensor:
@@ -1342,9 +1371,10 @@ mod tests {
         }
     }
 
-    /// Rows over one binding run in blocks of channels: each (row, channel) in exactly one
-    /// block, blocks within one binding and at aligned offsets, each channel's records for
-    /// row n at n·block splits, as many in every block; and what cannot be cut so is refused.
+    /// Rows over one binding run in blocks of channels, and planes over one in slices: each
+    /// (row, channel, value) in exactly one block, blocks within one binding and at aligned
+    /// offsets, the records of each channel's slice j of row n at (n·slices + j)·block splits,
+    /// as many in every block; and what cannot be cut so is refused.
     #[test]
     fn rows_over_one_binding_run_in_blocks_of_channels() {
         let limits = wgpu::Limits {
@@ -1354,47 +1384,47 @@ mod tests {
         let align = limits.min_storage_buffer_offset_alignment as u64;
         let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
         let cpu = Tuning::for_device(Some(wgpu::DeviceType::Cpu));
-        for dims in [
-            &[2, 40, 32, 32][..],
-            &[3, 384, 7, 7],
-            &[1, 350, 7, 7],
-            &[2, 256, 130],
-            &[2, 6, 64, 64],
+        // (dims, slices of a plane)
+        for (dims, slices) in [
+            (&[2, 40, 32, 32][..], 1),
+            (&[3, 384, 7, 7], 1),
+            (&[1, 350, 7, 7], 1),
+            (&[2, 256, 130], 1),
+            (&[2, 6, 64, 64], 1),
+            (&[2, 3, 64, 96], 1),
+            (&[2, 3, 128, 160], 2),
+            (&[1, 2, 96, 320], 2),
         ] {
             for tuning in [gpu, cpu] {
                 let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
                 let (outer, channels, inner) = shape.view();
                 let g = Geometry::new(&shape, &limits, tuning).unwrap();
                 assert!(g.fused.is_none() && g.channels as usize == channels);
-                let blocks = g.chunks.len() / outer;
-                assert!(blocks > 1 && g.chunks.len() == blocks * outer, "{dims:?}");
-                let block_splits = g.splits / outer as u32;
-                let per_block_splits = g.chunks[0].reduce_groups.0;
-                assert_eq!(block_splits, per_block_splits, "{dims:?}");
-                assert!(g
-                    .chunks
-                    .iter()
-                    .all(|c| c.reduce_groups.0 == per_block_splits));
-                let mut seen = vec![0u32; outer * channels];
+                let per_row = g.chunks.len() / outer;
+                assert!(per_row > 1 && g.chunks.len() == per_row * outer, "{dims:?}");
+                let block_splits = g.chunks[0].reduce_groups.0;
+                assert_eq!(g.splits, block_splits * (outer * slices) as u32, "{dims:?}");
+                assert!(g.chunks.iter().all(|c| c.reduce_groups.0 == block_splits));
+                let slice = inner / slices;
+                let mut seen = vec![0u32; outer * channels * slices];
                 for (i, chunk) in g.chunks.iter().enumerate() {
-                    let (n, p) = (i / blocks, chunk.params);
+                    let (n, p) = (i / per_row, chunk.params);
                     let c0 = p.channel_base as usize;
-                    let row_start = (n * channels * inner * 4) as u64;
-                    assert_eq!(
-                        chunk.offset,
-                        row_start + (c0 * inner * 4) as u64,
-                        "{dims:?}"
-                    );
-                    assert_eq!(chunk.bytes, (p.channels as usize * inner * 4) as u64);
+                    assert_eq!(p.inner as usize, slice, "{dims:?}");
+                    let channel_start = ((n * channels + c0) * inner * 4) as u64;
+                    let j = ((chunk.offset - channel_start) / (slice as u64 * 4)) as usize;
+                    assert!(j < slices, "{dims:?}");
+                    assert_eq!(chunk.offset, channel_start + (j * slice * 4) as u64);
+                    assert_eq!(chunk.bytes, (p.channels as usize * slice * 4) as u64);
                     assert!(chunk.bytes <= 64 << 10, "{dims:?}");
                     assert_eq!(chunk.offset % align, 0, "{dims:?}");
                     assert_eq!(
                         p.split_offset,
-                        c0 as u32 * g.splits + n as u32 * block_splits
+                        c0 as u32 * g.splits + ((n * slices + j) as u32) * block_splits
                     );
                     assert_eq!((p.outer, p.count), (1, (outer * inner) as u32));
                     for c in c0..c0 + p.channels as usize {
-                        seen[n * channels + c] += 1;
+                        seen[(n * channels + c) * slices + j] += 1;
                     }
                 }
                 assert!(seen.iter().all(|&k| k == 1), "{dims:?}: {seen:?}");
@@ -1410,8 +1440,11 @@ mod tests {
         };
         // Samples of 78,400 bytes, not a multiple of 256: the second would start unaligned.
         refused(&[2, 400, 7, 7], Layout::ChannelsFirst, "one sample");
-        // Four channels (the fewest a block takes) of 64×65 are over 64 KiB.
-        refused(&[2, 4, 64, 65], Layout::ChannelsFirst, "fewest channels");
+        // A plane of 129×129 is over 64 KiB, and odd: no aligned slices of whole vec4.
+        refused(&[2, 4, 129, 129], Layout::ChannelsFirst, "fewest channels");
+        // A plane of 64×257 values (65,792 bytes, a multiple of 256, but whose slices of whole
+        // multiples of 256 bytes number 257) is over 64 KiB.
+        refused(&[1, 2, 64, 257], Layout::ChannelsFirst, "fewest channels");
         // One sample of 400 such channels is fine.
         Geometry::new(
             &Shape::new(&[1, 400, 7, 7], Layout::ChannelsFirst).unwrap(),
