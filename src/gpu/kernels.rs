@@ -833,7 +833,7 @@ impl Geometry {
         let inner_splits = (units_i as u64).div_ceil(inner_per_split);
         // A block's records sit beside those of the tensor's other channels and rows.
         let (record_channels, record_rows) =
-            block.map_or((channels as u64, 1), |b| (b.channels, b.rows));
+            block.map_or((channels as u64, 1), |b| (b.channels, b.blocks_per_channel));
         let per_channel_split = record_channels * PARTIAL_BYTES * records_per_split as u64;
         let splits_fit = max_binding / per_channel_split / record_rows;
         let (rows_per_split, inner_per_split) =
@@ -1025,7 +1025,7 @@ impl Geometry {
         // would have records over one too. The scalar reductions there.
         let of = BlockOf {
             channels: channels64,
-            rows: outer64,
+            blocks_per_channel: outer64 * slices,
             grouped: channels.is_multiple_of(4) && !tuning.lane_records,
         };
         let block = Self::build(&block_shape, limits, block_tuning, Some(of))?;
@@ -1125,12 +1125,13 @@ fn plane_slices(inner: u64, align: u64, max_binding: u64) -> Option<u64> {
 }
 
 /// What the geometry of one block of a row (`Geometry::row_blocks`) must know of the tensor:
-/// its channels and rows, whose records share the block's binding, and whether the grouped
-/// reductions suit every block (a channel count that is a multiple of four).
+/// its channels, and how many blocks each channel has (rows × slices of a plane), whose
+/// records share the block's binding; and whether the grouped reductions suit every block
+/// (a channel count that is a multiple of four).
 #[derive(Clone, Copy)]
 struct BlockOf {
     channels: u64,
-    rows: u64,
+    blocks_per_channel: u64,
     grouped: bool,
 }
 
@@ -1438,6 +1439,16 @@ mod tests {
                 other => panic!("{dims:?}: {other:?}"),
             }
         };
+        // Records of every block of every slice share one binding: where a GPU's tuning would
+        // split each slice of 8192 vec4 in two, 1024 channels × 4 rows × 2 slices × 2 splits
+        // would be 256 KiB of records on a 128 KiB binding; one split per slice fits.
+        let narrow = wgpu::Limits {
+            max_storage_buffer_binding_size: 128 << 10,
+            ..limits.clone()
+        };
+        let shape = Shape::new(&[4, 1024, 256, 256], Layout::ChannelsFirst).unwrap();
+        let g = Geometry::new(&shape, &narrow, gpu).unwrap();
+        assert_eq!((g.chunks.len(), g.splits), (4 * 1024 * 2, 4 * 2));
         // Samples of 78,400 bytes, not a multiple of 256: the second would start unaligned.
         refused(&[2, 400, 7, 7], Layout::ChannelsFirst, "one sample");
         // A plane of 129×129 is over 64 KiB, and odd: no aligned slices of whole vec4.
