@@ -239,16 +239,7 @@ fn many_shapes_evict_and_remake_plans() {
 }
 
 fn tensor_buffer(device: &wgpu::Device, queue: &wgpu::Queue, values: &[f32]) -> wgpu::Buffer {
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: values.len() as u64 * 4,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    queue.write_buffer(&buffer, 0, bytemuck::cast_slice(values));
-    buffer
+    common::storage_buffer(device, queue, values.len() as u64 * 4, Some(values))
 }
 
 /// Both layers counted `count` batches and hold the same running mean.

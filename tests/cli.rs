@@ -164,15 +164,9 @@ fn run(args: &[String]) -> Result<Output, String> {
     run_with_env(args, &[])
 }
 
-/// `run` with these environment variables set besides.
-fn run_with_env(args: &[String], env: &[(&str, &str)]) -> Result<Output, String> {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // Mesa prints "XDG_RUNTIME_DIR is invalid" without one: environment noise, not the CLI's.
+/// Gives `cmd` a private runtime directory where the environment has none: Mesa prints
+/// "XDG_RUNTIME_DIR is invalid" without one, environment noise, not the CLI's.
+fn with_runtime_dir(cmd: &mut Command) {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         let xdg = std::env::temp_dir().join(format!("batchnorm-cli-xdg-{}", std::process::id()));
         let _ = fs::create_dir_all(&xdg);
@@ -183,6 +177,17 @@ fn run_with_env(args: &[String], env: &[(&str, &str)]) -> Result<Output, String>
         }
         cmd.env("XDG_RUNTIME_DIR", xdg);
     }
+}
+
+/// `run` with these environment variables set besides.
+fn run_with_env(args: &[String], env: &[(&str, &str)]) -> Result<Output, String> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    with_runtime_dir(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot spawn {BIN}: {e}"))?;
@@ -1360,11 +1365,7 @@ fn a_closed_stdout_ends_the_run_quietly() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        let xdg = std::env::temp_dir().join(format!("batchnorm-cli-xdg-{}", std::process::id()));
-        let _ = fs::create_dir_all(&xdg);
-        cmd.env("XDG_RUNTIME_DIR", xdg);
-    }
+    with_runtime_dir(&mut cmd);
     let mut child = cmd.spawn().expect("spawn batchnorm");
     // Close the read end before the first line: the adapter takes far longer to open.
     drop(child.stdout.take());
@@ -1586,11 +1587,7 @@ fn bench_stopped_part_way_leaves_stdout_empty() {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        let xdg = std::env::temp_dir().join(format!("batchnorm-cli-xdg-{}", std::process::id()));
-        let _ = fs::create_dir_all(&xdg);
-        cmd.env("XDG_RUNTIME_DIR", xdg);
-    }
+    with_runtime_dir(&mut cmd);
     let mut child = cmd.spawn().expect("spawn the CLI");
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {

@@ -227,18 +227,12 @@ fn saved_statistics_outlive_the_plan_of_their_shape() {
     let ctx = common::gpu();
     let (device, queue) = (ctx.device().clone(), ctx.queue().clone());
     let [x_buf, dy_buf, y_buf, dx_buf] = [Some(&x), Some(&dy), None, None].map(|data| {
-        let b = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: n as u64 * 4,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        if let Some(d) = data {
-            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
-        }
-        b
+        common::storage_buffer(
+            &device,
+            &queue,
+            n as u64 * 4,
+            data.map(|d| d.as_slice().unwrap()),
+        )
     });
     let t = |b| GpuTensor::new(b, &dims, cf).unwrap();
     let mut bn = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(4)).unwrap();
@@ -311,18 +305,7 @@ fn caller_buffers(
 ) -> [[wgpu::Buffer; 2]; 4] {
     let bytes = xs[0].len() as u64 * 4;
     let buffer = |data: Option<&ArrayD<f32>>| {
-        let b = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        if let Some(d) = data {
-            queue.write_buffer(&b, 0, bytemuck::cast_slice(d.as_slice().unwrap()));
-        }
-        b
+        common::storage_buffer(device, queue, bytes, data.map(|d| d.as_slice().unwrap()))
     };
     [
         [buffer(Some(&xs[0])), buffer(Some(&xs[1]))],

@@ -126,6 +126,28 @@ pub fn gpu_caller_single_read() -> Arc<GpuContext> {
     .clone()
 }
 
+/// A caller's tensor buffer of `bytes` (STORAGE, COPY_DST, COPY_SRC), holding `values` where
+/// given.
+pub fn storage_buffer(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    bytes: u64,
+    values: Option<&[f32]>,
+) -> wgpu::Buffer {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    if let Some(values) = values {
+        queue.write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+    }
+    buffer
+}
+
 /// `n` f32 of `src` from byte `offset`, copied to a mappable buffer and read back.
 pub fn read_buffer(
     device: &wgpu::Device,
