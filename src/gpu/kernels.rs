@@ -381,6 +381,36 @@ pub(crate) enum Apply {
     Vec4FourChannels,
 }
 
+impl Apply {
+    /// The kind for a [channels][inner] plane of `plane` values: a lane's four values start
+    /// at a multiple of four, so with inner ≥ 2 they cross at most one channel boundary, and
+    /// with inner = 1 they are four channels.
+    fn of(plane: u64, inner: u64) -> Self {
+        if inner.is_multiple_of(4) {
+            Apply::Vec4OneChannel
+        } else if !plane.is_multiple_of(4) {
+            Apply::Scalar
+        } else if inner == 1 {
+            Apply::Vec4FourChannels
+        } else {
+            Apply::Vec4TwoChannels
+        }
+    }
+
+    /// Workgroups along x and z for rows of `width` values, a lane per value or per vec4:
+    /// columns past one dimension's workgroups wrap into z (a plane of 64×1024×1024 is 65,536
+    /// workgroups of vec4).
+    fn column_groups(self, width: u64, max_groups: u64) -> (u64, u64) {
+        let lanes = if self == Apply::Scalar {
+            width
+        } else {
+            width / 4
+        };
+        let groups = lanes.div_ceil(WORKGROUP as u64);
+        (groups.min(max_groups), groups.div_ceil(max_groups))
+    }
+}
+
 /// The uniform every kernel reads; field order and types match `struct Params` in
 /// `shaders/common/prelude.wgsl`.
 #[repr(C)]
@@ -858,32 +888,10 @@ impl Geometry {
 
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
         let plane = channels as u64 * inner as u64;
-        let apply_vec4 = plane.is_multiple_of(4);
-        // A lane's four values start at a multiple of four: with inner ≥ 2 they cross at most
-        // one channel boundary, with inner = 1 they are four channels.
-        let apply = if inner.is_multiple_of(4) {
-            Apply::Vec4OneChannel
-        } else if !apply_vec4 {
-            Apply::Scalar
-        } else if inner == 1 {
-            Apply::Vec4FourChannels
-        } else {
-            Apply::Vec4TwoChannels
-        };
+        let apply = Apply::of(plane, inner as u64);
         let planes_per_row = 1024u64.div_ceil(plane).min(chunk_rows).max(1);
         let apply_width = plane * planes_per_row;
-        let lanes_per_row = if apply_vec4 {
-            apply_width / 4
-        } else {
-            apply_width
-        };
-        // Columns past one dimension's workgroups wrap into z (a plane of 64×1024×1024 is
-        // 65,536 workgroups of vec4).
-        let column_groups = lanes_per_row.div_ceil(WORKGROUP as u64);
-        let (columns_x, columns_z) = (
-            column_groups.min(max_groups),
-            column_groups.div_ceil(max_groups),
-        );
+        let (columns_x, columns_z) = apply.column_groups(apply_width, max_groups);
         limit(
             "element-wise column workgroups, wrapped",
             columns_z,
@@ -1033,16 +1041,10 @@ impl Geometry {
         let block_splits = block.splits as u64;
         let splits = outer64 * slices * block_splits;
         let (mut chunks, max_groups) = (Vec::new(), limits.max_compute_workgroups_per_dimension);
-        // The element-wise kernels by the whole plane, as `new` picks them, not by the block's:
-        // where C·inner is not a multiple of four, the last block's plane is not either, and
-        // every block takes scalar loads.
-        let apply = if inner.is_multiple_of(4) {
-            Apply::Vec4OneChannel
-        } else if (channels64 * inner64).is_multiple_of(4) {
-            Apply::Vec4TwoChannels
-        } else {
-            Apply::Scalar
-        };
+        // The element-wise kernels by the whole plane, not by the block's: where C·inner is not
+        // a multiple of four, the last block's plane is not either, and every block takes
+        // scalar loads.
+        let apply = Apply::of(channels64 * inner64, inner64);
         let blocks = (0..outer64).flat_map(|n| {
             (0..channels64)
                 .step_by(per_block as usize)
@@ -1055,13 +1057,14 @@ impl Geometry {
                 Reduce::Vec4Grouped => block_channels.div_ceil(4),
                 _ => block_channels,
             };
-            let lanes = if apply == Apply::Scalar {
-                plane
-            } else {
-                plane / 4
-            };
-            let columns = lanes.div_ceil(WORKGROUP as u64);
-            let max = max_groups as u64;
+            let (columns_x, columns_z) = apply.column_groups(plane, max_groups as u64);
+            if columns_z > max_groups as u64 {
+                return Err(BnError::Limit {
+                    what: "element-wise column workgroups, wrapped",
+                    value: columns_z,
+                    limit: max_groups as u64,
+                });
+            }
             chunks.push(Chunk {
                 params: Params {
                     channels: block_channels as u32,
@@ -1079,7 +1082,7 @@ impl Geometry {
                     units_c.div_ceil(first.params.tile_c as u64) as u32,
                     1,
                 ),
-                apply_groups: (columns.min(max) as u32, 1, columns.div_ceil(max) as u32),
+                apply_groups: (columns_x as u32, 1, columns_z as u32),
             });
         }
         let channels = channels as u32;
