@@ -330,11 +330,11 @@ fn a_sample_over_the_binding_limit_should_match_reference() {
     );
 }
 
-/// 64×256×56×56 float32 is 822 MB: seven bindings' worth at lavapipe's 128 MiB. On an
+/// 64×256×56×56 float32 is 205 MB: two chunks of rows at lavapipe's 128 MiB binding. On an
 /// adapter that binds more at once (a GPU's 2 GiB or more), a context of its own limits but
 /// a 128 MiB binding, so that the tensor is still chunked.
 #[test]
-#[ignore = "822 MB tensors; run by .ci/run with --ignored"]
+#[ignore = "205 MB tensors; run by .ci/run with --ignored"]
 fn resnet_sized_activation_over_the_binding_limit_should_match_reference() {
     let bytes = 64 * 256 * 56 * 56 * 4;
     let ctx = binding_under(bytes);
