@@ -293,6 +293,49 @@ fn a_count_set_before_submit_follows_recording_order() {
     same_count_and_running_mean(&gpu, &cpu, 5);
 }
 
+/// A count set by `reset_running_stats`, then an eval forward recorded into an encoder the
+/// caller drops: an eval forward reads no count, so the reset count stays pending for the next
+/// training forward, which with momentum None takes its batch's mean whole (1/1), as the CPU
+/// engine does. (When the eval forward took the pending copy along, the GPU kept its count of
+/// three and averaged with 1/4.)
+#[test]
+fn a_count_set_survives_a_dropped_eval_forward() {
+    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
+    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
+    let dims = [8, 3, 4];
+    let mut rng = Rng::new(23);
+    let (x1, x2) = (rng.array(&dims, 1.0, 2.0), rng.array(&dims, -3.0, 1.0));
+    let mut config = BatchNormConfig::new(3);
+    config.momentum = None;
+    let layout = Layout::ChannelsFirst;
+
+    let mut gpu = GpuBatchNorm::new(ctx, config.clone()).unwrap();
+    let mut cpu = BatchNorm::new(config, Device::Cpu).unwrap();
+    for _ in 0..3 {
+        gpu.forward_array(x1.view(), layout).unwrap();
+        cpu.forward(x1.view(), layout).unwrap();
+    }
+    gpu.reset_running_stats().unwrap();
+    cpu.reset_running_stats().unwrap();
+
+    gpu.set_training(false);
+    let x = tensor_buffer(&device, &queue, x1.as_slice().unwrap());
+    let y = tensor_buffer(&device, &queue, &vec![0.0; x1.len()]);
+    let mut encoder = device.create_command_encoder(&Default::default());
+    gpu.forward(
+        &mut encoder,
+        &GpuTensor::new(&x, &dims, layout).unwrap(),
+        &GpuTensor::new(&y, &dims, layout).unwrap(),
+    )
+    .unwrap();
+    drop(encoder);
+    gpu.set_training(true);
+
+    gpu.forward_array(x2.view(), layout).unwrap();
+    cpu.forward(x2.view(), layout).unwrap();
+    same_count_and_running_mean(&gpu, &cpu, 1);
+}
+
 /// An empty batch recorded into the caller's encoder runs no kernel but counts, as in
 /// PyTorch, and the GPU's count follows: with momentum None the next batch enters the average
 /// with 1/3 after one counted batch and one empty one, as on the CPU engine. Its backward
@@ -527,10 +570,14 @@ fn refusals_by_the_devices_limits_keep_the_layers_plans() {
     }
     let before = ctx.buffers_created();
 
-    // 1 MiB of values, and the channel records beside them in the staging buffer.
+    // 1 MiB of values, and the channel records beside them in the staging buffer: the
+    // refusal counts (and names) both.
     let big = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1 << 16, 4]));
     match layer.forward_array(big.view(), Layout::ChannelsFirst) {
-        Err(BnError::Limit { what, .. }) => assert_eq!(what, "tensor bytes in one buffer"),
+        Err(BnError::Limit { what, value, limit }) => {
+            assert!(what.starts_with("read-back bytes"), "{what}");
+            assert_eq!((value, limit), ((1 << 20) + 4 * 16, 1 << 20));
+        }
         other => panic!("expected a Limit error, got {:?}", other.map(|_| ())),
     }
     // A sample of 4 × 16385 values is over one binding, and so is the fewest channels a block

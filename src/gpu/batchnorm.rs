@@ -629,8 +629,13 @@ impl GpuBatchNorm {
         saved: Saved,
         steps: &[Step],
     ) {
-        if let Some(counts) = self.pending_count.take() {
-            encoder.copy_buffer_to_buffer(&counts, 0, &self.batches_tracked, 0, counts.size());
+        // Only a forward that counts reads the count: an eval forward leaves the set count
+        // pending, so that an encoder of eval passes the caller drops cannot take it along.
+        let counts_batch = batches != self.num_batches_tracked;
+        if counts_batch {
+            if let Some(counts) = self.pending_count.take() {
+                encoder.copy_buffer_to_buffer(&counts, 0, &self.batches_tracked, 0, counts.size());
+            }
         }
         record(encoder, "batchnorm forward", steps);
         self.num_batches_tracked = batches;
@@ -976,7 +981,7 @@ impl GpuBatchNorm {
         let max = self.ctx.limits().max_buffer_size;
         if bytes + channels * 16 > max {
             return Err(BnError::Limit {
-                what: "tensor bytes in one buffer",
+                what: "read-back bytes in one buffer (the tensor and 16 per channel)",
                 value: bytes + channels * 16,
                 limit: max,
             });
