@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::ArrayD;
-use wgpu_batchnorm::bench::{input, layout_name, memory_dims, rel_l2, shape_name, DEFAULT_SHAPES};
+use wgpu_batchnorm::bench::{
+    bench_parameters, dx_error, dx_paths, input, layout_name, memory_dims, rel_l2, shape_name,
+    DEFAULT_SHAPES,
+};
 use wgpu_batchnorm::{
     BatchNorm, BatchNormConfig, Device, GpuBatchNorm, GpuContext, GpuTensor, Layout,
 };
@@ -81,13 +84,29 @@ fn read_back(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
     values
 }
 
-/// Refuses to time a pass whose output the CPU reference does not confirm.
-fn check(name: &str, what: &str, got: &[f32], want: &ArrayD<f32>, tolerance: f64) {
-    let err = rel_l2(got, want.as_slice().expect("standard layout"));
+/// How far a GPU pass's output may be from the CPU reference's (relative L2; dx as
+/// `dx_error` measures it), as in `batchnorm bench`.
+const TOLERANCE: f64 = 1e-5;
+
+/// Refuses to time a pass whose output the CPU reference does not confirm; `err` is its
+/// error.
+fn check(name: &str, what: &str, err: f64) {
     assert!(
-        err <= tolerance,
-        "{name}: GPU {what} off the CPU reference by {err:.2e} (relative L2), over {tolerance:e}"
+        err <= TOLERANCE,
+        "{name}: GPU {what} off the CPU reference by {err:.2e}, over {TOLERANCE:e}"
     );
+}
+
+/// Gives `layer` (a GPU or CPU one) the bench's random parameters and running statistics, so
+/// that a kernel which dropped one of them fails its check.
+macro_rules! set_bench_parameters {
+    ($layer:expr, $channels:expr) => {{
+        let [gamma, beta, running_mean, running_var] = bench_parameters($channels);
+        $layer.set_gamma(&gamma).unwrap();
+        $layer.set_beta(&beta).unwrap();
+        $layer.set_running_mean(&running_mean).unwrap();
+        $layer.set_running_var(&running_var).unwrap();
+    }};
 }
 
 fn bench(c: &mut Criterion) {
@@ -128,38 +147,53 @@ fn bench(c: &mut Criterion) {
             let mut gpu_train = GpuBatchNorm::new(ctx.clone(), config.clone()).unwrap();
             let mut gpu_eval = GpuBatchNorm::new(ctx.clone(), config.clone()).unwrap();
             gpu_eval.set_training(false);
+            set_bench_parameters!(gpu_train, channels);
+            set_bench_parameters!(gpu_eval, channels);
             let mut cpu = BatchNorm::new(config.clone(), Device::Cpu).unwrap();
 
             // What the timed passes write, checked first, in both modes: a pass that wrote
-            // the wrong buffer, or nothing, would otherwise be timed as if it worked.
+            // the wrong buffer, or nothing, or dropped a parameter, would otherwise be timed
+            // as if it worked.
             let mut reference = BatchNorm::new(config.clone(), Device::Cpu).unwrap();
+            set_bench_parameters!(reference, channels);
+            let flat = |a: &ArrayD<f32>| a.as_slice().expect("standard layout").to_vec();
             gpu_pass(&ctx, 1, |e| {
                 gpu_train.forward(e, &t(&xb), &t(&out)).unwrap()
             });
-            let want = reference.forward(x.view(), layout).unwrap().y;
-            check(
-                &name,
-                "forward y",
-                &read_back(&ctx, &out, numel),
-                &want,
-                1e-5,
-            );
+            let forward = reference.forward(x.view(), layout).unwrap();
+            let err = rel_l2(&read_back(&ctx, &out, numel), &flat(&forward.y));
+            check(&name, "forward y", err);
             gpu_pass(&ctx, 1, |e| {
                 gpu_train.backward(e, &t(&xb), &t(&dyb), &t(&out)).unwrap()
             });
-            let want = reference.backward(x.view(), dy.view(), layout).unwrap().dx;
-            check(
-                &name,
-                "backward dx",
-                &read_back(&ctx, &out, numel),
-                &want,
-                1e-4,
+            let want = reference.backward(x.view(), dy.view(), layout).unwrap();
+            let paths = dx_paths(
+                &forward,
+                &reference.gamma().unwrap(),
+                &reference.running_var().unwrap(),
+                config.eps,
+                &dy,
             );
+            let err = dx_error(&read_back(&ctx, &out, numel), &flat(&want.dx), paths);
+            check(&name, "backward dx", err);
+            for (what, buffer, want) in [
+                ("dgamma", gpu_train.dgamma_buffer(), &want.dgamma),
+                ("dbeta", gpu_train.dbeta_buffer(), &want.dbeta),
+            ] {
+                let want = want.as_deref().expect("an affine layer");
+                check(
+                    &name,
+                    what,
+                    rel_l2(&read_back(&ctx, buffer, channels), want),
+                );
+            }
             let mut reference = BatchNorm::new(config, Device::Cpu).unwrap();
+            set_bench_parameters!(reference, channels);
             reference.eval();
             gpu_pass(&ctx, 1, |e| gpu_eval.forward(e, &t(&xb), &t(&out)).unwrap());
             let want = reference.forward(x.view(), layout).unwrap().y;
-            check(&name, "eval y", &read_back(&ctx, &out, numel), &want, 1e-5);
+            let err = rel_l2(&read_back(&ctx, &out, numel), &flat(&want));
+            check(&name, "eval y", err);
 
             let mut group = c.benchmark_group(name);
             group.throughput(Throughput::Bytes(numel as u64 * 8));

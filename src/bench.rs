@@ -206,17 +206,32 @@ pub fn output_errors(
     errors
 }
 
-/// A layer with the bench's random gamma, beta and running statistics, so that a kernel
-/// which dropped one of them shows in the verification (at PyTorch's defaults gamma is 1 and
-/// beta 0).
+/// The bench's gamma, beta, running mean and running var for `channels` channels: random, so
+/// that a kernel which dropped one of them shows in a check against the reference (at
+/// PyTorch's defaults, gamma 1, beta 0, mean 0 and var 1, none would; an eval that copied x
+/// would miss y by 5e-6).
+pub fn bench_parameters(channels: usize) -> [Vec<f32>; 4] {
+    let values = |seed, mean, std| {
+        input(&[channels], seed, mean, std)
+            .into_raw_vec_and_offset()
+            .0
+    };
+    [
+        values(3, 1.0, 0.2),
+        values(4, 0.0, 1.0),
+        values(5, 0.0, 1.0),
+        values(6, 1.0, 0.2),
+    ]
+}
+
+/// A layer with the bench's parameters and running statistics (`bench_parameters`).
 fn bench_layer(config: &BatchNormConfig, device: Device) -> Result<BatchNorm> {
-    let c = [config.num_features];
-    let values = |seed, mean, std| input(&c, seed, mean, std).into_raw_vec_and_offset().0;
+    let [gamma, beta, running_mean, running_var] = bench_parameters(config.num_features);
     let mut layer = BatchNorm::new(config.clone(), device)?;
-    layer.set_gamma(&values(3, 1.0, 0.2))?;
-    layer.set_beta(&values(4, 0.0, 1.0))?;
-    layer.set_running_mean(&values(5, 0.0, 1.0))?;
-    layer.set_running_var(&values(6, 1.0, 0.2))?;
+    layer.set_gamma(&gamma)?;
+    layer.set_beta(&beta)?;
+    layer.set_running_mean(&running_mean)?;
+    layer.set_running_var(&running_var)?;
     Ok(layer)
 }
 
