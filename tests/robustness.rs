@@ -47,9 +47,18 @@ fn non_finite_values_stay_in_their_channel() {
             );
             let running_var = bn.running_var().unwrap();
             let want_running_var = reference.running_var().unwrap();
+            let running_mean = bn.running_mean().unwrap();
+            let want_running_mean = reference.running_mean().unwrap();
+            // NaN, or (an Inf on the CPU) ±Inf: README, Limits.
             assert!(running_var[1].is_nan(), "{name} {bad}");
+            assert!(
+                !running_mean[1].is_finite(),
+                "{name} {bad}: {running_mean:?}"
+            );
             for c in [0, 2] {
+                close("mean", stats.mean[c], want_stats.mean[c]);
                 close("var", stats.var[c], want_stats.var[c]);
+                close("running_mean", running_mean[c], want_running_mean[c]);
                 close("running_var", running_var[c], want_running_var[c]);
             }
             let dy = rng.array(&[4, 3, 5], 0.0, 1.0);
