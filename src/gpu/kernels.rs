@@ -884,6 +884,13 @@ impl Geometry {
         );
         // The grouped shaders keep a lane to one position of a whole row of groups.
         debug_assert!(reduce != Reduce::Vec4Grouped || inner_splits == 1);
+        // A workgroup's subgroup merges add its lanes' counts in f32, exact to 2^24: a device
+        // of so few workgroups per dimension that one split takes more is refused.
+        limit(
+            "loads of one channel that a workgroup merges",
+            rows_per_split * inner_per_split,
+            1 << 24,
+        )?;
         let (rows_per_split, inner_per_split) = (rows_per_split as u32, inner_per_split as u32);
 
         // Element-wise: rows of whole [channels][inner] planes, at least 1024 columns wide.
@@ -1289,6 +1296,36 @@ mod tests {
                         "{dims:?} {device:?}: {p:?}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A workgroup's lanes of one channel merge their counts in f32 (by subgroup shuffles),
+    /// exact to 2^24: on a device of so few workgroups per dimension that one split of an
+    /// (N, 1) tensor of 2^28 rows would take more loads than that, the shape is refused, and
+    /// one workgroup per dimension more lets it run.
+    #[test]
+    fn a_split_past_what_f32_counts_exactly_is_refused() {
+        let shape = Shape::new(&[1 << 28, 1], Layout::ChannelsFirst).unwrap();
+        for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            let tuning = Tuning::for_device(Some(device));
+            let limits = |most| wgpu::Limits {
+                max_compute_workgroups_per_dimension: most,
+                max_storage_buffer_binding_size: 1 << 31,
+                max_buffer_size: 1 << 40,
+                ..wgpu::Limits::default()
+            };
+            match Geometry::new(&shape, &limits(8), tuning) {
+                Err(BnError::Limit { what, value, limit }) => {
+                    assert_eq!(what, "loads of one channel that a workgroup merges");
+                    assert_eq!((value, limit), (1 << 25, 1 << 24));
+                }
+                other => panic!("{device:?}: {:?}", other.map(|_| ())),
+            }
+            let g = Geometry::new(&shape, &limits(16), tuning).unwrap();
+            for c in &g.chunks {
+                let p = &c.params;
+                assert!(p.rows_per_split as u64 * p.inner_per_split as u64 <= 1 << 24);
             }
         }
     }
