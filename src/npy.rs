@@ -39,6 +39,10 @@ fn npy_err(path: &str, reason: impl Into<String>) -> BnError {
     }
 }
 
+/// The longest header taken from a stream, whose length no file size bounds: numpy's own
+/// reader takes 10,000 bytes by default, and a float32 array's header holds only its shape.
+const MAX_STREAM_HEADER: usize = 1 << 20;
+
 /// Reads a float32 `.npy` file.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     let shown = path.display().to_string();
@@ -47,10 +51,17 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
+    // A regular file's length; a pipe or a device tells nothing before its end.
+    let length = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
     // Piece by piece, each checked before the next is read: the magic string and version
     // (a device such as /dev/zero has no end), the header (a float64 file of 40 GB is
     // refused for its dtype, not read), then the data, whose size a regular file's length
-    // tells before any of it is read.
+    // tells before any of it is read, and which a stream gives no more of than the header
+    // declares and one byte to tell that it goes on.
     let mut bytes = Vec::new();
     let mut read = |bytes: &mut Vec<u8>, n: usize| {
         (&mut file)
@@ -67,13 +78,17 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
         // Too short: parse_prefix says where the file ends.
         None => 0,
     };
+    if length.is_none() && header_len > MAX_STREAM_HEADER {
+        return Err(npy_err(
+            &shown,
+            format!(
+                "header length {header_len} is over the {MAX_STREAM_HEADER} bytes read from \
+                 a stream"
+            ),
+        ));
+    }
     read(&mut bytes, header_len)?;
     let prefix = parse_prefix(&bytes, &shown)?;
-    let length = file
-        .metadata()
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len());
     let mut data = Vec::new();
     match length {
         Some(length) => {
@@ -85,9 +100,21 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
                 .read_to_end(&mut data)
                 .map_err(io)?;
         }
-        // A pipe tells nothing before its end.
         None => {
-            file.read_to_end(&mut data).map_err(io)?;
+            (&mut file)
+                .take(prefix.data_len as u64 + 1)
+                .read_to_end(&mut data)
+                .map_err(io)?;
+            if data.len() > prefix.data_len {
+                return Err(npy_err(
+                    &shown,
+                    format!(
+                        "trailing bytes: header declares {} elements ({} bytes) but the \
+                         stream goes on past them",
+                        prefix.count, prefix.data_len
+                    ),
+                ));
+            }
         }
     }
     check_data_len(data.len(), &prefix, &shown)?;
@@ -793,6 +820,47 @@ mod tests {
         assert!(why.contains("magic"), "{why}");
     }
 
+    /// A stream with a valid header and data that never ends is refused once it has given
+    /// one byte more than the header declares, not read until memory runs out; a stream
+    /// header longer than any float32 array's is refused before it is read.
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_stream_past_its_declared_data() {
+        use std::io::Write;
+        use std::time::Duration;
+        let dir = std::env::temp_dir().join(format!("npy-fifo-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut long_header = b"\x93NUMPY\x02\x00".to_vec();
+        long_header.extend_from_slice(&(MAX_STREAM_HEADER as u32 + 1).to_le_bytes());
+        for (name, head, why) in [
+            ("endless.npy", header_of_roundtrip(), "goes on past them"),
+            ("long_header.npy", long_header, "read from a stream"),
+        ] {
+            let fifo = dir.join(name);
+            let _ = std::fs::remove_file(&fifo);
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+            assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+            let w = fifo.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
+                f.write_all(&head).unwrap();
+                let zeros = vec![0u8; 1 << 16];
+                // Until the reader closes its end.
+                while f.write_all(&zeros).is_ok() {}
+            });
+            let (tx, rx) = std::sync::mpsc::channel();
+            let r = fifo.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(read_f32(&r).unwrap_err().to_string());
+            });
+            let got = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("read_f32 read on past the declared data");
+            assert!(got.contains(why), "{name}: {got}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn refuses_wrong_magic() {
         let mut bytes = roundtrip_bytes();
@@ -801,6 +869,12 @@ mod tests {
         assert!(parse_err(b"").contains("magic"));
         assert!(parse_err(b"\x93NUM").contains("magic"));
         assert!(parse_err(b"PK\x03\x04 this is a zip").contains("magic"));
+    }
+
+    /// roundtrip_bytes without its data (four f32).
+    fn header_of_roundtrip() -> Vec<u8> {
+        let bytes = roundtrip_bytes();
+        bytes[..bytes.len() - 16].to_vec()
     }
 
     fn roundtrip_bytes() -> Vec<u8> {
