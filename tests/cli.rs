@@ -385,6 +385,13 @@ fn check_refusal(case: &Refusal) -> Option<String> {
                 "stderr names none of {mentions:?}, what the case is about"
             ));
         }
+        // A file of another dtype or order must be refused for that, not for the length
+        // its elements give the data.
+        if let Some(reason) = expected_reason(case) {
+            if !stderr.contains(reason) {
+                problems.push(format!("stderr says not {reason:?}, the reason"));
+            }
+        }
     }
     if case.kind == Kind::Clap {
         // Clap's usage line names every flag given; what it says before that must name the
@@ -459,6 +466,19 @@ fn expected_mentions(case: &Refusal) -> Vec<String> {
         return arg("--x");
     }
     Vec::new()
+}
+
+/// The reason a refusal must give, from the case's name, where its file's size alone would
+/// also be refused (a dtype of another element size, Fortran order).
+fn expected_reason(case: &Refusal) -> Option<&'static str> {
+    let name = case.name.as_str();
+    if name.contains("dtype") {
+        Some("unsupported dtype")
+    } else if name.contains("fortran") {
+        Some("Fortran-order")
+    } else {
+        None
+    }
 }
 
 /// The flag a usage error is about, from the case's name: the one missing ("gamma without
@@ -1135,6 +1155,16 @@ fn output_file_sets() {
         a.extend(tracked);
         a.extend(["--num-batches-tracked", "7"]);
         add("forward eval tracked", a, vec![y3.clone()], None);
+        // An eval forward reads no count: one past what the layer keeps refuses nothing.
+        let mut a = vec!["forward", "--x", x3, "--layout", "nhwc", "--eval"];
+        a.extend(tracked);
+        a.extend(["--num-batches-tracked", "4294967296"]);
+        add(
+            "forward eval tracked, count past its limit",
+            a,
+            vec![y3.clone()],
+            None,
+        );
 
         // Eval without running statistics: y and the batch statistics.
         let mut eval_untracked = vec![y3.clone()];
@@ -1162,21 +1192,24 @@ fn output_file_sets() {
         add("backward non-affine", a, vec![dx3.clone()], None);
 
         // The forward that recomputes the statistics is no step: a count at its limit, which a
-        // training forward refuses, does not refuse the gradient.
-        let mut a = vec!["backward", "--x", x3, "--dy", dy3, "--layout", "nhwc"];
-        a.extend(affine);
-        a.extend(tracked);
-        a.extend(["--num-batches-tracked", "4294967295"]);
-        add(
-            "backward affine tracked, count at its limit",
-            a,
-            vec![
-                dx3.clone(),
-                ("dgamma.npy", ch.clone()),
-                ("dbeta.npy", ch.clone()),
-            ],
-            None,
-        );
+        // training forward refuses, or past what the layer keeps, does not refuse the
+        // gradient.
+        for count in ["4294967295", "4294967296"] {
+            let mut a = vec!["backward", "--x", x3, "--dy", dy3, "--layout", "nhwc"];
+            a.extend(affine);
+            a.extend(tracked);
+            a.extend(["--num-batches-tracked", count]);
+            add(
+                &format!("backward affine tracked, count {count}"),
+                a,
+                vec![
+                    dx3.clone(),
+                    ("dgamma.npy", ch.clone()),
+                    ("dbeta.npy", ch.clone()),
+                ],
+                None,
+            );
+        }
 
         let mut a = vec![
             "backward", "--x", x3, "--dy", dy3, "--layout", "nhwc", "--eval",
@@ -1243,6 +1276,45 @@ fn a_failed_write_keeps_an_earlier_runs_files() {
             "{device}: files left behind"
         );
     }
+}
+
+/// A write that fails after the first output's temporary file is made (here the second file,
+/// past a file-size limit of 1 KiB: a tracked empty batch's y.npy is 128 bytes, its
+/// running_mean.npy 1,328) removes what this run wrote and changes none of an earlier run's files: the
+/// rollback that the up-front checks of the test above never reach.
+#[cfg(unix)]
+#[test]
+fn a_write_failing_midway_leaves_no_file_behind() {
+    let s = Scratch::new("midway");
+    let x = s.file("x.npy", &f32_npy(&[0, 300]));
+    let running = s.file("running.npy", &f32_npy(&[300]));
+    let out = s.dir.join("out");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("y.npy"), b"an earlier run's y\n").unwrap();
+    let out_arg = out.display().to_string();
+    let mut cmd = Command::new("bash");
+    // SIGXFSZ ignored (and so across exec): the write fails with EFBIG instead.
+    cmd.args(["-c", "ulimit -f 1; trap '' XFSZ; exec \"$0\" \"$@\"", BIN])
+        .args(["forward", "--x", &x, "--device", "cpu", "--out", &out_arg])
+        .args(["--running-mean", &running, "--running-var", &running])
+        .stdin(Stdio::null());
+    with_runtime_dir(&mut cmd);
+    let o = cmd.output().expect("bash");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error:") && stderr.contains("running_mean.npy"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read(out.join("y.npy")).unwrap(),
+        b"an earlier run's y\n"
+    );
+    assert_eq!(
+        listing(&out).unwrap(),
+        ["y.npy".to_string()].into_iter().collect(),
+        "files left behind"
+    );
 }
 
 #[test]
@@ -1377,6 +1449,42 @@ fn a_closed_stdout_ends_the_run_quietly() {
         out.status
     );
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
+/// A closed stderr costs the run nothing: the progress lines and the error line are dropped,
+/// the bench still prints its table (exit 0), and a refusal still exits 1, where eprintln!
+/// panicked (exit 101).
+#[test]
+fn a_closed_stderr_is_no_panic() {
+    for (args, code, table) in [
+        (
+            &["bench", "--shape", "8x8x4x4", "--iters", "1"][..],
+            0,
+            true,
+        ),
+        (
+            &["bench", "--shape", "8x8x4x4,2x3", "--iters", "1"][..],
+            1,
+            false,
+        ),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        with_runtime_dir(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn batchnorm");
+        drop(child.stderr.take());
+        let out = child.wait_with_output().expect("wait for batchnorm");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: stdout {stdout}");
+        assert_eq!(
+            stdout.contains("forward"),
+            table,
+            "{args:?}: stdout {stdout}"
+        );
+    }
 }
 
 /// `batchnorm bench` checks every shape before it times any: a bad shape after a good one ends

@@ -13,6 +13,23 @@ use wgpu_batchnorm::{
     npy, BatchNorm, BatchNormConfig, BnError, Device, GpuContext, Layout, Result, RunningVar,
 };
 
+/// eprint!, but a closed stderr (`batchnorm bench 2>&1 | head -1`) costs the run nothing:
+/// progress and warnings are not worth a panic, and an error still sets the exit code.
+macro_rules! err_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// eprintln!, as `err_part!`.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// println!, but a closed stdout (`batchnorm bench | head`) ends the process quietly, as Unix
 /// tools do, instead of panicking.
 macro_rules! out {
@@ -22,7 +39,7 @@ macro_rules! out {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
-            eprintln!("error: writing to stdout: {e}");
+            err!("error: writing to stdout: {e}");
             std::process::exit(1);
         }
     }};
@@ -228,7 +245,7 @@ fn main() -> ExitCode {
                     }
                 })
                 .collect();
-            eprintln!("error: {message}");
+            err!("error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -256,8 +273,10 @@ fn read_vector(path: &Path) -> Result<Vec<f32>> {
     Ok(a.iter().copied().collect())
 }
 
-/// The layer the options describe, with its inputs loaded and checked.
-fn build_layer(args: &PassArgs, x: &ArrayD<f32>) -> Result<BatchNorm> {
+/// The layer the options describe, with its inputs loaded and checked. Its count is set only
+/// where the pass reads it (`uses_count`: a training forward), so that a count no u32 holds
+/// refuses nothing else.
+fn build_layer(args: &PassArgs, x: &ArrayD<f32>, uses_count: bool) -> Result<BatchNorm> {
     let layout = layout(args.layout);
     // The errors name the file whose shape it is.
     let refused = |reason: String| BnError::Npy {
@@ -311,7 +330,7 @@ fn build_layer(args: &PassArgs, x: &ArrayD<f32>) -> Result<BatchNorm> {
         layer.set_running_mean(&m)?;
         layer.set_running_var(&v)?;
     }
-    if let Some(count) = args.num_batches_tracked {
+    if let (Some(count), true) = (args.num_batches_tracked, uses_count) {
         layer.set_num_batches_tracked(count)?;
     }
     layer.set_training(!args.eval);
@@ -411,7 +430,7 @@ fn check_out_dir(dir: &Path) -> Result<()> {
 fn forward(args: &PassArgs) -> Result<()> {
     check_out_dir(&args.out)?;
     let x = npy::read_f32(&args.x)?;
-    let mut layer = build_layer(args, &x)?;
+    let mut layer = build_layer(args, &x, !args.eval)?;
     let out = layer.forward(x.view(), layout(args.layout))?;
     let mut files = Outputs(Vec::new());
     files.array("y.npy", out.y.view());
@@ -436,14 +455,12 @@ fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
     let x = npy::read_f32(&args.x)?;
     let dy = npy::read_f32(dy_path)?;
     wgpu_batchnorm::shape::expect_same_dims(x.shape(), dy.shape())?;
-    let mut layer = build_layer(args, &x)?;
-    let layout = layout(args.layout);
     // Training recomputes the batch statistics from x, as autograd would. That forward is no
-    // step of the model's, and the gradient reads no count: a count at the layer's limit
-    // (u32::MAX, refused as the next step's) must not refuse it.
-    if layer.is_training() && layer.num_batches_tracked().is_some() {
-        layer.set_num_batches_tracked(0)?;
-    }
+    // step of the model's, and the gradient reads no count: the layer is left without the
+    // given one, so that a count at the layer's limit (u32::MAX, refused as the next step's)
+    // or past it refuses nothing.
+    let mut layer = build_layer(args, &x, false)?;
+    let layout = layout(args.layout);
     layer.forward(x.view(), layout)?;
     let grads = layer.backward(x.view(), dy.view(), layout)?;
     let mut files = Outputs(Vec::new());
@@ -484,15 +501,15 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let terminal = std::io::stderr().is_terminal();
     let mut progress = |msg: &str| {
         if terminal {
-            eprint!("\r\x1b[2K{msg}");
+            err_part!("\r\x1b[2K{msg}");
         } else {
-            eprintln!("{msg}");
+            err!("{msg}");
         }
     };
     // A terminal's progress line goes before anything else is printed: a row, or an error.
     fn cleared<T>(terminal: bool, r: Result<T>) -> Result<T> {
         if terminal {
-            eprint!("\r\x1b[2K");
+            err_part!("\r\x1b[2K");
         }
         r
     }
@@ -543,7 +560,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
                         "{} {} {}: its timestamps did not advance, end-to-end time only",
                         r.shape, r.layout, r.pass
                     );
-                    eprintln!("warning: {note}");
+                    err!("warning: {note}");
                     if args.format == Format::Table {
                         lines.push(note);
                     }
