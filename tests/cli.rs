@@ -1280,8 +1280,8 @@ fn a_failed_write_keeps_an_earlier_runs_files() {
 
 /// A write that fails after the first output's temporary file is made (here the second file,
 /// past a file-size limit of 1 KiB: a tracked empty batch's y.npy is 128 bytes, its
-/// running_mean.npy 1,328) removes what this run wrote and changes none of an earlier run's files: the
-/// rollback that the up-front checks of the test above never reach.
+/// running_mean.npy 1,328) removes what this run wrote and changes none of an earlier run's
+/// files: the rollback that the up-front checks of the test above never reach.
 #[cfg(unix)]
 #[test]
 fn a_write_failing_midway_leaves_no_file_behind() {
@@ -1468,15 +1468,16 @@ fn a_closed_stderr_is_no_panic() {
             false,
         ),
     ] {
+        // The read end is closed before the child starts: its first write already fails.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(writer);
         with_runtime_dir(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn batchnorm");
-        drop(child.stderr.take());
-        let out = child.wait_with_output().expect("wait for batchnorm");
+        let out = cmd.output().expect("run batchnorm");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(code), "{args:?}: stdout {stdout}");
         assert_eq!(

@@ -125,8 +125,8 @@ pub struct GpuBatchNorm {
     /// its mapping, must not meet another's.
     channel_staging: Mutex<wgpu::Buffer>,
     saved_for_backward: Option<Saved>,
-    /// A count set since the last recorded forward, copied into `batches_tracked` ahead of
-    /// the next one (see set_num_batches_tracked).
+    /// A count set since the last recorded training forward, copied into `batches_tracked`
+    /// ahead of the next one (see set_num_batches_tracked).
     pending_count: Option<wgpu::Buffer>,
     plans: HashMap<Shape, Plan>,
     /// Counts plan lookups, to order plans by recent use.
@@ -264,7 +264,7 @@ impl GpuBatchNorm {
 
     /// Unlike the other setters, the count follows the order of recording, as
     /// `num_batches_tracked()` does: it reaches the GPU by a copy recorded ahead of the next
-    /// forward. Written at once, it would land before a forward recorded earlier but not yet
+    /// training forward, the only pass that reads it. Written at once, it would land before a forward recorded earlier but not yet
     /// submitted, which would then count itself on top of it.
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         self.config.check_has("num_batches_tracked")?;
@@ -620,8 +620,8 @@ impl GpuBatchNorm {
         }
     }
 
-    /// Records a prepared forward, after the count that `set_num_batches_tracked` left to
-    /// copy, and moves the layer's host state on with it.
+    /// Records a prepared forward (a counting one after the count that
+    /// `set_num_batches_tracked` left to copy), and moves the layer's host state on with it.
     fn record_forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
