@@ -89,36 +89,77 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     }
     read(&mut bytes, header_len)?;
     let prefix = parse_prefix(&bytes, &shown)?;
-    let mut data = Vec::new();
-    match length {
-        Some(length) => {
-            let held = usize::try_from(length.saturating_sub(prefix.header_end as u64))
-                .unwrap_or(usize::MAX);
+    if let Some(length) = length {
+        let held =
+            usize::try_from(length.saturating_sub(prefix.header_end as u64)).unwrap_or(usize::MAX);
+        check_data_len(held, &prefix, &shown)?;
+    }
+    // Straight into the values, so that the file is held once, not as bytes and again as
+    // values: a regular file's all at once (its length is checked), a stream's a step at a
+    // time, so that a header declaring more than comes is not taken at its word.
+    let step = match length {
+        Some(_) => prefix.count,
+        None => STREAM_STEP / ELEM,
+    };
+    let mut values: Vec<f32> = Vec::new();
+    let mut held = 0;
+    while values.len() < prefix.count {
+        let start = values.len();
+        let n = step.min(prefix.count - start);
+        // Amortized growth: a stream's steps must not copy what came before each time.
+        values.try_reserve(n).map_err(|_| {
+            npy_err(
+                &shown,
+                format!("cannot allocate {} bytes for its values", prefix.data_len),
+            )
+        })?;
+        values.resize(start + n, 0.0);
+        let got =
+            read_full(&mut file, bytemuck::cast_slice_mut(&mut values[start..])).map_err(io)?;
+        held += got;
+        if got < n * ELEM {
+            // Truncated (a stream, or a file cut while it was read).
             check_data_len(held, &prefix, &shown)?;
-            (&mut file)
-                .take(prefix.data_len as u64)
-                .read_to_end(&mut data)
-                .map_err(io)?;
-        }
-        None => {
-            (&mut file)
-                .take(prefix.data_len as u64 + 1)
-                .read_to_end(&mut data)
-                .map_err(io)?;
-            if data.len() > prefix.data_len {
-                return Err(npy_err(
-                    &shown,
-                    format!(
-                        "trailing bytes: header declares {} elements ({} bytes) but the \
-                         stream goes on past them",
-                        prefix.count, prefix.data_len
-                    ),
-                ));
-            }
         }
     }
-    check_data_len(data.len(), &prefix, &shown)?;
-    values(&data, prefix, &shown)
+    if length.is_none() && read_full(&mut file, &mut [0u8]).map_err(io)? > 0 {
+        return Err(npy_err(
+            &shown,
+            format!(
+                "trailing bytes: header declares {} elements ({} bytes) but the stream goes \
+                 on past them",
+                prefix.count, prefix.data_len
+            ),
+        ));
+    }
+    // The bytes as read are little-endian: on a big-endian host, turned around.
+    for v in &mut values {
+        *v = f32::from_le_bytes(v.to_ne_bytes());
+    }
+    let shape = prefix.shape;
+    ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| {
+        npy_err(
+            &shown,
+            format!("shape {shape:?} cannot be represented: {e}"),
+        )
+    })
+}
+
+/// How much of a stream's data is taken at a time (see read_f32).
+const STREAM_STEP: usize = 16 << 20;
+
+/// Fills `buf` from `file` as far as it goes; the bytes read, fewer only at its end.
+fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Where an .npy file's data starts, and what it must hold, from its preamble and header.
@@ -304,7 +345,13 @@ fn check_data_len(held: usize, prefix: &Prefix, path: &str) -> Result<()> {
 fn values(data: &[u8], prefix: Prefix, path: &str) -> Result<ArrayD<f32>> {
     let (shape, count) = (prefix.shape, prefix.count);
     // `data.len() == count * 4`, so this allocation is bounded by the input size.
-    let mut values = Vec::with_capacity(count);
+    let mut values = Vec::new();
+    values.try_reserve_exact(count).map_err(|_| {
+        npy_err(
+            path,
+            format!("cannot allocate {} bytes for its values", data.len()),
+        )
+    })?;
     for chunk in data.chunks_exact(ELEM) {
         let mut word = [0u8; ELEM];
         word.copy_from_slice(chunk);
@@ -316,8 +363,9 @@ fn values(data: &[u8], prefix: Prefix, path: &str) -> Result<ArrayD<f32>> {
 
 /// Serializes an array as a version 1.0 `.npy` file: `'<f4'`, `fortran_order: False`, data in
 /// C (row-major) order whatever the view's memory layout, header padded with spaces and ended
-/// with `'\n'` so that the data starts at a multiple of 64 bytes.
-pub fn to_bytes(array: &ArrayViewD<f32>) -> Vec<u8> {
+/// with `'\n'` so that the data starts at a multiple of 64 bytes. An `Allocation` error where
+/// the host cannot hold the file's bytes.
+pub fn to_bytes(array: &ArrayViewD<f32>) -> Result<Vec<u8>> {
     let shape = array.shape();
     let shape_text = match shape {
         [] => "()".to_string(),
@@ -344,7 +392,10 @@ pub fn to_bytes(array: &ArrayViewD<f32>) -> Vec<u8> {
     header.push('\n');
     let header_len = header.len();
 
-    let mut out = Vec::with_capacity(prefix_len + header_len + array.len() * ELEM);
+    let mut out = crate::cpu::with_room(
+        prefix_len + header_len + array.len() * ELEM,
+        "the bytes of an .npy file",
+    )?;
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&version);
     if version[0] == 1 {
@@ -358,12 +409,12 @@ pub fn to_bytes(array: &ArrayViewD<f32>) -> Vec<u8> {
     for &v in array.iter() {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out
+    Ok(out)
 }
 
 /// Writes an array as a version 1.0 float32 `.npy` file (see [`to_bytes`]).
 pub fn write_f32(path: &Path, array: &ArrayViewD<f32>) -> Result<()> {
-    std::fs::write(path, to_bytes(array)).map_err(|source| BnError::Io {
+    std::fs::write(path, to_bytes(array)?).map_err(|source| BnError::Io {
         path: path.display().to_string(),
         source,
     })
@@ -652,7 +703,7 @@ mod tests {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.25).collect();
         let a = ArrayD::from_shape_vec(IxDyn(shape), values).unwrap();
-        let bytes = to_bytes(&a.view());
+        let bytes = to_bytes(&a.view()).unwrap();
         let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
         assert_eq!(
@@ -690,7 +741,7 @@ mod tests {
             f32::from_bits(0x7fc0_1234), // NaN with payload
         ];
         let a = ArrayD::from_shape_vec(IxDyn(&[8]), values.to_vec()).unwrap();
-        let b = parse_f32(&to_bytes(&a.view()), BYTES_PATH).unwrap();
+        let b = parse_f32(&to_bytes(&a.view()).unwrap(), BYTES_PATH).unwrap();
         for (x, y) in a.iter().zip(b.iter()) {
             assert_eq!(x.to_bits(), y.to_bits());
         }
@@ -705,15 +756,15 @@ mod tests {
     fn header_text_matches_numpy() {
         // numpy.save(np.zeros((2, 3), np.float32)) writes exactly this 128-byte preamble.
         let a = ArrayD::<f32>::zeros(IxDyn(&[2, 3]));
-        let bytes = to_bytes(&a.view());
+        let bytes = to_bytes(&a.view()).unwrap();
         assert_eq!(bytes.len(), 128 + 24);
         let header = header_of(&bytes);
         assert!(header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
         assert!(header.ends_with(" \n"));
         let s = ArrayD::<f32>::zeros(IxDyn(&[5]));
-        assert!(header_of(&to_bytes(&s.view())).contains("'shape': (5,), }"));
+        assert!(header_of(&to_bytes(&s.view()).unwrap()).contains("'shape': (5,), }"));
         let z = ArrayD::<f32>::zeros(IxDyn(&[]));
-        assert!(header_of(&to_bytes(&z.view())).contains("'shape': (), }"));
+        assert!(header_of(&to_bytes(&z.view()).unwrap()).contains("'shape': (), }"));
     }
 
     #[test]
@@ -721,16 +772,16 @@ mod tests {
         let c = Array::from_shape_vec((2, 3), vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         let f = Array::from_shape_vec((2, 3).f(), vec![1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0]).unwrap();
         assert_eq!(c, f);
-        let c_bytes = to_bytes(&c.view().into_dyn());
-        let f_bytes = to_bytes(&f.view().into_dyn());
+        let c_bytes = to_bytes(&c.view().into_dyn()).unwrap();
+        let f_bytes = to_bytes(&f.view().into_dyn()).unwrap();
         assert_eq!(c_bytes, f_bytes);
         // Transposed view and a strided slice.
         let t = c.t();
-        let back = parse_f32(&to_bytes(&t.into_dyn()), BYTES_PATH).unwrap();
+        let back = parse_f32(&to_bytes(&t.into_dyn()).unwrap(), BYTES_PATH).unwrap();
         assert_eq!(back.shape(), &[3, 2]);
         assert_eq!(back.as_slice().unwrap(), &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
         let s = c.slice(ndarray::s![.., ..;2]);
-        let back = parse_f32(&to_bytes(&s.into_dyn()), BYTES_PATH).unwrap();
+        let back = parse_f32(&to_bytes(&s.into_dyn()).unwrap(), BYTES_PATH).unwrap();
         assert_eq!(back.as_slice().unwrap(), &[1.0, 3.0, 4.0, 6.0]);
     }
 
@@ -879,7 +930,7 @@ mod tests {
 
     fn roundtrip_bytes() -> Vec<u8> {
         let a = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
-        to_bytes(&a.view())
+        to_bytes(&a.view()).unwrap()
     }
 
     #[test]
@@ -1076,8 +1127,8 @@ mod tests {
         };
         let seeds: Vec<Vec<u8>> = vec![
             roundtrip_bytes(),
-            to_bytes(&ArrayD::<f32>::zeros(IxDyn(&[])).view()),
-            to_bytes(&ArrayD::<f32>::zeros(IxDyn(&[3, 0, 2])).view()),
+            to_bytes(&ArrayD::<f32>::zeros(IxDyn(&[])).view()).unwrap(),
+            to_bytes(&ArrayD::<f32>::zeros(IxDyn(&[3, 0, 2])).view()).unwrap(),
             file_with_header(
                 "{\"shape\": (3,), \"fortran_order\": False, \"descr\": \"<f4\"}",
                 &f32_bytes(&[1.0, 2.0, 3.0]),
@@ -1123,7 +1174,7 @@ mod tests {
                 parsed_ok += 1;
                 assert!(a.len() * 4 < bytes.len());
                 // Whatever parses must re-serialize and parse to the same array.
-                let again = parse_f32(&to_bytes(&a.view()), BYTES_PATH).unwrap();
+                let again = parse_f32(&to_bytes(&a.view()).unwrap(), BYTES_PATH).unwrap();
                 assert_eq!(again.shape(), a.shape());
             }
         }

@@ -136,3 +136,57 @@ fn a_backward_without_room_for_dx_changes_nothing() {
         assert_eq!(got.dbeta, want.dbeta, "{engine}");
     }
 }
+
+/// The `.npy` file of an array of DIMS (4 MiB of values), read back from a regular file, from
+/// a pipe and from memory, and written to bytes: each refused with an error (the reader's
+/// naming the file) where the host cannot hold the values, where `Vec` growth would abort the
+/// process. Given room, the same calls give the array back.
+#[test]
+fn npy_files_without_room_are_errors() {
+    use wgpu_batchnorm::npy;
+    let x: ArrayD<f32> = common::Rng::new(43).array(&DIMS, 0.0, 1.0);
+    let bytes = npy::to_bytes(&x.view()).unwrap();
+    match refusing(REFUSE_FROM_BYTES, || npy::to_bytes(&x.view())) {
+        Err(BnError::Allocation { bytes: n, .. }) => assert_eq!(n, bytes.len() as u64),
+        other => panic!("to_bytes: {:?}", other.map(|b| b.len())),
+    }
+    let dir = std::env::temp_dir().join(format!("host-memory-npy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("x.npy");
+    std::fs::write(&file, &bytes).unwrap();
+    let expect_refused = |what: &str, got: Result<ArrayD<f32>, BnError>| match got {
+        Err(BnError::Npy { path, reason }) => {
+            assert!(reason.contains("cannot allocate"), "{what}: {reason}");
+            assert!(!path.is_empty(), "{what}");
+        }
+        other => panic!("{what}: {:?}", other.map(|a| a.len())),
+    };
+    expect_refused("file", refusing(REFUSE_FROM_BYTES, || npy::read_f32(&file)));
+    expect_refused(
+        "bytes",
+        refusing(REFUSE_FROM_BYTES, || {
+            npy::parse_f32(&bytes, npy::BYTES_PATH)
+        }),
+    );
+    #[cfg(unix)]
+    {
+        let fifo = dir.join("x-stream.npy");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let (w, data) = (fifo.clone(), bytes.clone());
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
+            // The reader stops early: a broken pipe ends the writing.
+            let _ = f.write_all(&data);
+        });
+        expect_refused(
+            "stream",
+            refusing(REFUSE_FROM_BYTES, || npy::read_f32(&fifo)),
+        );
+        writer.join().unwrap();
+    }
+    assert_eq!(npy::read_f32(&file).unwrap(), x);
+    assert_eq!(npy::parse_f32(&bytes, npy::BYTES_PATH).unwrap(), x);
+    let _ = std::fs::remove_dir_all(&dir);
+}

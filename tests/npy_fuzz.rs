@@ -83,7 +83,7 @@ fn check_parse(bytes: &[u8]) -> Result<Option<ArrayD<f32>>, TestCaseError> {
     match r {
         Ok(a) => {
             prop_assert!(a.len() * 4 <= bytes.len());
-            let again = parse_f32(&to_bytes(&a.view()), BYTES_PATH).unwrap();
+            let again = parse_f32(&to_bytes(&a.view()).unwrap(), BYTES_PATH).unwrap();
             prop_assert_eq!(again.shape(), a.shape());
             prop_assert!(a
                 .iter()
@@ -196,7 +196,7 @@ fn the_allocation_tracker_sees_allocations() {
     assert!(LARGEST.with(|c| c.get()) >= 1 << 20);
     // And a valid parse of n floats allocates about 4n bytes.
     let a = ArrayD::from_shape_vec(IxDyn(&[1000]), vec![1.5f32; 1000]).unwrap();
-    let bytes = to_bytes(&a.view());
+    let bytes = to_bytes(&a.view()).unwrap();
     let (r, largest) = parse_tracked(&bytes);
     assert_eq!(r.unwrap(), a);
     assert!((4000..=allocation_bound(bytes.len())).contains(&largest));
@@ -579,7 +579,7 @@ proptest! {
         let n: usize = dims.iter().product();
         let values: Vec<f32> = (0..n).map(|i| i as f32 - 1.5).collect();
         let a = ArrayD::from_shape_vec(IxDyn(&dims), values).unwrap();
-        let mut bytes = to_bytes(&a.view());
+        let mut bytes = to_bytes(&a.view()).unwrap();
         for (op, at, byte) in edits {
             match op {
                 0 if !bytes.is_empty() => { let i = at.index(bytes.len()); bytes[i] = byte; }
@@ -622,13 +622,13 @@ proptest! {
         let a = ArrayD::from_shape_vec(IxDyn(&dims), values).unwrap();
         // A transposed view writes in logical (C) order too.
         let view = if transpose { a.view().reversed_axes() } else { a.view() };
-        let bytes = to_bytes(&view);
+        let bytes = to_bytes(&view).unwrap();
         let (r, largest) = parse_tracked(&bytes);
         let b = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(largest <= allocation_bound(bytes.len()));
         prop_assert_eq!(b.shape(), view.shape());
         prop_assert!(view.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
-        prop_assert_eq!(to_bytes(&b.view()), bytes);
+        prop_assert_eq!(to_bytes(&b.view()).unwrap(), bytes);
     }
 }
 
@@ -814,7 +814,7 @@ fn a_file_is_refused_from_its_header_and_length_before_its_data_is_read() {
     }
     let good = dir.join("good.npy");
     let a = ndarray::Array::from_shape_fn(IxDyn(&[3, 5]), |i| (i[0] * 5 + i[1]) as f32);
-    std::fs::write(&good, to_bytes(&a.view())).unwrap();
+    std::fs::write(&good, to_bytes(&a.view()).unwrap()).unwrap();
     assert_eq!(read_f32(&good).unwrap(), a);
     let _ = std::fs::remove_dir_all(&dir);
 }

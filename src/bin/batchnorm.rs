@@ -341,12 +341,13 @@ fn build_layer(args: &PassArgs, x: &ArrayD<f32>, uses_count: bool) -> Result<Bat
 struct Outputs(Vec<(&'static str, Vec<u8>)>);
 
 impl Outputs {
-    fn array(&mut self, name: &'static str, a: ArrayViewD<f32>) {
-        self.0.push((name, npy::to_bytes(&a)));
+    fn array(&mut self, name: &'static str, a: ArrayViewD<f32>) -> Result<()> {
+        self.0.push((name, npy::to_bytes(&a)?));
+        Ok(())
     }
 
-    fn vector(&mut self, name: &'static str, v: &[f32]) {
-        self.array(name, ArrayView1::from(v).into_dyn());
+    fn vector(&mut self, name: &'static str, v: &[f32]) -> Result<()> {
+        self.array(name, ArrayView1::from(v).into_dyn())
     }
 
     /// Writes every file or changes none: each goes to a new temporary file beside its place,
@@ -433,16 +434,16 @@ fn forward(args: &PassArgs) -> Result<()> {
     let mut layer = build_layer(args, &x, !args.eval)?;
     let out = layer.forward(x.view(), layout(args.layout))?;
     let mut files = Outputs(Vec::new());
-    files.array("y.npy", out.y.view());
+    files.array("y.npy", out.y.view())?;
     if let Some(stats) = &out.stats {
-        files.vector("mean.npy", &stats.mean);
-        files.vector("var.npy", &stats.var);
-        files.vector("invstd.npy", &stats.invstd);
+        files.vector("mean.npy", &stats.mean)?;
+        files.vector("var.npy", &stats.var)?;
+        files.vector("invstd.npy", &stats.invstd)?;
     }
     // A tracked layer's training step updates the running statistics and counts itself.
     if let (true, Some(count)) = (layer.is_training(), layer.num_batches_tracked()) {
-        files.vector("running_mean.npy", &layer.running_mean()?);
-        files.vector("running_var.npy", &layer.running_var()?);
+        files.vector("running_mean.npy", &layer.running_mean()?)?;
+        files.vector("running_var.npy", &layer.running_var()?)?;
         files
             .0
             .push(("num_batches_tracked.txt", format!("{count}\n").into_bytes()));
@@ -464,10 +465,10 @@ fn backward(args: &PassArgs, dy_path: &Path) -> Result<()> {
     layer.forward(x.view(), layout)?;
     let grads = layer.backward(x.view(), dy.view(), layout)?;
     let mut files = Outputs(Vec::new());
-    files.array("dx.npy", grads.dx.view());
+    files.array("dx.npy", grads.dx.view())?;
     if let (Some(dgamma), Some(dbeta)) = (&grads.dgamma, &grads.dbeta) {
-        files.vector("dgamma.npy", dgamma);
-        files.vector("dbeta.npy", dbeta);
+        files.vector("dgamma.npy", dgamma)?;
+        files.vector("dbeta.npy", dbeta)?;
     }
     files.write(&args.out)
 }
