@@ -102,22 +102,30 @@ fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         })
         .collect();
     let needle = wanted.to_lowercase();
-    let rank = |a: &wgpu::Adapter| {
-        use wgpu::DeviceType::*;
-        let kind = match (power_preference, a.get_info().device_type) {
-            (wgpu::PowerPreference::HighPerformance, DiscreteGpu)
-            | (wgpu::PowerPreference::LowPower, IntegratedGpu) => 0,
-            (wgpu::PowerPreference::None, _) => 0,
-            _ => 1,
-        };
-        (!has_compute(a), kind)
-    };
     // min_by_key keeps the first of equals: enumeration order breaks ties.
     adapters
         .into_iter()
         .filter(|a| a.get_info().name.to_lowercase().contains(&needle))
-        .min_by_key(rank)
+        .min_by_key(|a| adapter_rank(power_preference, a.get_info().device_type, has_compute(a)))
         .ok_or(BnError::NoSuchAdapter { wanted, found })
+}
+
+/// How an adapter of the wanted name ranks (lowest first): one with compute shaders, then
+/// the kind the power preference asks for, then any GPU before a CPU rasterizer, as wgpu's
+/// own choice ranks them.
+fn adapter_rank(
+    preference: wgpu::PowerPreference,
+    kind: wgpu::DeviceType,
+    compute: bool,
+) -> (bool, u8) {
+    use wgpu::DeviceType::*;
+    let order = match (preference, kind) {
+        (wgpu::PowerPreference::HighPerformance, DiscreteGpu)
+        | (wgpu::PowerPreference::LowPower, IntegratedGpu) => 0,
+        (_, Cpu) => 2,
+        _ => 1,
+    };
+    (!compute, order)
 }
 
 /// WGPU_BACKEND, where set, must name backends only: wgpu skips unknown names with a log
@@ -391,9 +399,12 @@ impl GpuContext {
 
 /// Refuses a device whose limits fall short of `GpuContext::required_limits`, naming the
 /// first limit that does: without this, the shortfall would surface as a pipeline error, or
-/// (workgroup storage, which wgpu does not check) in the driver.
+/// (workgroup storage, which wgpu does not check) in the driver. The limits that every
+/// kernel needs a little of are checked against that little (`LEAST_LIMITS`), not against
+/// WebGPU's defaults, which a caller may lower: a device smaller than those runs what fits.
 fn check_limits(device: &wgpu::Limits) -> Result<()> {
     let needed = GpuContext::required_limits();
+    let least = LEAST_LIMITS.map(|(what, need, has)| (what, need, has(device)));
     let pairs = [
         (
             "storage buffers per shader stage that the kernels need",
@@ -416,7 +427,11 @@ fn check_limits(device: &wgpu::Limits) -> Result<()> {
             device.max_compute_workgroup_size_x,
         ),
     ];
-    match pairs.into_iter().find(|&(_, need, has)| need > has) {
+    match pairs
+        .into_iter()
+        .chain(least)
+        .find(|&(_, need, has)| need > has)
+    {
         Some((what, need, has)) => Err(BnError::Limit {
             what,
             value: need as u64,
@@ -425,6 +440,28 @@ fn check_limits(device: &wgpu::Limits) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// The least of a limit that any kernel works with: (what, least, the device's).
+type LeastLimit = (&'static str, u32, fn(&wgpu::Limits) -> u32);
+const LEAST_LIMITS: [LeastLimit; 4] = [
+    // The kernels' bindings run from 0 to 8.
+    ("bindings per bind group that the kernels need", 9, |l| {
+        l.max_bindings_per_bind_group
+    }),
+    (
+        "uniform buffers per shader stage that the kernels need",
+        1,
+        |l| l.max_uniform_buffers_per_shader_stage,
+    ),
+    (
+        "bytes of one uniform binding that the kernels need",
+        std::mem::size_of::<crate::gpu::kernels::Params>() as u32,
+        |l| l.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32,
+    ),
+    ("workgroups per dimension that the kernels need", 1, |l| {
+        l.max_compute_workgroups_per_dimension
+    }),
+];
 
 /// GpuContext::scoped, for work on a device before its context exists.
 fn scoped<T>(device: &wgpu::Device, what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -538,12 +575,16 @@ fn subgroups_are_lane_runs(device: &wgpu::Device, queue: &wgpu::Queue) -> Result
 }
 
 /// Per lane (id in subgroup, subgroup size, first lane's index, active lanes): the check of
-/// subgroups_are_lane_runs.
+/// subgroups_are_lane_runs. Every subgroup must be as large as the first lane's: the kernels
+/// take that one size for the whole workgroup (subgroups_on.wgsl, subgroup_span), where
+/// Vulkan, with the varying subgroup size that wgpu allows, need not give one.
 fn lanes_form_runs(words: &[u32]) -> bool {
+    let first_size = words.get(1).copied();
     words.chunks_exact(4).enumerate().all(|(lid, w)| {
         let (id, size, first, active) = (w[0], w[1], w[2], w[3]);
         let lid = lid as u32;
-        size.is_power_of_two()
+        Some(size) == first_size
+            && size.is_power_of_two()
             && 256 % size == 0
             && active == size
             && id == lid % size
@@ -553,7 +594,7 @@ fn lanes_form_runs(words: &[u32]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_limits, lanes_form_runs, GpuContext};
+    use super::{adapter_rank, check_limits, lanes_form_runs, GpuContext};
     use crate::error::BnError;
 
     /// Each limit check_limits compares refuses a device one short of it, naming that limit
@@ -589,6 +630,41 @@ mod tests {
                 other => panic!("{name}: expected a Limit error, got {other:?}"),
             }
         }
+        // And those the kernels need a little of, at that little and one short of it.
+        let least: [(&str, u32, Field); 3] = [
+            ("bindings per bind group", 9, |l| {
+                &mut l.max_bindings_per_bind_group
+            }),
+            ("uniform buffers", 1, |l| {
+                &mut l.max_uniform_buffers_per_shader_stage
+            }),
+            ("workgroups per dimension", 1, |l| {
+                &mut l.max_compute_workgroups_per_dimension
+            }),
+        ];
+        let mut short = required.clone();
+        short.max_uniform_buffer_binding_size = 95;
+        assert!(matches!(
+            check_limits(&short),
+            Err(BnError::Limit {
+                value: 96,
+                limit: 95,
+                ..
+            })
+        ));
+        for (name, need, field) in least {
+            let mut short = required.clone();
+            *field(&mut short) = need;
+            assert!(check_limits(&short).is_ok(), "{name} at {need}");
+            *field(&mut short) = need - 1;
+            match check_limits(&short) {
+                Err(BnError::Limit { what, value, limit }) => {
+                    assert!(what.contains(name), "{name}: {what}");
+                    assert_eq!((value, limit), (need as u64, need as u64 - 1), "{name}");
+                }
+                other => panic!("{name}: expected a Limit error, got {other:?}"),
+            }
+        }
     }
 
     fn layout(size: u32, shuffle: impl Fn(u32) -> u32) -> Vec<u32> {
@@ -598,6 +674,31 @@ mod tests {
                 [id, size, lid - id, size]
             })
             .collect()
+    }
+
+    /// Among adapters of the wanted name: compute first, then the preferred kind, and a CPU
+    /// rasterizer after every GPU (with no preference too).
+    #[test]
+    fn adapters_rank_as_wgpu_ranks_them() {
+        use wgpu::{DeviceType::*, PowerPreference::*};
+        for preference in [HighPerformance, LowPower, None] {
+            for gpu in [DiscreteGpu, IntegratedGpu, VirtualGpu, Other] {
+                assert!(
+                    adapter_rank(preference, gpu, true) < adapter_rank(preference, Cpu, true),
+                    "{preference:?} {gpu:?}"
+                );
+            }
+            assert!(
+                adapter_rank(preference, Cpu, true) < adapter_rank(preference, DiscreteGpu, false)
+            );
+        }
+        assert!(
+            adapter_rank(HighPerformance, DiscreteGpu, true)
+                < adapter_rank(HighPerformance, IntegratedGpu, true)
+        );
+        assert!(
+            adapter_rank(LowPower, IntegratedGpu, true) < adapter_rank(LowPower, DiscreteGpu, true)
+        );
     }
 
     #[test]
@@ -622,6 +723,14 @@ mod tests {
         let mut partial = layout(32, |l| l);
         partial[3] = 16;
         assert!(!lanes_form_runs(&partial));
+        // Aligned runs, but of two sizes: 32 for the first half, 16 for the second.
+        let mixed: Vec<u32> = (0..256u32)
+            .flat_map(|lid| {
+                let size = if lid < 128 { 32 } else { 16 };
+                [lid % size, size, lid - lid % size, size]
+            })
+            .collect();
+        assert!(!lanes_form_runs(&mixed));
         // Subgroups that interleave lanes (lid % 8 picks the subgroup).
         let interleaved: Vec<u32> = (0..256u32)
             .flat_map(|lid| [lid / 8, 32, lid % 8, 32])

@@ -8,9 +8,10 @@ use crate::shape::Shape;
 /// A float32 tensor stored in a caller's buffer from `offset` on, C-contiguous in `layout`.
 ///
 /// The buffer must belong to the layer's device (`GpuContext::device`). One of another
-/// device of the same `wgpu::Instance` is refused (`BnError::Wgpu`); one of another instance
-/// cannot be told apart in wgpu 30, whose ids are numbered per instance, and may be taken for
-/// a buffer of this instance or make wgpu panic.
+/// device of the same `wgpu::Instance` is refused (`BnError::Wgpu`) by any pass that binds
+/// it (an empty batch binds nothing); one of another instance cannot be told apart in wgpu
+/// 30, whose ids are numbered per instance, and may be taken for a buffer of this instance
+/// or make wgpu panic. It must be unmapped when the encoder is submitted.
 #[derive(Clone, Debug)]
 pub struct GpuTensor<'a> {
     pub(crate) buffer: &'a wgpu::Buffer,
