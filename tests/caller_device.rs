@@ -644,3 +644,68 @@ fn a_refused_recording_keeps_the_plans() {
         "the least recently used plan was evicted by the refused call"
     );
 }
+
+/// The single-read forward binds whole tensors where they lie: x and y at different nonzero
+/// offsets of buffers with other values around them give the reference's y and running
+/// statistics, and leave the values around y as they were (scalar, and four channels per
+/// vec4 channels-last).
+#[test]
+fn the_single_read_forward_runs_at_offsets() {
+    let ctx = common::gpu_caller_single_read();
+    let (device, queue) = (ctx.device().clone(), ctx.queue().clone());
+    let align = device.limits().min_storage_buffer_offset_alignment as usize / 4;
+    let cases: [(&[usize], Layout); 2] = [
+        (&[4, 6, 5, 3], Layout::ChannelsFirst),
+        (&[4, 5, 6, 8], Layout::ChannelsLast),
+    ];
+    for (i, (dims, layout)) in cases.into_iter().enumerate() {
+        let n: usize = dims.iter().product();
+        let channels = match layout {
+            Layout::ChannelsFirst => dims[1],
+            Layout::ChannelsLast => dims[dims.len() - 1],
+        };
+        let mut rng = Rng::new(60 + i as u64);
+        let x = rng.array(dims, 1.0, 2.0);
+        // x one alignment in, y two, each with a run of 7s before and after.
+        let mut x_words = vec![7.0f32; align];
+        x_words.extend(x.iter());
+        x_words.extend(vec![7.0f32; align]);
+        let y_words = vec![7.0f32; 3 * align + n];
+        let x_buf =
+            common::storage_buffer(&device, &queue, x_words.len() as u64 * 4, Some(&x_words));
+        let y_buf =
+            common::storage_buffer(&device, &queue, y_words.len() as u64 * 4, Some(&y_words));
+        let mut layer = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(channels)).unwrap();
+        let mut encoder = device.create_command_encoder(&Default::default());
+        layer
+            .forward(
+                &mut encoder,
+                &GpuTensor::with_offset(&x_buf, 4 * align as u64, dims, layout).unwrap(),
+                &GpuTensor::with_offset(&y_buf, 8 * align as u64, dims, layout).unwrap(),
+            )
+            .unwrap();
+        queue.submit([encoder.finish()]);
+
+        let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu).unwrap();
+        let want = cpu.forward(x.view(), layout).unwrap().y;
+        let got = read(&device, &queue, &y_buf, 0, y_words.len());
+        let tag = format!("{dims:?} {layout:?}");
+        let e = rel_l2(
+            &got[2 * align..2 * align + n],
+            want.iter().map(|&v| v as f64),
+        );
+        assert!(e <= 1e-5, "{tag}: y {e:.2e}");
+        assert!(
+            got[..2 * align]
+                .iter()
+                .chain(&got[2 * align + n..])
+                .all(|&v| v == 7.0),
+            "{tag}: values around y changed"
+        );
+        let e = rel_l2(
+            &layer.running_mean().unwrap(),
+            cpu.running_mean().unwrap().iter().map(|&v| v as f64),
+        );
+        assert!(e <= 1e-5, "{tag}: running_mean {e:.2e}");
+    }
+}

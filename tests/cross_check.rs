@@ -44,6 +44,9 @@ fn odd_and_small_shapes_should_match_reference() {
         (&[4, 9, 3], CL, 0.0, 1.0),
         (&[2, 3, 4, 5, 6], CF, 1.0, 0.5),
         (&[2, 4, 5, 6, 3], CL, 1.0, 0.5),
+        // Ranks 5 and 3 channels-last with C a multiple of four: four channels per vec4.
+        (&[2, 3, 4, 5, 8], CL, 1.0, 0.5),
+        (&[16, 9, 8], CL, 1.0, 0.5),
         // M = 2
         (&[2, 6], CF, 0.0, 1.0),
         (&[1, 4, 2], CF, 0.0, 1.0),
@@ -131,6 +134,36 @@ fn outliers_at_the_ends_should_match_reference() {
             let mut rng = Rng::new(400 + i as u64);
             let x = with_channel_levels(rng.array(dims, 3.0, 1.0), layout, 1e4);
             let x = with_outliers_at_ends(x, layout, 1e4);
+            errors.extend(cross_check_input(ctx, x, layout, &mut rng));
+        }
+    }
+    assert_no_mismatches(&errors);
+}
+
+/// The single-read forward with several channels per workgroup, and a last workgroup that
+/// holds fewer than the others (its writer lanes past the channels write nothing): vec4
+/// along inner with four channels a workgroup, vec4 with eight and a last of four, scalar
+/// with sixteen and a last of six, channels-last with two units and a last of one
+/// (kernels.rs, single_read_tilings_with_several_channels, pins these tilings). Channels lie
+/// 100 apart, so that a workgroup that normalized with another channel's statistics misses
+/// by far more than the tolerance.
+#[test]
+fn single_read_with_several_channels_per_workgroup_should_match_reference() {
+    let cases: [(&[usize], Layout); 4] = [
+        (&[2, 256, 4, 4], CF),
+        (&[2, 516, 4], CF),
+        (&[2, 1030, 3], CF),
+        (&[2, 3, 516], CL),
+    ];
+    let mut errors = Vec::new();
+    for (i, (dims, layout)) in cases.into_iter().enumerate() {
+        for ctx in [
+            gpu(),
+            common::gpu_caller_single_read(),
+            common::gpu_caller_single_read_no_subgroups(),
+        ] {
+            let mut rng = Rng::new(700 + i as u64);
+            let x = with_channel_levels(rng.array(dims, 0.0, 1.0), layout, 100.0);
             errors.extend(cross_check_input(ctx, x, layout, &mut rng));
         }
     }

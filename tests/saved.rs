@@ -491,3 +491,90 @@ fn accumulated_parameter_gradients_sum_over_calls() {
     check("recorded while accumulating", &sums, &[0, 1]);
     check("overwritten", &backwards(&mut bn, &[0, 0], false), &[0]);
 }
+
+/// Accumulated dgamma and dbeta under each tuning and merge (the CPU rasterizer's tuning, a
+/// GPU's with and without subgroups, a caller device tuned as a CPU), through the grouped,
+/// four-channels-per-vec4 and scalar reductions, over a training call and an eval call
+/// (whose backward reads the running statistics), and then a third, training call by the
+/// ndarray API, whose result is the sum of all three: each against the sum of the CPU
+/// reference's gradients.
+#[test]
+fn accumulated_gradients_under_every_tuning_and_reduction() {
+    let contexts = [
+        common::gpu(),
+        common::gpu_caller(true),
+        common::gpu_caller(false),
+        common::gpu_cpu_tuned(),
+    ];
+    let cases: [(&[usize], Layout); 3] = [
+        (&[5, 4, 3, 7], Layout::ChannelsFirst),
+        (&[6, 5, 5, 8], Layout::ChannelsLast),
+        (&[3, 5, 7, 11], Layout::ChannelsFirst),
+    ];
+    for (i, (dims, layout)) in cases.into_iter().enumerate() {
+        let channels = match layout {
+            Layout::ChannelsFirst => dims[1],
+            Layout::ChannelsLast => dims[dims.len() - 1],
+        };
+        let mut rng = Rng::new(90 + i as u64);
+        let gamma: Vec<f32> = (0..channels)
+            .map(|_| (0.5 + rng.uniform()) as f32)
+            .collect();
+        let xs = [0, 1, 2].map(|k| rng.array(dims, k as f64 - 1.0, 1.0 + k as f64));
+        let dys = [0, 1, 2].map(|_| rng.array(dims, 0.0, 1.0));
+        // The reference: train, eval, train, each backward right after its forward.
+        let mut cpu = layer(Device::Cpu, channels, &gamma);
+        let mut sums = [vec![0.0f64; channels], vec![0.0f64; channels]];
+        let mut after_two = sums.clone();
+        for k in 0..3 {
+            cpu.set_training(k != 1);
+            cpu.forward(xs[k].view(), layout).unwrap();
+            let g = cpu.backward(xs[k].view(), dys[k].view(), layout).unwrap();
+            for (sum, part) in sums.iter_mut().zip([g.dgamma.unwrap(), g.dbeta.unwrap()]) {
+                for (s, p) in sum.iter_mut().zip(part) {
+                    *s += p as f64;
+                }
+            }
+            if k == 1 {
+                after_two = sums.clone();
+            }
+        }
+        for ctx in &contexts {
+            let tag = format!("{dims:?} {layout:?}, subgroups {}", ctx.subgroups());
+            let mut bn = GpuBatchNorm::new(ctx.clone(), BatchNormConfig::new(channels)).unwrap();
+            bn.set_gamma(&gamma).unwrap();
+            bn.set_accumulate_param_grads(true);
+            let mut saved = Vec::new();
+            for (k, x) in xs[..2].iter().enumerate() {
+                bn.set_training(k == 0);
+                saved.push(bn.forward_array_for_backward(x.view(), layout).unwrap().1);
+            }
+            for ((s, x), dy) in saved.iter().zip(&xs).zip(&dys) {
+                bn.backward_array_from(s, x.view(), dy.view(), layout)
+                    .unwrap();
+            }
+            let (device, queue) = (ctx.device(), ctx.queue());
+            let two = [bn.dgamma_buffer(), bn.dbeta_buffer()]
+                .map(|b| read_buffer(device, queue, b, 0, channels));
+            for (name, got, want) in [
+                ("dgamma", &two[0], &after_two[0]),
+                ("dbeta", &two[1], &after_two[1]),
+            ] {
+                let e = rel_l2(got, want.clone());
+                assert!(e <= TOL, "{tag}: {name} of two calls {e:.2e}");
+            }
+            bn.set_training(true);
+            bn.forward_array(xs[2].view(), layout).unwrap();
+            let out = bn
+                .backward_array(xs[2].view(), dys[2].view(), layout)
+                .unwrap();
+            for (name, got, want) in [
+                ("dgamma", out.dgamma.unwrap(), &sums[0]),
+                ("dbeta", out.dbeta.unwrap(), &sums[1]),
+            ] {
+                let e = rel_l2(&got, want.clone());
+                assert!(e <= TOL, "{tag}: {name} of three calls {e:.2e}");
+            }
+        }
+    }
+}

@@ -545,3 +545,40 @@ fn an_empty_batch_is_counted_for_every_channel_of_a_wide_layer() {
     assert_close("running_mean", &gpu.0, &wide(&cpu.0));
     assert_close("running_var", &gpu.1, &wide(&cpu.1));
 }
+
+/// A count set (or reset) and then an empty batch: the empty batch counts on top of the set
+/// count, on the GPU as on the CPU (the set count's copy is recorded before count_batch's
+/// increment), so with momentum None the batch after it is weighed 1/7 after a count of 5,
+/// and 1/2 after a reset.
+#[test]
+fn an_empty_batch_counts_on_top_of_a_set_count() {
+    let channels = 100;
+    let mut config = BatchNormConfig::new(channels);
+    config.momentum = None;
+    let mut rng = common::Rng::new(78);
+    let (a, b) = (
+        rng.array(&[6, channels], 1.0, 2.0),
+        rng.array(&[6, channels], -3.0, 0.5),
+    );
+    let empty = ArrayD::<f32>::zeros(IxDyn(&[0, channels]));
+    for (reset, count) in [(false, 7), (true, 2)] {
+        let mut results = Vec::new();
+        for device in [Device::Gpu(common::gpu()), Device::Cpu] {
+            let mut bn = BatchNorm::new(config.clone(), device).unwrap();
+            bn.forward(a.view(), CF).unwrap();
+            if reset {
+                bn.reset_running_stats().unwrap();
+            } else {
+                bn.set_num_batches_tracked(5).unwrap();
+            }
+            bn.forward(empty.view(), CF).unwrap();
+            bn.forward(b.view(), CF).unwrap();
+            assert_eq!(bn.num_batches_tracked(), Some(count), "reset {reset}");
+            results.push((bn.running_mean().unwrap(), bn.running_var().unwrap()));
+        }
+        let (gpu, cpu) = (&results[0], &results[1]);
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        assert_close("running_mean", &gpu.0, &wide(&cpu.0));
+        assert_close("running_var", &gpu.1, &wide(&cpu.1));
+    }
+}

@@ -1231,6 +1231,13 @@ mod tests {
                 ),
                 (&[4096, 4][..], Layout::ChannelsLast, Reduce::Vec4Channels),
                 (&[256, 3, 7, 7][..], Layout::ChannelsFirst, Reduce::Scalar),
+                // caller_device's the_single_read_forward_runs_at_offsets.
+                (&[4, 6, 5, 3][..], Layout::ChannelsFirst, Reduce::Scalar),
+                (
+                    &[4, 5, 6, 8][..],
+                    Layout::ChannelsLast,
+                    Reduce::Vec4Channels,
+                ),
             ] {
                 let shape = Shape::new(dims, layout).unwrap();
                 let on = Tuning {
@@ -1245,6 +1252,59 @@ mod tests {
                 assert!(
                     g.fused.is_none(),
                     "{dims:?} {device:?}: single read by default"
+                );
+            }
+        }
+    }
+
+    /// The shapes of cross_check's single_read_with_several_channels_per_workgroup take the
+    /// single read with several channels per workgroup and a last workgroup of fewer, under
+    /// both tunings: (channels or units per workgroup, workgroups).
+    #[test]
+    fn single_read_tilings_with_several_channels() {
+        for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            for (dims, layout, reduce, tile_c, groups) in [
+                (
+                    &[2, 256, 4, 4][..],
+                    Layout::ChannelsFirst,
+                    Reduce::Vec4Inner,
+                    4,
+                    64,
+                ),
+                (
+                    &[2, 516, 4][..],
+                    Layout::ChannelsFirst,
+                    Reduce::Vec4Inner,
+                    8,
+                    65,
+                ),
+                (
+                    &[2, 1030, 3][..],
+                    Layout::ChannelsFirst,
+                    Reduce::Scalar,
+                    16,
+                    65,
+                ),
+                (
+                    &[2, 3, 516][..],
+                    Layout::ChannelsLast,
+                    Reduce::Vec4Channels,
+                    2,
+                    65,
+                ),
+            ] {
+                let shape = Shape::new(dims, layout).unwrap();
+                let on = Tuning {
+                    single_read: true,
+                    ..Tuning::for_device(Some(device))
+                };
+                let g = Geometry::new(&shape, &wgpu::Limits::default(), on).unwrap();
+                assert_eq!(g.reduce, reduce, "{dims:?} {device:?}");
+                let f = g.fused.expect("a single read");
+                assert_eq!(
+                    (f.tile_c, f.groups),
+                    (tile_c, groups),
+                    "{dims:?} {device:?}"
                 );
             }
         }

@@ -155,6 +155,8 @@ pub fn cross_check_config(
         " two-pass"
     } else if Arc::ptr_eq(&gpu, &super::gpu_caller_single_read()) {
         " caller device, subgroups, single read"
+    } else if Arc::ptr_eq(&gpu, &super::gpu_caller_single_read_no_subgroups()) {
+        " caller device, no subgroups, single read"
     } else if Arc::ptr_eq(&gpu, &super::gpu_cpu_tuned()) {
         " caller device, CPU-tuned"
     } else if gpu.subgroups() {

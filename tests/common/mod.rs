@@ -117,13 +117,21 @@ pub fn gpu_caller(subgroups: bool) -> Arc<GpuContext> {
 /// lavapipe, no subgroups) never runs.
 pub fn gpu_caller_single_read() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let (device, queue) = caller_device(true, None);
-        let ctx = GpuContext::from_device(device, queue).expect("a context");
-        ctx.set_single_read_forward(true);
-        ctx
-    })
-    .clone()
+    CTX.get_or_init(|| single_read_caller(true)).clone()
+}
+
+/// gpu_caller_single_read without subgroups: a GPU's tuning of the single-read forward with
+/// its workgroup fold.
+pub fn gpu_caller_single_read_no_subgroups() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| single_read_caller(false)).clone()
+}
+
+fn single_read_caller(subgroups: bool) -> Arc<GpuContext> {
+    let (device, queue) = caller_device(subgroups, None);
+    let ctx = GpuContext::from_device(device, queue).expect("a context");
+    ctx.set_single_read_forward(true);
+    ctx
 }
 
 /// A caller's tensor buffer of `bytes` (STORAGE, COPY_DST, COPY_SRC), holding `values` where
