@@ -128,6 +128,7 @@ fn outliers_at_the_ends_should_match_reference() {
         for ctx in [
             gpu(),
             gpu_caller(true),
+            gpu_caller(false),
             common::gpu_caller_single_read(),
             common::gpu_cpu_tuned(),
         ] {
@@ -557,7 +558,8 @@ fn a_nan_stays_in_its_channel() {
 
 /// Every switch (momentum None, affine and tracking off, a biased running variance, another
 /// eps) on each kind of reduction (vec4 inner, vec4 channels, (N, C), grouped 7×7, scalar),
-/// under a GPU's tuning and a CPU rasterizer's, train, eval and train again: the default
+/// under a GPU's tuning (with and without subgroups, and with the single-read forward with
+/// and without them) and a CPU rasterizer's, train, eval and train again: the default
 /// configuration is what every other cross-check runs.
 #[test]
 fn every_switch_should_match_reference() {
@@ -572,7 +574,14 @@ fn every_switch_should_match_reference() {
     for (i, (dims, layout)) in cases.into_iter().enumerate() {
         let channels = channels_of(dims, layout);
         for config in switch_configs(channels) {
-            for ctx in [gpu(), gpu_caller(true), common::gpu_cpu_tuned()] {
+            for ctx in [
+                gpu(),
+                gpu_caller(true),
+                gpu_caller(false),
+                common::gpu_caller_single_read(),
+                common::gpu_caller_single_read_no_subgroups(),
+                common::gpu_cpu_tuned(),
+            ] {
                 let mut rng = Rng::new(900 + i as u64);
                 let x = rng.array(dims, 1.0, 2.0);
                 errors.extend(cross_check_config(ctx, x, layout, &mut rng, &config));

@@ -76,6 +76,7 @@ fn chunked_bindings_should_match_reference() {
 fn chunked_outliers_at_the_ends_should_match_reference() {
     for ctx in [
         small_binding_context(64 << 10, true),
+        small_binding_context(64 << 10, false),
         small_binding_cpu_tuned_context(64 << 10),
     ] {
         let mut errors = Vec::new();
@@ -93,13 +94,14 @@ fn chunked_outliers_at_the_ends_should_match_reference() {
 }
 
 /// Every switch of switch_configs on tensors cut into chunks (a 64 KiB binding), with the
-/// GPU's tuning and the CPU rasterizer's: momentum None's count and the running statistics
-/// of an untracked layer go through the chunks' merge too.
+/// GPU's tuning (with and without subgroups) and the CPU rasterizer's: momentum None's count
+/// and the running statistics of an untracked layer go through the chunks' merge too.
 #[test]
 fn chunked_switches_should_match_reference() {
     let mut errors = Vec::new();
     for ctx in [
         small_binding_context(64 << 10, true),
+        small_binding_context(64 << 10, false),
         small_binding_cpu_tuned_context(64 << 10),
     ] {
         for (i, (dims, layout)) in [
@@ -195,6 +197,7 @@ fn rows_over_one_binding_run_in_blocks_of_channels_should_match_reference() {
     let mut errors = Vec::new();
     for ctx in [
         small_binding_context(64 << 10, true),
+        small_binding_context(64 << 10, false),
         small_binding_cpu_tuned_context(64 << 10),
     ] {
         for config in switch_configs(40) {
@@ -294,6 +297,24 @@ fn few_workgroups_per_dimension_should_match_reference() {
                 (&[4, 5, 3, 1000], CL, 0.5, 2.0),
             ],
         );
+    }
+}
+
+/// Fewer merging lanes per channel than the splits ask for, where a device of 16 workgroups
+/// per dimension could not give every channel as many (kernels.rs,
+/// merge_lanes_give_way_to_few_workgroups: 1024 channels in three chunks of a 1 MiB binding,
+/// 48 splits, 4 lanes instead of 8), with and without subgroups.
+#[test]
+fn merge_lanes_on_few_workgroups_should_match_reference() {
+    let limits = wgpu::Limits {
+        max_compute_workgroups_per_dimension: 16,
+        max_storage_buffer_binding_size: 1 << 20,
+        ..wgpu::Limits::default()
+    };
+    for subgroups in [true, false] {
+        let (device, queue) = common::caller_device(subgroups, Some(limits.clone()));
+        let ctx = GpuContext::from_device(device, queue).unwrap();
+        check_all(ctx, &[(&[768, 1024], CF, 0.5, 2.0)]);
     }
 }
 

@@ -123,6 +123,7 @@ fn tiny_variance_under_tiny_eps_gives_finite_gradients() {
     for ctx in [
         common::gpu(),
         common::gpu_caller(true),
+        common::gpu_caller(false),
         common::gpu_cpu_tuned(),
     ] {
         let mut bn = BatchNorm::new(config.clone(), Device::Gpu(ctx)).unwrap();

@@ -1711,6 +1711,24 @@ mod tests {
         }
     }
 
+    /// On a device of 16 workgroups per dimension and a 1 MiB binding (large.rs runs it), an
+    /// (N, C) tensor of 1024 channels takes three chunks and 48 splits, whose 8 merging lanes
+    /// per channel would need 32 workgroups: 4 then, on 16.
+    #[test]
+    fn merge_lanes_give_way_to_few_workgroups() {
+        let limits = wgpu::Limits {
+            max_compute_workgroups_per_dimension: 16,
+            max_storage_buffer_binding_size: 1 << 20,
+            ..wgpu::Limits::default()
+        };
+        let gpu = Tuning::for_device(Some(wgpu::DeviceType::DiscreteGpu));
+        let shape = Shape::new(&[768, 1024], Layout::ChannelsFirst).unwrap();
+        let g = Geometry::new(&shape, &limits, gpu).unwrap();
+        let p = g.chunks[0].params;
+        assert_eq!((g.chunks.len(), g.splits, p.merge_lanes), (3, 48, 4));
+        assert_eq!(g.merge_groups, (16, 1, 1));
+    }
+
     /// Lane records under a CPU rasterizer's tuning where they add no records (a workgroup
     /// with one lane per unit) and in the grouped reductions (a record per lane along rows
     /// and position of a channel); the fold everywhere else and under a GPU's tuning.
