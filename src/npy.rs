@@ -5,7 +5,9 @@
 //! fully understand: other dtypes, Fortran-order data, malformed headers, truncated files and
 //! trailing bytes. It never panics on any input and never allocates more than the size of the
 //! input it was given: the element count declared by the header is checked against the bytes
-//! actually present before anything of that size is allocated.
+//! actually present before anything of that size is allocated (from a stream, which tells no
+//! size, it allocates no more than twice the data that came, or 16 MiB, and never past the
+//! declared size). An allocation the host refuses is an error, not an abort.
 //!
 //! The writer always produces a version 1.0 file (`'<f4'`, `fortran_order: False`, C-order
 //! data) whose data starts at a multiple of 64 bytes, exactly like `numpy.save`.
@@ -106,11 +108,13 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     while values.len() < prefix.count {
         let start = values.len();
         let n = step.min(prefix.count - start);
-        // Amortized growth: a stream's steps must not copy what came before each time.
-        values.try_reserve(n).map_err(|_| {
+        // Doubling, so that a stream's steps do not copy what came before each time, but
+        // never past the declared count.
+        let room = (2 * values.capacity()).max(start + n).min(prefix.count);
+        values.try_reserve_exact(room - start).map_err(|_| {
             npy_err(
                 &shown,
-                format!("cannot allocate {} bytes for its values", prefix.data_len),
+                format!("cannot allocate {} bytes for its values", room * ELEM),
             )
         })?;
         values.resize(start + n, 0.0);
@@ -908,6 +912,42 @@ mod tests {
                 .recv_timeout(Duration::from_secs(10))
                 .expect("read_f32 read on past the declared data");
             assert!(got.contains(why), "{name}: {got}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stream of more than one step (16 MiB) reads whole, and one that ends before the
+    /// header's count, past its first step, is refused as truncated.
+    #[cfg(unix)]
+    #[test]
+    fn reads_a_stream_over_several_steps_and_refuses_one_cut_short() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("npy-fifo-steps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let count = (STREAM_STEP / ELEM) * 5 / 2 + 3;
+        let a = ArrayD::from_shape_vec(IxDyn(&[count]), (0..count).map(|i| i as f32).collect())
+            .unwrap();
+        let bytes = to_bytes(&a.view()).unwrap();
+        for (name, cut) in [("whole.npy", 0), ("cut.npy", STREAM_STEP / 2)] {
+            let fifo = dir.join(name);
+            let _ = std::fs::remove_file(&fifo);
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+            assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+            let (w, data) = (fifo.clone(), bytes[..bytes.len() - cut].to_vec());
+            let writer = std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
+                let _ = f.write_all(&data);
+            });
+            let got = read_f32(&fifo);
+            writer.join().unwrap();
+            if cut == 0 {
+                let got = got.unwrap();
+                assert_eq!(got, a);
+                assert!(got.into_raw_vec_and_offset().0.capacity() == count);
+            } else {
+                let why = got.unwrap_err().to_string();
+                assert!(why.contains("truncated"), "{why}");
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -154,39 +154,51 @@ fn npy_files_without_room_are_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("x.npy");
     std::fs::write(&file, &bytes).unwrap();
-    let expect_refused = |what: &str, got: Result<ArrayD<f32>, BnError>| match got {
+    let expect_refused = |what: &str, shown: &str, got: Result<ArrayD<f32>, BnError>| match got {
         Err(BnError::Npy { path, reason }) => {
             assert!(reason.contains("cannot allocate"), "{what}: {reason}");
-            assert!(!path.is_empty(), "{what}");
+            assert_eq!(path, shown, "{what}");
         }
         other => panic!("{what}: {:?}", other.map(|a| a.len())),
     };
-    expect_refused("file", refusing(REFUSE_FROM_BYTES, || npy::read_f32(&file)));
+    let shown = file.display().to_string();
+    expect_refused(
+        "file",
+        &shown,
+        refusing(REFUSE_FROM_BYTES, || npy::read_f32(&file)),
+    );
     expect_refused(
         "bytes",
+        npy::BYTES_PATH,
         refusing(REFUSE_FROM_BYTES, || {
             npy::parse_f32(&bytes, npy::BYTES_PATH)
         }),
     );
+    assert_eq!(npy::read_f32(&file).unwrap(), x);
+    assert_eq!(npy::parse_f32(&bytes, npy::BYTES_PATH).unwrap(), x);
     #[cfg(unix)]
     {
         let fifo = dir.join("x-stream.npy");
+        let _ = std::fs::remove_file(&fifo);
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         assert!(made.is_ok_and(|s| s.success()), "mkfifo");
-        let (w, data) = (fifo.clone(), bytes.clone());
-        let writer = std::thread::spawn(move || {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
-            // The reader stops early: a broken pipe ends the writing.
-            let _ = f.write_all(&data);
-        });
-        expect_refused(
-            "stream",
-            refusing(REFUSE_FROM_BYTES, || npy::read_f32(&fifo)),
-        );
-        writer.join().unwrap();
+        let shown = fifo.display().to_string();
+        for room in [false, true] {
+            let (w, data) = (fifo.clone(), bytes.clone());
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
+                // A reader that stops early ends the writing with a broken pipe.
+                let _ = f.write_all(&data);
+            });
+            if room {
+                assert_eq!(npy::read_f32(&fifo).unwrap(), x, "stream");
+            } else {
+                let got = refusing(REFUSE_FROM_BYTES, || npy::read_f32(&fifo));
+                expect_refused("stream", &shown, got);
+            }
+            writer.join().unwrap();
+        }
     }
-    assert_eq!(npy::read_f32(&file).unwrap(), x);
-    assert_eq!(npy::parse_f32(&bytes, npy::BYTES_PATH).unwrap(), x);
     let _ = std::fs::remove_dir_all(&dir);
 }
