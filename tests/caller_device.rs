@@ -702,10 +702,13 @@ fn the_single_read_forward_runs_at_offsets() {
                 .all(|&v| v == 7.0),
             "{tag}: values around y changed"
         );
-        let e = rel_l2(
-            &layer.running_mean().unwrap(),
-            cpu.running_mean().unwrap().iter().map(|&v| v as f64),
-        );
-        assert!(e <= 1e-5, "{tag}: running_mean {e:.2e}");
+        for (what, got, want) in [
+            ("running_mean", layer.running_mean(), cpu.running_mean()),
+            ("running_var", layer.running_var(), cpu.running_var()),
+        ] {
+            let want = want.unwrap();
+            let e = rel_l2(&got.unwrap(), want.iter().map(|&v| v as f64));
+            assert!(e <= 1e-5, "{tag}: {what} {e:.2e}");
+        }
     }
 }

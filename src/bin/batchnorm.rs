@@ -637,7 +637,7 @@ fn info() -> Result<()> {
         {
             "workgroup memory (subgroups unused on a CPU rasterizer)"
         } else {
-            "workgroup memory (subgroups not runs of consecutive invocations)"
+            "workgroup memory (subgroups not full runs of consecutive invocations of one size)"
         }
     );
     let l = ctx.limits();

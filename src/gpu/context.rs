@@ -63,7 +63,8 @@ pub fn list_adapters() -> Result<Vec<AdapterSummary>> {
 /// else wgpu's default for WGPU_POWER_PREF. wgpu's own helper for this panics when no name
 /// matches; this says which adapters there are instead. Among adapters of that name, one
 /// with compute shaders is taken first (a GL adapter may lack them where its Vulkan twin has
-/// them), then the kind WGPU_POWER_PREF prefers (discrete for high, integrated for low).
+/// them), then the kind WGPU_POWER_PREF prefers (discrete for high, integrated for low),
+/// then a GPU before a CPU rasterizer (`adapter_rank`).
 fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
     check_backend_env()?;
     let power_preference = power_preference_env()?;
@@ -111,8 +112,8 @@ fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
 }
 
 /// How an adapter of the wanted name ranks (lowest first): one with compute shaders, then
-/// the kind the power preference asks for, then any GPU before a CPU rasterizer, as wgpu's
-/// own choice ranks them.
+/// the kind the power preference asks for, then any GPU before a CPU rasterizer (a name
+/// that two adapters share is taken to mean the GPU, with or without a preference).
 fn adapter_rank(
     preference: wgpu::PowerPreference,
     kind: wgpu::DeviceType,
@@ -443,7 +444,11 @@ fn check_limits(device: &wgpu::Limits) -> Result<()> {
 
 /// The least of a limit that any kernel works with: (what, least, the device's).
 type LeastLimit = (&'static str, u32, fn(&wgpu::Limits) -> u32);
-const LEAST_LIMITS: [LeastLimit; 4] = [
+const LEAST_LIMITS: [LeastLimit; 5] = [
+    // Every kernel binds group 0.
+    ("bind groups that the kernels need", 1, |l| {
+        l.max_bind_groups
+    }),
     // The kernels' bindings run from 0 to 8.
     ("bindings per bind group that the kernels need", 9, |l| {
         l.max_bindings_per_bind_group
@@ -631,7 +636,8 @@ mod tests {
             }
         }
         // And those the kernels need a little of, at that little and one short of it.
-        let least: [(&str, u32, Field); 3] = [
+        let least: [(&str, u32, Field); 4] = [
+            ("bind groups", 1, |l| &mut l.max_bind_groups),
             ("bindings per bind group", 9, |l| {
                 &mut l.max_bindings_per_bind_group
             }),
@@ -679,7 +685,7 @@ mod tests {
     /// Among adapters of the wanted name: compute first, then the preferred kind, and a CPU
     /// rasterizer after every GPU (with no preference too).
     #[test]
-    fn adapters_rank_as_wgpu_ranks_them() {
+    fn adapters_of_a_name_rank_gpus_before_cpu_rasterizers() {
         use wgpu::{DeviceType::*, PowerPreference::*};
         for preference in [HighPerformance, LowPower, None] {
             for gpu in [DiscreteGpu, IntegratedGpu, VirtualGpu, Other] {
