@@ -843,6 +843,28 @@ mod tests {
         }
     }
 
+    /// A new named pipe `name` in `dir`.
+    #[cfg(unix)]
+    fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
+        let fifo = dir.join(name);
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+        fifo
+    }
+
+    /// Why read_f32 refuses `path`, which it must say within ten seconds (`waited` otherwise).
+    #[cfg(unix)]
+    fn refusal_in_time(path: &Path, waited: &str) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_f32(&r).unwrap_err().to_string());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect(waited)
+    }
+
     /// What does not start as an .npy is refused from its first bytes, before the rest is
     /// read: here a pipe whose writer sent a few bytes and stays open, so that a reader that
     /// waits for the end never returns (as /dev/zero never ends).
@@ -853,24 +875,14 @@ mod tests {
         use std::time::Duration;
         let dir = std::env::temp_dir().join(format!("npy-fifo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("x.npy");
-        let _ = std::fs::remove_file(&fifo);
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+        let fifo = fifo(&dir, "x.npy");
         let w = fifo.clone();
         std::thread::spawn(move || {
             let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
             f.write_all(b"not an .npy file").unwrap();
             std::thread::sleep(Duration::from_secs(60));
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let r = fifo.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(read_f32(&r).unwrap_err().to_string());
-        });
-        let why = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("read_f32 waited for the end of the stream");
+        let why = refusal_in_time(&fifo, "read_f32 waited for the end of the stream");
         let _ = std::fs::remove_dir_all(&dir);
         assert!(why.contains("magic"), "{why}");
     }
@@ -882,7 +894,6 @@ mod tests {
     #[test]
     fn refuses_a_stream_past_its_declared_data() {
         use std::io::Write;
-        use std::time::Duration;
         let dir = std::env::temp_dir().join(format!("npy-fifo-data-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut long_header = b"\x93NUMPY\x02\x00".to_vec();
@@ -891,10 +902,7 @@ mod tests {
             ("endless.npy", header_of_roundtrip(), "goes on past them"),
             ("long_header.npy", long_header, "read from a stream"),
         ] {
-            let fifo = dir.join(name);
-            let _ = std::fs::remove_file(&fifo);
-            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-            assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+            let fifo = fifo(&dir, name);
             let w = fifo.clone();
             std::thread::spawn(move || {
                 let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();
@@ -903,14 +911,7 @@ mod tests {
                 // Until the reader closes its end.
                 while f.write_all(&zeros).is_ok() {}
             });
-            let (tx, rx) = std::sync::mpsc::channel();
-            let r = fifo.clone();
-            std::thread::spawn(move || {
-                let _ = tx.send(read_f32(&r).unwrap_err().to_string());
-            });
-            let got = rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("read_f32 read on past the declared data");
+            let got = refusal_in_time(&fifo, "read_f32 read on past the declared data");
             assert!(got.contains(why), "{name}: {got}");
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -929,10 +930,7 @@ mod tests {
             .unwrap();
         let bytes = to_bytes(&a.view()).unwrap();
         for (name, cut) in [("whole.npy", 0), ("cut.npy", STREAM_STEP / 2)] {
-            let fifo = dir.join(name);
-            let _ = std::fs::remove_file(&fifo);
-            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-            assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+            let fifo = fifo(&dir, name);
             let (w, data) = (fifo.clone(), bytes[..bytes.len() - cut].to_vec());
             let writer = std::thread::spawn(move || {
                 let mut f = std::fs::OpenOptions::new().write(true).open(&w).unwrap();

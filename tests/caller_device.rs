@@ -255,6 +255,50 @@ fn same_count_and_running_mean(gpu: &GpuBatchNorm, cpu: &BatchNorm, count: u64) 
     }
 }
 
+/// The count's cases below: a caller's device and its context, and two batches x1 and x2 of
+/// COUNT_DIMS for a layer of three channels with momentum None (so that the count weighs each
+/// batch), channels first.
+struct Counting {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    ctx: std::sync::Arc<GpuContext>,
+    x1: ndarray::ArrayD<f32>,
+    x2: ndarray::ArrayD<f32>,
+    config: BatchNormConfig,
+}
+
+const COUNT_DIMS: [usize; 3] = [8, 3, 4];
+
+impl Counting {
+    fn new(seed: u64) -> Self {
+        let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
+        let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
+        let mut rng = Rng::new(seed);
+        let (x1, x2) = (
+            rng.array(&COUNT_DIMS, 1.0, 2.0),
+            rng.array(&COUNT_DIMS, -3.0, 1.0),
+        );
+        let mut config = BatchNormConfig::new(3);
+        config.momentum = None;
+        Self {
+            device,
+            queue,
+            ctx,
+            x1,
+            x2,
+            config,
+        }
+    }
+
+    /// Records a forward of x1 into `encoder`, on buffers of the caller's device.
+    fn record_x1(&self, gpu: &mut GpuBatchNorm, encoder: &mut wgpu::CommandEncoder) {
+        let x = tensor_buffer(&self.device, &self.queue, self.x1.as_slice().unwrap());
+        let y = tensor_buffer(&self.device, &self.queue, &vec![0.0; self.x1.len()]);
+        let t = |b| GpuTensor::new(b, &COUNT_DIMS, Layout::ChannelsFirst).unwrap();
+        gpu.forward(encoder, &t(&x), &t(&y)).unwrap();
+    }
+}
+
 /// `set_num_batches_tracked` between recording a training forward and submitting it: the
 /// count follows the order of recording, as the host's does, so with momentum None the next
 /// forward averages in its batch with 1/(k + 1), as the CPU engine does after the same calls.
@@ -262,30 +306,16 @@ fn same_count_and_running_mean(gpu: &GpuBatchNorm, cpu: &BatchNorm, count: u64) 
 /// itself on top: 1/(k + 2) from then on.)
 #[test]
 fn a_count_set_before_submit_follows_recording_order() {
-    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
-    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
-    let dims = [8, 3, 4];
-    let mut rng = Rng::new(21);
-    let (x1, x2) = (rng.array(&dims, 1.0, 2.0), rng.array(&dims, -3.0, 1.0));
-    let mut config = BatchNormConfig::new(3);
-    config.momentum = None;
-
-    let mut gpu = GpuBatchNorm::new(ctx, config.clone()).unwrap();
-    let x = tensor_buffer(&device, &queue, x1.as_slice().unwrap());
-    let y = tensor_buffer(&device, &queue, &vec![0.0; x1.len()]);
-    let layout = Layout::ChannelsFirst;
-    let mut encoder = device.create_command_encoder(&Default::default());
-    gpu.forward(
-        &mut encoder,
-        &GpuTensor::new(&x, &dims, layout).unwrap(),
-        &GpuTensor::new(&y, &dims, layout).unwrap(),
-    )
-    .unwrap();
+    let c = Counting::new(21);
+    let (x1, x2, layout) = (&c.x1, &c.x2, Layout::ChannelsFirst);
+    let mut gpu = GpuBatchNorm::new(c.ctx.clone(), c.config.clone()).unwrap();
+    let mut encoder = c.device.create_command_encoder(&Default::default());
+    c.record_x1(&mut gpu, &mut encoder);
     gpu.set_num_batches_tracked(4).unwrap();
-    queue.submit([encoder.finish()]);
+    c.queue.submit([encoder.finish()]);
     gpu.forward_array(x2.view(), layout).unwrap();
 
-    let mut cpu = BatchNorm::new(config, Device::Cpu).unwrap();
+    let mut cpu = BatchNorm::new(c.config.clone(), Device::Cpu).unwrap();
     cpu.forward(x1.view(), layout).unwrap();
     cpu.set_num_batches_tracked(4).unwrap();
     cpu.forward(x2.view(), layout).unwrap();
@@ -300,17 +330,10 @@ fn a_count_set_before_submit_follows_recording_order() {
 /// three and averaged with 1/4.)
 #[test]
 fn a_count_set_survives_a_dropped_eval_forward() {
-    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
-    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
-    let dims = [8, 3, 4];
-    let mut rng = Rng::new(23);
-    let (x1, x2) = (rng.array(&dims, 1.0, 2.0), rng.array(&dims, -3.0, 1.0));
-    let mut config = BatchNormConfig::new(3);
-    config.momentum = None;
-    let layout = Layout::ChannelsFirst;
-
-    let mut gpu = GpuBatchNorm::new(ctx, config.clone()).unwrap();
-    let mut cpu = BatchNorm::new(config, Device::Cpu).unwrap();
+    let c = Counting::new(23);
+    let (x1, x2, layout) = (&c.x1, &c.x2, Layout::ChannelsFirst);
+    let mut gpu = GpuBatchNorm::new(c.ctx.clone(), c.config.clone()).unwrap();
+    let mut cpu = BatchNorm::new(c.config.clone(), Device::Cpu).unwrap();
     for _ in 0..3 {
         gpu.forward_array(x1.view(), layout).unwrap();
         cpu.forward(x1.view(), layout).unwrap();
@@ -319,15 +342,8 @@ fn a_count_set_survives_a_dropped_eval_forward() {
     cpu.reset_running_stats().unwrap();
 
     gpu.set_training(false);
-    let x = tensor_buffer(&device, &queue, x1.as_slice().unwrap());
-    let y = tensor_buffer(&device, &queue, &vec![0.0; x1.len()]);
-    let mut encoder = device.create_command_encoder(&Default::default());
-    gpu.forward(
-        &mut encoder,
-        &GpuTensor::new(&x, &dims, layout).unwrap(),
-        &GpuTensor::new(&y, &dims, layout).unwrap(),
-    )
-    .unwrap();
+    let mut encoder = c.device.create_command_encoder(&Default::default());
+    c.record_x1(&mut gpu, &mut encoder);
     drop(encoder);
     gpu.set_training(true);
 
@@ -342,17 +358,12 @@ fn a_count_set_survives_a_dropped_eval_forward() {
 /// zeroes dgamma and dbeta.
 #[test]
 fn an_empty_batch_recorded_is_counted_on_the_gpu_too() {
-    let (device, queue) = common::caller_device(false, Some(wgpu::Limits::default()));
-    let ctx = GpuContext::from_device(device.clone(), queue.clone()).unwrap();
-    let dims = [8, 3, 4];
+    let c = Counting::new(22);
+    let (device, queue) = (c.device.clone(), c.queue.clone());
+    let (x1, x2, layout) = (&c.x1, &c.x2, Layout::ChannelsFirst);
     let empty = [0, 3, 4];
-    let mut rng = Rng::new(22);
-    let (x1, x2) = (rng.array(&dims, 1.0, 2.0), rng.array(&dims, -3.0, 1.0));
-    let mut config = BatchNormConfig::new(3);
-    config.momentum = None;
-    let layout = Layout::ChannelsFirst;
-
-    let mut gpu = GpuBatchNorm::new(ctx, config.clone()).unwrap();
+    let config = c.config.clone();
+    let mut gpu = GpuBatchNorm::new(c.ctx.clone(), config.clone()).unwrap();
     gpu.forward_array(x1.view(), layout).unwrap();
     gpu.backward_array(x1.view(), x2.view(), layout).unwrap();
     let nothing = tensor_buffer(&device, &queue, &[0.0; 4]);

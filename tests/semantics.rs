@@ -517,15 +517,14 @@ fn resets_start_the_running_statistics_and_parameters_again() {
     }
 }
 
-/// An empty batch is counted for every channel of a wide layer, not only the first
-/// workgroup's (the GPU counts in count_batch.wgsl, 64 channels per workgroup): with momentum
-/// None the batch after it is weighed 1/3 on all 100 channels, as on the CPU reference.
-#[test]
-fn an_empty_batch_is_counted_for_every_channel_of_a_wide_layer() {
+/// `steps` on a GPU and a CPU layer of 100 channels with momentum None, given batches a and b
+/// of (6, 100) and an empty one: both must count `count` batches and hold the same running
+/// statistics.
+fn wide_layers_agree(seed: u64, count: u64, steps: impl Fn(&mut BatchNorm, [&ArrayD<f32>; 3])) {
     let channels = 100;
     let mut config = BatchNormConfig::new(channels);
     config.momentum = None;
-    let mut rng = common::Rng::new(77);
+    let mut rng = common::Rng::new(seed);
     let (a, b) = (
         rng.array(&[6, channels], 1.0, 2.0),
         rng.array(&[6, channels], -3.0, 0.5),
@@ -534,10 +533,8 @@ fn an_empty_batch_is_counted_for_every_channel_of_a_wide_layer() {
     let mut results = Vec::new();
     for device in [Device::Gpu(common::gpu()), Device::Cpu] {
         let mut bn = BatchNorm::new(config.clone(), device).unwrap();
-        for x in [&a, &empty, &b] {
-            bn.forward(x.view(), CF).unwrap();
-        }
-        assert_eq!(bn.num_batches_tracked(), Some(3));
+        steps(&mut bn, [&a, &b, &empty]);
+        assert_eq!(bn.num_batches_tracked(), Some(count));
         results.push((bn.running_mean().unwrap(), bn.running_var().unwrap()));
     }
     let (gpu, cpu) = (&results[0], &results[1]);
@@ -546,25 +543,26 @@ fn an_empty_batch_is_counted_for_every_channel_of_a_wide_layer() {
     assert_close("running_var", &gpu.1, &wide(&cpu.1));
 }
 
+/// An empty batch is counted for every channel of a wide layer, not only the first
+/// workgroup's (the GPU counts in count_batch.wgsl, 64 channels per workgroup): with momentum
+/// None the batch after it is weighed 1/3 on all 100 channels, as on the CPU reference.
+#[test]
+fn an_empty_batch_is_counted_for_every_channel_of_a_wide_layer() {
+    wide_layers_agree(77, 3, |bn, [a, b, empty]| {
+        for x in [a, empty, b] {
+            bn.forward(x.view(), CF).unwrap();
+        }
+    });
+}
+
 /// A count set (or reset) and then an empty batch: the empty batch counts on top of the set
 /// count, on the GPU as on the CPU (the set count's copy is recorded before count_batch's
 /// increment), so with momentum None the batch after it is weighed 1/7 after a count of 5,
 /// and 1/2 after a reset.
 #[test]
 fn an_empty_batch_counts_on_top_of_a_set_count() {
-    let channels = 100;
-    let mut config = BatchNormConfig::new(channels);
-    config.momentum = None;
-    let mut rng = common::Rng::new(78);
-    let (a, b) = (
-        rng.array(&[6, channels], 1.0, 2.0),
-        rng.array(&[6, channels], -3.0, 0.5),
-    );
-    let empty = ArrayD::<f32>::zeros(IxDyn(&[0, channels]));
     for (reset, count) in [(false, 7), (true, 2)] {
-        let mut results = Vec::new();
-        for device in [Device::Gpu(common::gpu()), Device::Cpu] {
-            let mut bn = BatchNorm::new(config.clone(), device).unwrap();
+        wide_layers_agree(78, count, |bn, [a, b, empty]| {
             bn.forward(a.view(), CF).unwrap();
             if reset {
                 bn.reset_running_stats().unwrap();
@@ -573,12 +571,6 @@ fn an_empty_batch_counts_on_top_of_a_set_count() {
             }
             bn.forward(empty.view(), CF).unwrap();
             bn.forward(b.view(), CF).unwrap();
-            assert_eq!(bn.num_batches_tracked(), Some(count), "reset {reset}");
-            results.push((bn.running_mean().unwrap(), bn.running_var().unwrap()));
-        }
-        let (gpu, cpu) = (&results[0], &results[1]);
-        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-        assert_close("running_mean", &gpu.0, &wide(&cpu.0));
-        assert_close("running_var", &gpu.1, &wide(&cpu.1));
+        });
     }
 }

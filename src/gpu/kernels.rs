@@ -1209,6 +1209,16 @@ mod tests {
         Geometry::new(&shape, &wgpu::Limits::default(), tuning).unwrap()
     }
 
+    /// The geometry of `dims` under `device`'s tuning with the single-read forward on.
+    fn single_read_geometry(dims: &[usize], layout: Layout, device: wgpu::DeviceType) -> Geometry {
+        let shape = Shape::new(dims, layout).unwrap();
+        let on = Tuning {
+            single_read: true,
+            ..Tuning::for_device(Some(device))
+        };
+        Geometry::new(&shape, &wgpu::Limits::default(), on).unwrap()
+    }
+
     fn workgroups(g: &Geometry) -> u64 {
         g.chunks
             .iter()
@@ -1239,14 +1249,10 @@ mod tests {
                     Reduce::Vec4Channels,
                 ),
             ] {
-                let shape = Shape::new(dims, layout).unwrap();
-                let on = Tuning {
-                    single_read: true,
-                    ..Tuning::for_device(Some(device))
-                };
-                let g = Geometry::new(&shape, &wgpu::Limits::default(), on).unwrap();
+                let g = single_read_geometry(dims, layout, device);
                 assert_eq!(g.reduce, reduce, "{dims:?} {device:?}");
                 assert!(g.fused.is_some(), "{dims:?} {device:?}: no single read");
+                let shape = Shape::new(dims, layout).unwrap();
                 let off = Tuning::for_device(Some(device));
                 let g = Geometry::new(&shape, &wgpu::Limits::default(), off).unwrap();
                 assert!(
@@ -1293,12 +1299,7 @@ mod tests {
                     65,
                 ),
             ] {
-                let shape = Shape::new(dims, layout).unwrap();
-                let on = Tuning {
-                    single_read: true,
-                    ..Tuning::for_device(Some(device))
-                };
-                let g = Geometry::new(&shape, &wgpu::Limits::default(), on).unwrap();
+                let g = single_read_geometry(dims, layout, device);
                 assert_eq!(g.reduce, reduce, "{dims:?} {device:?}");
                 let f = g.fused.expect("a single read");
                 assert_eq!(
