@@ -11,6 +11,16 @@ pub enum Layout {
     ChannelsLast,
 }
 
+impl Layout {
+    /// The dimension that holds the channels in a shape of `rank` dimensions (at least 2).
+    pub fn channel_axis(self, rank: usize) -> usize {
+        match self {
+            Layout::ChannelsFirst => 1,
+            Layout::ChannelsLast => rank - 1,
+        }
+    }
+}
+
 /// Which variance feeds `running_var` in training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RunningVar {

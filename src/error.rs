@@ -5,7 +5,9 @@ use thiserror::Error;
 use crate::config::Layout;
 
 /// Everything that can go wrong in this crate. Limit violations carry the value and the limit.
+/// Later versions may add variants: a `match` needs a `_` arm.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum BnError {
     #[error("rank {rank} is not supported: batch norm takes tensors of rank 2 to 5")]
     Rank { rank: usize },
@@ -19,11 +21,12 @@ pub enum BnError {
     #[error("could not allocate {bytes} bytes for {what}")]
     Allocation { what: &'static str, bytes: u64 },
 
-    #[error("expected {expected} channels (num_features), got {got} in shape {shape:?}")]
+    #[error("expected {expected} channels (num_features), got {got} in shape {shape:?}, read as {layout:?} (channels are dimension {})", layout.channel_axis(shape.len()))]
     Channels {
         expected: usize,
         got: usize,
         shape: Vec<usize>,
+        layout: Layout,
     },
 
     #[error("{name} has length {got}, expected {expected}")]
@@ -88,6 +91,8 @@ pub enum BnError {
         limit: u64,
     },
 
+    /// `name` is the tensor's part in the call (x, y, dy, dx), or "tensor" when a
+    /// `GpuTensor` is made.
     #[error("buffer {name}: {reason}")]
     Buffer { name: &'static str, reason: String },
 

@@ -103,7 +103,7 @@ impl SavedForBackward {
 }
 
 /// Where a layer runs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum Device {
     /// The f64 CPU reference.
     Cpu,
@@ -346,6 +346,21 @@ enum Engine {
 /// A batch-norm layer with PyTorch's semantics, on the GPU or the CPU reference.
 pub struct BatchNorm {
     engine: Engine,
+}
+
+impl std::fmt::Debug for BatchNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.engine {
+            Engine::Cpu(l) => f
+                .debug_struct("BatchNorm")
+                .field("device", &"Cpu")
+                .field("config", &l.config)
+                .field("training", &self.is_training())
+                .field("num_batches_tracked", &self.num_batches_tracked())
+                .finish_non_exhaustive(),
+            Engine::Gpu(l) => f.debug_tuple("BatchNorm").field(l).finish(),
+        }
+    }
 }
 
 impl BatchNorm {

@@ -10,6 +10,13 @@
 //! let grads = bn.backward(x.view(), out.y.view(), Layout::ChannelsFirst)?;
 //! # Ok::<(), wgpu_batchnorm::BnError>(())
 //! ```
+//!
+//! Built on wgpu 30 and ndarray 0.16. The layer works on your `wgpu::Device`, `Buffer`s
+//! and `CommandEncoder`, which must come from the same major version of wgpu: use the
+//! re-exports [`wgpu`] and [`ndarray`], or pin the same versions.
+//!
+//! The `cli` feature (on by default) builds the `batchnorm` command-line tool; a library
+//! user can leave it, and its argument parser, out with `default-features = false`.
 
 pub mod bench;
 pub mod config;
@@ -29,3 +36,6 @@ pub use layer::{
     BackwardOutput, BatchNorm, BatchStatistics, Device, ForwardOutput, SavedForBackward,
 };
 pub use shape::Shape;
+
+pub use ndarray;
+pub use wgpu;

@@ -58,10 +58,7 @@ impl Shape {
     }
 
     pub fn channels(&self) -> usize {
-        match self.layout {
-            Layout::ChannelsFirst => self.dims[1],
-            Layout::ChannelsLast => self.dims[self.dims.len() - 1],
-        }
+        self.dims[self.layout.channel_axis(self.dims.len())]
     }
 
     /// Product of the spatial dimensions (1 for rank 2).
@@ -114,6 +111,7 @@ impl Shape {
                 expected: num_features,
                 got: self.channels(),
                 shape: self.dims.clone(),
+                layout: self.layout,
             });
         }
         Ok(())

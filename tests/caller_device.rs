@@ -109,22 +109,28 @@ fn records_into_the_callers_encoder_on_the_callers_buffers() {
     );
     assert_eq!(layer.num_batches_tracked(), Some(1));
 
-    // A misaligned offset, an output aliasing the input, and a short buffer are refused.
+    // A misaligned offset, an output aliasing the input, and a short buffer are refused,
+    // the first two naming the tensor at fault.
     if align > 4 {
         let t = GpuTensor::with_offset(&arena, 4, &dims, layout).unwrap();
-        assert!(layer
-            .forward(
-                &mut device.create_command_encoder(&Default::default()),
-                &t,
-                &GpuTensor::new(&y, &dims, layout).unwrap()
-            )
-            .is_err());
+        match layer.forward(
+            &mut device.create_command_encoder(&Default::default()),
+            &t,
+            &GpuTensor::new(&y, &dims, layout).unwrap(),
+        ) {
+            Err(BnError::Buffer { name: "x", reason }) => {
+                assert!(reason.contains("offset 4 "), "{reason}")
+            }
+            other => panic!("x at offset 4: {other:?}"),
+        }
     }
     let mut encoder = device.create_command_encoder(&Default::default());
-    assert!(
-        layer.forward(&mut encoder, &x_t, &x_t).is_err(),
-        "in-place accepted"
-    );
+    match layer.forward(&mut encoder, &x_t, &x_t) {
+        Err(e @ BnError::Buffer { name: "x", .. }) => {
+            assert!(e.to_string().contains("shares its buffer with y"), "{e}")
+        }
+        other => panic!("in-place: {other:?}"),
+    }
     assert!(
         GpuTensor::new(&y, &[4, 6, 5, 4], layout).is_err(),
         "short buffer accepted"
@@ -456,13 +462,16 @@ fn a_refused_call_leaves_the_callers_encoder_usable() {
         ("x = gamma", own(&gamma), own(&small)),
         ("y = dbeta", own(&small), own(&dbeta)),
     ] {
-        assert!(
-            matches!(
-                layer.forward(&mut encoder, &x, &out),
-                Err(wgpu_batchnorm::BnError::Buffer { .. })
-            ),
-            "{what} accepted"
-        );
+        match layer.forward(&mut encoder, &x, &out) {
+            Err(wgpu_batchnorm::BnError::Buffer { name, reason }) => {
+                assert!(what.starts_with(name), "{what}: the error names {name}");
+                assert!(
+                    reason.contains("the layer's own buffers"),
+                    "{what}: {reason}"
+                );
+            }
+            other => panic!("{what}: {other:?}"),
+        }
     }
     queue.submit([encoder.finish()]);
     assert!(

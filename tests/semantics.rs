@@ -297,6 +297,15 @@ fn bad_configs_and_shapes_are_refused() {
             bn.forward(x.view(), CF),
             Err(BnError::Channels { .. })
         ));
+        // Two channels read in the wrong layout: the error says where it looked.
+        let x = ArrayD::<f32>::zeros(IxDyn(&[4, 2, 3]));
+        let e = bn.forward(x.view(), Layout::ChannelsLast).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "got 3 in shape [4, 2, 3], read as ChannelsLast (channels are dimension 2)"
+            ),
+            "{e}"
+        );
         let x = ArrayD::<f32>::zeros(IxDyn(&[4]));
         assert!(matches!(
             bn.forward(x.view(), CF),

@@ -20,6 +20,50 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<BatchNorm>();
 }
 
+/// The re-exports are the crate's own wgpu and ndarray: a caller's values of either type
+/// go in where the crate's are taken (a compile-time check).
+#[test]
+fn reexports_are_the_crates_own() {
+    fn takes_ours(_: Option<&wgpu::Device>, _: Option<&ndarray::ArrayD<f32>>) {}
+    let device: Option<&wgpu_batchnorm::wgpu::Device> = None;
+    let array: Option<&wgpu_batchnorm::ndarray::ArrayD<f32>> = None;
+    takes_ours(device, array);
+}
+
+/// A model struct that holds layers can derive Debug, and what the layers print says which
+/// layer it is and where it runs.
+#[test]
+fn public_types_are_debug() {
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    struct Model {
+        gpu: BatchNorm,
+        cpu: BatchNorm,
+        device: Device,
+    }
+    common::set_runtime_dir();
+    let ctx = GpuContext::new().unwrap();
+    let mut gpu = BatchNorm::new(BatchNormConfig::new(5), Device::Gpu(ctx.clone())).unwrap();
+    gpu.eval();
+    let model = Model {
+        gpu,
+        cpu: BatchNorm::new(BatchNormConfig::new(7), Device::Cpu).unwrap(),
+        device: Device::Gpu(ctx.clone()),
+    };
+    let text = format!("{model:?}");
+    let adapter = &ctx.adapter_info().unwrap().name;
+    for part in [
+        "num_features: 5",
+        "training: false",
+        "num_features: 7",
+        "device: \"Cpu\"",
+        "num_batches_tracked: Some(0)",
+        adapter.as_str(),
+    ] {
+        assert!(text.contains(part), "no {part:?} in {text}");
+    }
+}
+
 const THREADS: usize = 4;
 const STEPS: usize = 20;
 

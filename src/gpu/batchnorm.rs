@@ -135,6 +135,17 @@ pub struct GpuBatchNorm {
     id: u64,
 }
 
+impl std::fmt::Debug for GpuBatchNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBatchNorm")
+            .field("config", &self.config)
+            .field("training", &self.training)
+            .field("num_batches_tracked", &self.num_batches_tracked())
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GpuBatchNorm {
     pub fn new(ctx: Arc<GpuContext>, config: BatchNormConfig) -> Result<Self> {
         config.validate()?;
@@ -510,26 +521,27 @@ impl GpuBatchNorm {
             }
             if t.offset % align != 0 {
                 return Err(BnError::Buffer {
-                    name: "tensor",
+                    name,
                     reason: format!(
-                        "{name} offset {} is not a multiple of min_storage_buffer_offset_alignment {align}",
+                        "offset {} is not a multiple of min_storage_buffer_offset_alignment {align}",
                         t.offset
                     ),
                 });
             }
             if own.contains(&t.buffer) {
                 return Err(BnError::Buffer {
-                    name: "tensor",
-                    reason: format!(
-                        "{name} is one of the layer's own buffers (gamma, beta, running statistics, dgamma, dbeta)"
-                    ),
+                    name,
+                    reason: "is one of the layer's own buffers (gamma, beta, running statistics, dgamma, dbeta)"
+                        .to_string(),
                 });
             }
             if name != output_name && t.buffer == output.buffer {
+                // wgpu 30 compares buffers by an id that each instance numbers on its own.
                 return Err(BnError::Buffer {
-                    name: "tensor",
+                    name,
                     reason: format!(
-                        "{name} and {output_name} share a buffer: in-place is not supported"
+                        "shares its buffer with {output_name}: in-place is not supported \
+                         (or the two are buffers of different wgpu instances, which wgpu cannot tell apart)"
                     ),
                 });
             }

@@ -21,6 +21,17 @@ pub struct GpuContext {
     single_read: AtomicU8,
 }
 
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.adapter_info.as_ref().map(|i| &i.name))
+            .field("backend", &self.adapter_info.as_ref().map(|i| i.backend))
+            .field("subgroups", &self.subgroups())
+            .field("buffers_created", &self.buffers_created())
+            .finish_non_exhaustive()
+    }
+}
+
 const SINGLE_READ_AUTO: u8 = 0;
 const SINGLE_READ_ON: u8 = 1;
 const SINGLE_READ_OFF: u8 = 2;
