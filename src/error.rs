@@ -21,7 +21,7 @@ pub enum BnError {
     #[error("could not allocate {bytes} bytes for {what}")]
     Allocation { what: &'static str, bytes: u64 },
 
-    #[error("expected {expected} channels (num_features), got {got} in shape {shape:?}, read as {layout:?} (channels are dimension {})", layout.channel_axis(shape.len()))]
+    #[error("expected {expected} channels (num_features), got {got} in shape {shape:?}, read as {layout:?} (channels at index {} of the shape)", layout.channel_axis(shape.len()))]
     Channels {
         expected: usize,
         got: usize,

@@ -350,16 +350,16 @@ pub struct BatchNorm {
 
 impl std::fmt::Debug for BatchNorm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = f.debug_struct("BatchNorm");
         match &self.engine {
-            Engine::Cpu(l) => f
-                .debug_struct("BatchNorm")
+            Engine::Cpu(l) => s
                 .field("device", &"Cpu")
                 .field("config", &l.config)
                 .field("training", &self.is_training())
-                .field("num_batches_tracked", &self.num_batches_tracked())
-                .finish_non_exhaustive(),
-            Engine::Gpu(l) => f.debug_tuple("BatchNorm").field(l).finish(),
+                .field("num_batches_tracked", &self.num_batches_tracked()),
+            Engine::Gpu(l) => s.field("device", &"Gpu").field("layer", l),
         }
+        .finish_non_exhaustive()
     }
 }
 

@@ -302,7 +302,7 @@ fn bad_configs_and_shapes_are_refused() {
         let e = bn.forward(x.view(), Layout::ChannelsLast).unwrap_err();
         assert!(
             e.to_string().ends_with(
-                "got 3 in shape [4, 2, 3], read as ChannelsLast (channels are dimension 2)"
+                "got 3 in shape [4, 2, 3], read as ChannelsLast (channels at index 2 of the shape)"
             ),
             "{e}"
         );

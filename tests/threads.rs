@@ -50,18 +50,33 @@ fn public_types_are_debug() {
         cpu: BatchNorm::new(BatchNormConfig::new(7), Device::Cpu).unwrap(),
         device: Device::Gpu(ctx.clone()),
     };
-    let text = format!("{model:?}");
     let adapter = &ctx.adapter_info().unwrap().name;
+    let gpu = format!("{:?}", model.gpu);
     for part in [
+        "device: \"Gpu\"",
         "num_features: 5",
         "training: false",
-        "num_features: 7",
-        "device: \"Cpu\"",
         "num_batches_tracked: Some(0)",
         adapter.as_str(),
     ] {
-        assert!(text.contains(part), "no {part:?} in {text}");
+        assert!(gpu.contains(part), "no {part:?} in {gpu}");
     }
+    let cpu = format!("{:?}", model.cpu);
+    for part in [
+        "device: \"Cpu\"",
+        "num_features: 7",
+        "training: true",
+        "num_batches_tracked: Some(0)",
+    ] {
+        assert!(cpu.contains(part), "no {part:?} in {cpu}");
+    }
+    assert!(!cpu.contains(adapter.as_str()), "{cpu}");
+    let device = format!("{:?}", model.device);
+    assert!(
+        device.starts_with("Gpu(GpuContext") && device.contains(adapter.as_str()),
+        "{device}"
+    );
+    assert!(format!("{model:?}").contains(&gpu));
 }
 
 const THREADS: usize = 4;
