@@ -51,25 +51,33 @@ fn public_types_are_debug() {
         device: Device::Gpu(ctx.clone()),
     };
     let adapter = &ctx.adapter_info().unwrap().name;
+    let has_all = |text: &str, parts: &[&str]| {
+        for part in parts {
+            assert!(text.contains(part), "no {part:?} in {text}");
+        }
+    };
     let gpu = format!("{:?}", model.gpu);
-    for part in [
-        "device: \"Gpu\"",
-        "num_features: 5",
-        "training: false",
-        "num_batches_tracked: Some(0)",
-        adapter.as_str(),
-    ] {
-        assert!(gpu.contains(part), "no {part:?} in {gpu}");
-    }
     let cpu = format!("{:?}", model.cpu);
-    for part in [
-        "device: \"Cpu\"",
-        "num_features: 7",
-        "training: true",
-        "num_batches_tracked: Some(0)",
-    ] {
-        assert!(cpu.contains(part), "no {part:?} in {cpu}");
-    }
+    let common = "num_batches_tracked: Some(0)";
+    has_all(
+        &gpu,
+        &[
+            "device: \"Gpu\"",
+            "num_features: 5",
+            "training: false",
+            common,
+            adapter,
+        ],
+    );
+    has_all(
+        &cpu,
+        &[
+            "device: \"Cpu\"",
+            "num_features: 7",
+            "training: true",
+            common,
+        ],
+    );
     assert!(!cpu.contains(adapter.as_str()), "{cpu}");
     let device = format!("{:?}", model.device);
     assert!(
