@@ -40,6 +40,7 @@ const MAX_ROTATION: u64 = 64;
 /// Commands timed in turns: the copy roof before each of forward, eval and backward.
 const SLOTS: usize = 6;
 
+/// How a row's time was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timing {
     /// GPU timestamps around the kernels.
@@ -49,6 +50,7 @@ pub enum Timing {
 }
 
 impl Timing {
+    /// As the CSV's `timing` column writes it.
     pub fn name(self) -> &'static str {
         match self {
             Timing::Kernel => "kernel",
@@ -57,16 +59,22 @@ impl Timing {
     }
 }
 
+/// One line of the bench's output.
 #[derive(Clone, Debug)]
 pub struct Row {
     /// `gpu`, `cpu` or `copy`.
     pub implementation: &'static str,
+    /// As `32x64x56x56`, in (N, C, …) order whatever the layout.
     pub shape: String,
+    /// `nchw`, `nhwc` or `nc`.
     pub layout: &'static str,
     /// `forward`, `eval`, `backward` or `copy`.
     pub pass: &'static str,
+    /// How the time was taken.
     pub timing: Timing,
+    /// Median over the timed iterations, in milliseconds.
     pub median_ms: f64,
+    /// The minimal bytes (8 per element forward, eval and copy; 12 backward) over the median.
     pub gbps: f64,
     /// gbps over the copy kernel's, same shape, same timing.
     pub roof: Option<f64>,

@@ -31,14 +31,22 @@ pub enum RunningVar {
     Biased,
 }
 
+/// A layer's settings, as PyTorch's `BatchNorm1d/2d/3d` arguments (`new` gives its defaults).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchNormConfig {
+    /// C, the number of channels.
     pub num_features: usize,
+    /// Added to the variance inside the square root.
     pub eps: f32,
+    /// The running statistics' update factor: new = (1 − momentum)·old + momentum·batch.
     /// `None` is PyTorch's cumulative moving average (factor 1/num_batches_tracked).
     pub momentum: Option<f32>,
+    /// Learned per-channel gamma and beta (and their gradients); without, y = x̂.
     pub affine: bool,
+    /// Keep running statistics, updated in training and used in eval; without, eval uses the
+    /// batch statistics as training does, and nothing is updated.
     pub track_running_stats: bool,
+    /// Which batch variance `running_var` averages.
     pub running_var: RunningVar,
 }
 
@@ -69,6 +77,8 @@ impl BatchNormConfig {
         }
     }
 
+    /// Refuses what PyTorch would refuse or a GPU could not honour: no channels, more than
+    /// u32 channels, an eps that is not finite or is subnormal, a momentum outside [0, 1].
     pub fn validate(&self) -> Result<()> {
         if self.num_features == 0 {
             return Err(BnError::Config {

@@ -107,31 +107,39 @@ impl SavedForBackward {
 pub enum Device {
     /// The f64 CPU reference.
     Cpu,
+    /// The WGSL kernels on this context's device.
     Gpu(Arc<GpuContext>),
 }
 
 /// Per-channel batch statistics of a forward pass (f32, as the GPU keeps them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchStatistics {
+    /// The batch mean of each channel.
     pub mean: Vec<f32>,
     /// Biased: the variance that normalized the batch.
     pub var: Vec<f32>,
+    /// 1 / sqrt(var + eps).
     pub invstd: Vec<f32>,
 }
 
+/// What `BatchNorm::forward` returns.
 #[derive(Clone, Debug)]
 pub struct ForwardOutput {
+    /// The output, in the input's shape and layout.
     pub y: ArrayD<f32>,
     /// Present when batch statistics normalized the input (training, or eval untracked); an
     /// empty batch has none.
     pub stats: Option<BatchStatistics>,
 }
 
+/// What `BatchNorm::backward` returns.
 #[derive(Clone, Debug)]
 pub struct BackwardOutput {
+    /// The gradient with respect to x, in x's shape and layout.
     pub dx: ArrayD<f32>,
     /// Present when the layer is affine.
     pub dgamma: Option<Vec<f32>>,
+    /// Present when the layer is affine.
     pub dbeta: Option<Vec<f32>>,
 }
 
@@ -364,6 +372,8 @@ impl std::fmt::Debug for BatchNorm {
 }
 
 impl BatchNorm {
+    /// A layer in training mode with PyTorch's initial state (gamma 1, beta 0, running mean
+    /// 0, running variance 1, a count of 0), on the GPU or the CPU reference.
     pub fn new(config: BatchNormConfig, device: Device) -> Result<Self> {
         config.validate()?;
         let engine = match device {
@@ -373,6 +383,7 @@ impl BatchNorm {
         Ok(Self { engine })
     }
 
+    /// The settings the layer was made with.
     pub fn config(&self) -> &BatchNormConfig {
         match &self.engine {
             Engine::Cpu(l) => &l.config,
@@ -388,14 +399,19 @@ impl BatchNorm {
         }
     }
 
+    /// Training mode, as PyTorch's `train()`: batch statistics normalize, and update the
+    /// running statistics where they are tracked.
     pub fn train(&mut self) {
         self.set_training(true)
     }
 
+    /// Eval mode, as PyTorch's `eval()`: the running statistics normalize where they are
+    /// tracked (batch statistics otherwise), and nothing is updated.
     pub fn eval(&mut self) {
         self.set_training(false)
     }
 
+    /// `train()` for true, `eval()` for false.
     pub fn set_training(&mut self, training: bool) {
         match &mut self.engine {
             Engine::Cpu(l) => l.training = training,
@@ -403,6 +419,7 @@ impl BatchNorm {
         }
     }
 
+    /// Whether the layer is in training mode (the default) rather than eval.
     pub fn is_training(&self) -> bool {
         match &self.engine {
             Engine::Cpu(l) => l.training,
@@ -410,6 +427,10 @@ impl BatchNorm {
         }
     }
 
+    /// Normalizes x (ranks 2–5, channels at `layout`'s place), uploading it and reading y
+    /// back on the GPU. In training it updates the running statistics; every forward keeps
+    /// what `backward` needs. Refuses a shape with other than `num_features` channels, and
+    /// one value per channel where batch statistics normalize, as PyTorch does.
     pub fn forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         match &mut self.engine {
             Engine::Cpu(l) => l.forward(x, layout),
@@ -477,6 +498,8 @@ impl BatchNorm {
         }
     }
 
+    /// Sets the count that momentum `None` averages over (as loading PyTorch's
+    /// `num_batches_tracked` from a checkpoint); at most 2^32 − 1.
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(l) => {
@@ -525,6 +548,8 @@ macro_rules! channel_vectors {
     ($($get:ident, $set:ident;)*) => {
         impl BatchNorm {
             $(
+                /// The per-channel values (read back from the device on the GPU);
+                /// refused where the layer does not have them (not affine, not tracked).
                 pub fn $get(&self) -> Result<Vec<f32>> {
                     match &self.engine {
                         Engine::Cpu(l) => {
@@ -535,6 +560,8 @@ macro_rules! channel_vectors {
                     }
                 }
 
+                /// Sets the per-channel values (one per channel), as loading a
+                /// checkpoint; refused where the layer does not have them.
                 pub fn $set(&mut self, values: &[f32]) -> Result<()> {
                     match &mut self.engine {
                         Engine::Cpu(l) => {

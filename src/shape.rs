@@ -25,6 +25,7 @@ pub fn expect_same_dims(x: &[usize], dy: &[usize]) -> Result<()> {
 }
 
 impl Shape {
+    /// Refuses ranks outside 2–5 and shapes of more f32 bytes than one allocation can hold.
     pub fn new(dims: &[usize], layout: Layout) -> Result<Self> {
         if !(2..=5).contains(&dims.len()) {
             return Err(BnError::Rank { rank: dims.len() });
@@ -49,14 +50,17 @@ impl Shape {
         })
     }
 
+    /// The dims as given, in the layout's order.
     pub fn dims(&self) -> &[usize] {
         &self.dims
     }
 
+    /// Where the channels are.
     pub fn layout(&self) -> Layout {
         self.layout
     }
 
+    /// C, read at the layout's channel place.
     pub fn channels(&self) -> usize {
         self.dims[self.layout.channel_axis(self.dims.len())]
     }
@@ -70,6 +74,7 @@ impl Shape {
         }
     }
 
+    /// The number of values.
     pub fn numel(&self) -> usize {
         self.dims.iter().product()
     }

@@ -101,6 +101,10 @@ fn record(encoder: &mut wgpu::CommandEncoder, label: &str, steps: &[Step]) {
     }
 }
 
+/// A batch-norm layer on the GPU that records its passes into the caller's command encoder,
+/// on the caller's buffers (`GpuTensor`s). It owns its parameters (gamma, beta), running
+/// statistics and gradients (dgamma, dbeta) as buffers of the context's device; the setters
+/// and getters move them between host and device. `BatchNorm` wraps it with an ndarray API.
 pub struct GpuBatchNorm {
     ctx: Arc<GpuContext>,
     config: BatchNormConfig,
@@ -147,6 +151,9 @@ impl std::fmt::Debug for GpuBatchNorm {
 }
 
 impl GpuBatchNorm {
+    /// A layer in training mode with PyTorch's initial state: gamma 1, beta 0, running mean
+    /// 0, running variance 1, a count of 0. Refuses a config that `validate` refuses, and
+    /// more channels than the device's limits leave room for.
     pub fn new(ctx: Arc<GpuContext>, config: BatchNormConfig) -> Result<Self> {
         config.validate()?;
         let c = config.num_features as u64;
@@ -191,18 +198,24 @@ impl GpuBatchNorm {
         Ok(layer)
     }
 
+    /// The settings the layer was made with.
     pub fn config(&self) -> &BatchNormConfig {
         &self.config
     }
 
+    /// The context whose device holds the layer's buffers; tensors and encoders must be of
+    /// its device.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
     }
 
+    /// Training (batch statistics, running statistics updated) or eval (running statistics
+    /// used), as PyTorch's `train()` / `eval()`; takes effect for passes recorded after it.
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
     }
 
+    /// Whether the layer is in training mode (the default) rather than eval.
     pub fn is_training(&self) -> bool {
         self.training
     }
@@ -249,24 +262,31 @@ impl GpuBatchNorm {
         Ok(())
     }
 
+    /// Writes gamma (one value per channel) at once, through the queue: a pass recorded
+    /// before and submitted after this call reads the new values. The same holds for the
+    /// other setters but `set_num_batches_tracked`. Refused where the layer is not affine.
     pub fn set_gamma(&mut self, values: &[f32]) -> Result<()> {
         self.config.check_has("gamma")?;
         self.check_len("gamma", values)?;
         self.write(&self.gamma, values)
     }
 
+    /// Writes beta (one value per channel) at once, as `set_gamma` does.
     pub fn set_beta(&mut self, values: &[f32]) -> Result<()> {
         self.config.check_has("beta")?;
         self.check_len("beta", values)?;
         self.write(&self.beta, values)
     }
 
+    /// Writes the running mean (one value per channel) at once, as `set_gamma` does. Refused
+    /// where the layer tracks no running statistics.
     pub fn set_running_mean(&mut self, values: &[f32]) -> Result<()> {
         self.config.check_has("running_mean")?;
         self.check_len("running_mean", values)?;
         self.write(&self.running_mean, values)
     }
 
+    /// Writes the running variance at once, as `set_running_mean` does.
     pub fn set_running_var(&mut self, values: &[f32]) -> Result<()> {
         self.config.check_has("running_var")?;
         self.check_len("running_var", values)?;
@@ -320,15 +340,22 @@ impl GpuBatchNorm {
         Ok(())
     }
 
+    /// The layer's own buffers, one f32 per channel, for a caller that reads or writes them
+    /// on the GPU (an optimizer step, a copy into a checkpoint). None may serve as a tensor
+    /// of a pass. Where the layer is not affine or tracks no running statistics, the buffer
+    /// is there but unused.
     pub fn gamma_buffer(&self) -> &wgpu::Buffer {
         &self.gamma
     }
+    /// See `gamma_buffer`.
     pub fn beta_buffer(&self) -> &wgpu::Buffer {
         &self.beta
     }
+    /// See `gamma_buffer`.
     pub fn running_mean_buffer(&self) -> &wgpu::Buffer {
         &self.running_mean
     }
+    /// See `gamma_buffer`.
     pub fn running_var_buffer(&self) -> &wgpu::Buffer {
         &self.running_var
     }
@@ -337,22 +364,30 @@ impl GpuBatchNorm {
     pub fn dgamma_buffer(&self) -> &wgpu::Buffer {
         &self.dgamma
     }
+    /// dbeta, as `dgamma_buffer` holds dgamma.
     pub fn dbeta_buffer(&self) -> &wgpu::Buffer {
         &self.dbeta
     }
 
+    /// Reads gamma back from the device, waiting for work submitted so far: the values after
+    /// every submitted pass. Refused where the layer is not affine. The other getters do the
+    /// same for their buffer.
     pub fn gamma(&self) -> Result<Vec<f32>> {
         self.config.check_has("gamma")?;
         self.read_channels(&self.gamma, 1)
     }
+    /// Reads beta back, as `gamma` does.
     pub fn beta(&self) -> Result<Vec<f32>> {
         self.config.check_has("beta")?;
         self.read_channels(&self.beta, 1)
     }
+    /// Reads the running mean back, as `gamma` does; refused where the layer tracks no
+    /// running statistics.
     pub fn running_mean(&self) -> Result<Vec<f32>> {
         self.config.check_has("running_mean")?;
         self.read_channels(&self.running_mean, 1)
     }
+    /// Reads the running variance back, as `running_mean` does.
     pub fn running_var(&self) -> Result<Vec<f32>> {
         self.config.check_has("running_var")?;
         self.read_channels(&self.running_var, 1)

@@ -39,7 +39,9 @@ const SINGLE_READ_OFF: u8 = 2;
 /// One adapter as `batchnorm info` reports it.
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
+    /// Name, backend, device type and driver, as wgpu gives them.
     pub info: wgpu::AdapterInfo,
+    /// Whether the adapter runs compute shaders, which every kernel here needs.
     pub compute_shaders: bool,
 }
 
@@ -270,14 +272,17 @@ impl GpuContext {
         })
     }
 
+    /// The device the pipelines are built for: tensors' buffers and encoders must be of it.
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
 
+    /// The queue the layers write parameters through and submit their read-backs on.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }
 
+    /// The device's limits, which size the kernels' work and bound the shapes a layer takes.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }

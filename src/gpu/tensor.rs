@@ -20,12 +20,15 @@ pub struct GpuTensor<'a> {
 }
 
 impl<'a> GpuTensor<'a> {
+    /// The tensor at the start of `buffer`. Refuses a shape `Shape::new` refuses, a buffer
+    /// without STORAGE usage, and one too small for the shape.
     pub fn new(buffer: &'a wgpu::Buffer, dims: &[usize], layout: Layout) -> Result<Self> {
         Self::with_offset(buffer, 0, dims, layout)
     }
 
-    /// `offset` must be a multiple of the device's `min_storage_buffer_offset_alignment`
-    /// (checked when the tensor is used).
+    /// The tensor at byte `offset` of `buffer`, refused as `new` refuses. `offset` must be a
+    /// multiple of the device's `min_storage_buffer_offset_alignment` (checked when the
+    /// tensor is used).
     pub fn with_offset(
         buffer: &'a wgpu::Buffer,
         offset: u64,
@@ -59,6 +62,7 @@ impl<'a> GpuTensor<'a> {
         })
     }
 
+    /// The dims and layout the tensor was made with.
     pub fn shape(&self) -> &Shape {
         &self.shape
     }
