@@ -78,7 +78,8 @@ impl BatchNormConfig {
     }
 
     /// Refuses what PyTorch would refuse or a GPU could not honour: no channels, more than
-    /// u32 channels, an eps that is not finite or is subnormal, a momentum outside [0, 1].
+    /// u32 channels, an eps that is ≤ 0, subnormal, NaN or infinite, a momentum outside
+    /// [0, 1] or NaN.
     pub fn validate(&self) -> Result<()> {
         if self.num_features == 0 {
             return Err(BnError::Config {

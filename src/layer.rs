@@ -427,10 +427,12 @@ impl BatchNorm {
         }
     }
 
-    /// Normalizes x (ranks 2–5, channels at `layout`'s place), uploading it and reading y
-    /// back on the GPU. In training it updates the running statistics; every forward keeps
-    /// what `backward` needs. Refuses a shape with other than `num_features` channels, and
-    /// one value per channel where batch statistics normalize, as PyTorch does.
+    /// Normalizes x (ranks 2–5, channels at `layout`'s place); on the GPU it uploads x,
+    /// submits at once and reads y back. In training it updates the running statistics where
+    /// they are tracked; every forward keeps what `backward` needs. Refuses a shape with
+    /// other than `num_features` channels, one value per channel where batch statistics
+    /// normalize (as PyTorch does), a training step past a count of 2^32 − 1, and a shape
+    /// beyond the device's limits.
     pub fn forward(&mut self, x: ArrayViewD<f32>, layout: Layout) -> Result<ForwardOutput> {
         match &mut self.engine {
             Engine::Cpu(l) => l.forward(x, layout),
@@ -499,7 +501,8 @@ impl BatchNorm {
     }
 
     /// Sets the count that momentum `None` averages over (as loading PyTorch's
-    /// `num_batches_tracked` from a checkpoint); at most 2^32 − 1.
+    /// `num_batches_tracked` from a checkpoint); at most 2^32 − 1, where the next training
+    /// forward is refused. Refused where the layer tracks no running statistics.
     pub fn set_num_batches_tracked(&mut self, count: u64) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(l) => {

@@ -104,7 +104,9 @@ fn record(encoder: &mut wgpu::CommandEncoder, label: &str, steps: &[Step]) {
 /// A batch-norm layer on the GPU that records its passes into the caller's command encoder,
 /// on the caller's buffers (`GpuTensor`s). It owns its parameters (gamma, beta), running
 /// statistics and gradients (dgamma, dbeta) as buffers of the context's device; the setters
-/// and getters move them between host and device. `BatchNorm` wraps it with an ndarray API.
+/// and getters move parameters and running statistics between host and device, and the
+/// gradients are read from `dgamma_buffer`/`dbeta_buffer` (or returned by the `*_array`
+/// backwards). `BatchNorm` wraps it with an ndarray API.
 pub struct GpuBatchNorm {
     ctx: Arc<GpuContext>,
     config: BatchNormConfig,
@@ -210,7 +212,9 @@ impl GpuBatchNorm {
     }
 
     /// Training (batch statistics, running statistics updated) or eval (running statistics
-    /// used), as PyTorch's `train()` / `eval()`; takes effect for passes recorded after it.
+    /// used), as PyTorch's `train()` / `eval()`, where running statistics are tracked;
+    /// untracked, both use batch statistics and update nothing. Takes effect for passes
+    /// recorded after it.
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
     }
@@ -342,8 +346,8 @@ impl GpuBatchNorm {
 
     /// The layer's own buffers, one f32 per channel, for a caller that reads or writes them
     /// on the GPU (an optimizer step, a copy into a checkpoint). None may serve as a tensor
-    /// of a pass. Where the layer is not affine or tracks no running statistics, the buffer
-    /// is there but unused.
+    /// of a pass. Where the layer is not affine, gamma and beta still feed every pass and
+    /// must stay 1 and 0; where it tracks no running statistics, theirs are unused.
     pub fn gamma_buffer(&self) -> &wgpu::Buffer {
         &self.gamma
     }
@@ -370,8 +374,9 @@ impl GpuBatchNorm {
     }
 
     /// Reads gamma back from the device, waiting for work submitted so far: the values after
-    /// every submitted pass. Refused where the layer is not affine. The other getters do the
-    /// same for their buffer.
+    /// every submitted pass. Refused where the layer is not affine. `beta`, `running_mean`
+    /// and `running_var` do the same for their buffers (`num_batches_tracked` is kept on the
+    /// host and counts recorded forwards, submitted or not).
     pub fn gamma(&self) -> Result<Vec<f32>> {
         self.config.check_has("gamma")?;
         self.read_channels(&self.gamma, 1)
