@@ -61,7 +61,8 @@ pub enum BnError {
         b: Layout,
     },
 
-    /// A setting out of range: eps, momentum, num_features, or a WGPU_* variable.
+    /// A setting out of range: eps, momentum, num_features, a WGPU_* variable, or an
+    /// argument of the CLI or the bench.
     #[error("invalid {name} = {value}: {reason}")]
     Config {
         name: &'static str,
