@@ -232,14 +232,39 @@ pub fn bench_parameters(channels: usize) -> [Vec<f32>; 4] {
     ]
 }
 
+/// A GPU layer with the bench's parameters and running statistics (`bench_parameters`).
+fn gpu_bench_layer(ctx: &Arc<GpuContext>, config: &BatchNormConfig) -> Result<GpuBatchNorm> {
+    let layer = GpuBatchNorm::new(ctx.clone(), config.clone())?;
+    let setters = [
+        GpuBatchNorm::set_gamma,
+        GpuBatchNorm::set_beta,
+        GpuBatchNorm::set_running_mean,
+        GpuBatchNorm::set_running_var,
+    ];
+    with_bench_parameters(layer, config.num_features, setters)
+}
+
 /// A layer with the bench's parameters and running statistics (`bench_parameters`).
 fn bench_layer(config: &BatchNormConfig, device: Device) -> Result<BatchNorm> {
-    let [gamma, beta, running_mean, running_var] = bench_parameters(config.num_features);
-    let mut layer = BatchNorm::new(config.clone(), device)?;
-    layer.set_gamma(&gamma)?;
-    layer.set_beta(&beta)?;
-    layer.set_running_mean(&running_mean)?;
-    layer.set_running_var(&running_var)?;
+    let layer = BatchNorm::new(config.clone(), device)?;
+    let setters = [
+        BatchNorm::set_gamma,
+        BatchNorm::set_beta,
+        BatchNorm::set_running_mean,
+        BatchNorm::set_running_var,
+    ];
+    with_bench_parameters(layer, config.num_features, setters)
+}
+
+/// A per-channel setter of a layer (`set_gamma`, …).
+type Setter<L> = fn(&mut L, &[f32]) -> Result<()>;
+
+/// Gamma, beta, running mean and running variance of `bench_parameters`, through `setters`
+/// in that order.
+fn with_bench_parameters<L>(mut layer: L, channels: usize, setters: [Setter<L>; 4]) -> Result<L> {
+    for (set, values) in setters.into_iter().zip(bench_parameters(channels)) {
+        set(&mut layer, &values)?;
+    }
     Ok(layer)
 }
 
@@ -574,12 +599,14 @@ fn read_ticks(ctx: &GpuContext, read: &wgpu::Buffer) -> Result<[u64; 2]> {
     Ok([t[0], t[1]])
 }
 
-fn time_cpu(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
-    run()?;
+/// The median of `iters` timed calls after one untimed; `run` gets the call's number (0 the
+/// untimed one), to pick its inputs.
+fn time_cpu(iters: usize, mut run: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    run(0)?;
     let mut times = Vec::new();
-    for _ in 0..iters {
+    for call in 1..=iters {
         let start = Instant::now();
-        run()?;
+        run(call)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(median(times))
@@ -740,8 +767,9 @@ pub fn time_shape(
     // The training layer's forward leaves the statistics its backward uses; the backward may
     // read another input than the forward did (see input_of), which changes its values, not
     // its work.
-    let train = RefCell::new(GpuBatchNorm::new(ctx.clone(), config.clone())?);
-    let mut eval = GpuBatchNorm::new(ctx.clone(), config)?;
+    // With the parameters that verify_shape checked the kernels with.
+    let train = RefCell::new(gpu_bench_layer(ctx, &config)?);
+    let mut eval = gpu_bench_layer(ctx, &config)?;
     eval.set_training(false);
     // What ran before a command changes its time (on lavapipe a copy after the backward took
     // 7.3–7.8 ms where after the forward it took 6.2, PERF.md 31), so a copy runs before each
@@ -807,20 +835,31 @@ pub fn time_shape(
         push(implementation, pass, Timing::EndToEnd, e, per_element);
     }
 
-    let (x, dy) = (&x0, input(dims, 20, 0.0, 1.0));
+    // Each call reads inputs the call before it did not, as each GPU command does (shifted
+    // copies: the values change, not the work), and allocates its outputs, as
+    // `BatchNorm`'s calls do.
     let cpu_iters = iters.clamp(1, 5);
-    let mut cpu = BatchNorm::new(BatchNormConfig::new(channels), Device::Cpu)?;
+    let shifted = |a: &ArrayD<f32>| -> Vec<ArrayD<f32>> {
+        (0..=cpu_iters)
+            .map(|k| a.mapv(|v| v + k as f32 * 1e-3))
+            .collect()
+    };
+    let (cpu_xs, cpu_dys) = (shifted(&x0), shifted(&input(dims, 20, 0.0, 1.0)));
+    let mut cpu = bench_layer(&config, Device::Cpu)?;
     for (pass, training) in [("forward", true), ("eval", false)] {
         progress(&format!("{name} {lname}: cpu {pass}"));
         cpu.set_training(training);
-        let ms = time_cpu(cpu_iters, || cpu.forward(x.view(), layout).map(|_| ()))?;
+        let ms = time_cpu(cpu_iters, |k| {
+            cpu.forward(cpu_xs[k].view(), layout).map(|_| ())
+        })?;
         push("cpu", pass, Timing::EndToEnd, ms, 8);
     }
     progress(&format!("{name} {lname}: cpu backward"));
     cpu.set_training(true);
-    cpu.forward(x.view(), layout)?;
-    let ms = time_cpu(cpu_iters, || {
-        cpu.backward(x.view(), dy.view(), layout).map(|_| ())
+    cpu.forward(x0.view(), layout)?;
+    let ms = time_cpu(cpu_iters, |k| {
+        cpu.backward(cpu_xs[k].view(), cpu_dys[k].view(), layout)
+            .map(|_| ())
     })?;
     push("cpu", "backward", Timing::EndToEnd, ms, 12);
 

@@ -571,7 +571,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         for r in rows {
             if args.format == Format::Csv {
                 lines.push(format!(
-                    "{},{},{},{},{:.4},{:.2},{}",
+                    "{},{},{},{},{:.6},{:.2},{}",
                     r.implementation,
                     r.shape,
                     r.layout,
@@ -583,7 +583,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
             } else {
                 let roof = r.roof.map(|v| format!("{v:.2}")).unwrap_or_default();
                 lines.push(format!(
-                    "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10.3} {:>9.2} {:>6}",
+                    "{:<5} {:<14} {:<6} {:<9} {:<11} {:>10.4} {:>9.2} {:>6}",
                     r.implementation,
                     r.shape,
                     r.layout,
