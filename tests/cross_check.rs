@@ -4,8 +4,9 @@
 mod common;
 
 use common::check::{
-    assert_no_mismatches, channels_of, compare, compare_dx, cross_check, cross_check_config,
-    cross_check_input, flat, switch_configs, with_channel_levels, with_outliers_at_ends,
+    assert_no_mismatches, channels_of, compare, compare_by_channel, compare_channels, compare_dx,
+    cross_check, cross_check_config, cross_check_input, flat, switch_configs, with_channel_levels,
+    with_outliers_at_ends,
 };
 use common::{gpu, gpu_caller, Rng};
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, Device, Layout};
@@ -32,6 +33,38 @@ fn run_all(cases: &[(&[usize], Layout, f64, f64)]) {
 }
 
 use Layout::{ChannelsFirst as CF, ChannelsLast as CL};
+
+/// The comparisons themselves: a small channel's error must not hide behind channels of
+/// large values, as it did in one L2 norm over all of them (a running mean of 0 where 21.5
+/// was due, beside channels at c·1e4; a y off by one beta in one channel of many).
+#[test]
+fn per_channel_comparisons_catch_an_error_in_a_small_channel() {
+    let want: Vec<f32> = (0..96).map(|c| 21.5 + c as f32 * 1e4).collect();
+    let mut got = want.clone();
+    got[0] = 0.0;
+    let mut errors = Vec::new();
+    compare(&mut errors, "L2 over all", &got, &want);
+    assert!(errors.is_empty(), "one norm over all channels: {errors:?}");
+    compare_channels(&mut errors, "running_mean", &got, &want, |_| 1.0);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("channel 0's"), "{errors:?}");
+
+    let want = with_channel_levels(Rng::new(1).array(&[4, 96, 5], 0.0, 1.0), CF, 1e4);
+    let mut got = want.clone();
+    got.index_axis_mut(ndarray::Axis(1), 0)
+        .mapv_inplace(|v| v + 1.0);
+    let mut errors = Vec::new();
+    compare(&mut errors, "y over all", &flat(&got), &flat(&want));
+    assert!(errors.is_empty(), "one norm over all channels: {errors:?}");
+    compare_by_channel(&mut errors, "y", &got, &want, CF);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("channel 0's"), "{errors:?}");
+    // And what agrees passes.
+    let mut errors = Vec::new();
+    compare_by_channel(&mut errors, "y", &want, &want, CF);
+    compare_channels(&mut errors, "mean", &flat(&want), &flat(&want), |_| 0.0);
+    assert!(errors.is_empty(), "{errors:?}");
+}
 
 #[test]
 fn odd_and_small_shapes_should_match_reference() {

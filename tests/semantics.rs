@@ -158,6 +158,14 @@ fn eval_without_tracked_stats_uses_batch_stats_and_full_backward() {
         let x = column(&[1., 2., 3., 4.]);
         let out = bn.forward(x.view(), CF).unwrap();
         assert_close(&format!("{name} mean"), &out.stats.unwrap().mean, &[2.5]);
+        // y by the batch statistics (biased variance 1.25), not the running ones it lacks.
+        let invstd = 1.0 / (1.25f64 + 1e-10).sqrt();
+        let y: Vec<f32> = out.y.iter().copied().collect();
+        assert_close(
+            &format!("{name} y"),
+            &y,
+            &[-1.5, -0.5, 0.5, 1.5].map(|d| d * invstd),
+        );
         // Through the batch statistics, dx sums to zero and is orthogonal to x̂.
         let grads = bn
             .backward(x.view(), column(&[1., 0., 0., 0.]).view(), CF)
@@ -167,9 +175,8 @@ fn eval_without_tracked_stats_uses_batch_stats_and_full_backward() {
         assert!(dx.iter().sum::<f64>().abs() < 1e-6, "{name}: Σdx = {dx:?}");
         let dot: f64 = dx.iter().zip(xhat).map(|(d, h)| d * h).sum();
         assert!(dot.abs() < 1e-6, "{name}: Σdx·x̂ = {dot}");
-        // And in closed form: invstd·(dy − mean(dy) − x̂·mean(dy·x̂)) with the biased variance
-        // 1.25, which is (0.3, −0.4, −0.1, 0.2)·invstd here.
-        let invstd = 1.0 / (1.25f64 + 1e-10).sqrt();
+        // And in closed form: invstd·(dy − mean(dy) − x̂·mean(dy·x̂)), which is
+        // (0.3, −0.4, −0.1, 0.2)·invstd here.
         let want = [0.3, -0.4, -0.1, 0.2].map(|k| k * invstd);
         let got: Vec<f32> = grads.dx.iter().copied().collect();
         assert_close(&format!("{name} dx"), &got, &want);
