@@ -1241,6 +1241,61 @@ fn output_file_sets() {
     );
 }
 
+/// An empty batch's files hold what PyTorch gives: the running statistics as given (the
+/// step only counted), and zero dgamma and dbeta (output_file_sets checks their names and
+/// shapes).
+#[test]
+fn an_empty_batch_keeps_the_running_statistics_and_gives_zero_gradients() {
+    let s = Scratch::new("empty_values");
+    let x0 = s.file("x0.npy", &f32_values(&[0, 3, 2, 2], &[]));
+    let c3 = s.file("c3.npy", &vec_npy(3));
+    let given = npy::read_f32(Path::new(&c3)).unwrap();
+    for device in ["cpu", "gpu"] {
+        let run_to = |args: &[&str], label: &str| {
+            let out = s.fresh_out(&format!("{label}-{device}"));
+            let mut args = strs(args);
+            args.extend(strs(&[
+                "--device",
+                device,
+                "--out",
+                &out.display().to_string(),
+            ]));
+            let o = run(&args).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                o.status.success(),
+                "{label} {device}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            out
+        };
+        let read = |out: &Path, name: &str| npy::read_f32(&out.join(name)).unwrap();
+        let (a, t) = (
+            ["--gamma", &c3, "--beta", &c3],
+            ["--running-mean", &c3, "--running-var", &c3],
+        );
+        let mut args = vec!["forward", "--x", &x0];
+        args.extend(a);
+        args.extend(t);
+        let out = run_to(&args, "forward");
+        assert_eq!(
+            read(&out, "running_mean.npy"),
+            given,
+            "{device} running_mean"
+        );
+        assert_eq!(read(&out, "running_var.npy"), given, "{device} running_var");
+        let mut args = vec!["backward", "--x", &x0, "--dy", &x0];
+        args.extend(a);
+        let out = run_to(&args, "backward");
+        for name in ["dgamma.npy", "dbeta.npy"] {
+            let got = read(&out, name);
+            assert!(
+                got.len() == 3 && got.iter().all(|&v| v == 0.0),
+                "{device} {name}: {got}"
+            );
+        }
+    }
+}
+
 /// A run that cannot write one of its files changes none: an earlier run's y.npy keeps its
 /// content, the directory in mean.npy's place stays, and no temporary file is left.
 #[test]

@@ -291,14 +291,26 @@ fn a_layer_behind_a_mutex_is_usable_from_any_thread() {
         .unwrap();
     }
 
+    // The same steps on one thread, on the GPU (bit for bit) and on the CPU reference.
     let mut alone = BatchNorm::new(BatchNormConfig::new(3), Device::Gpu(ctx)).unwrap();
-    for (x, dy) in inputs.iter() {
-        alone.forward(x.view(), Layout::ChannelsFirst).unwrap();
-        alone
-            .backward(x.view(), dy.view(), Layout::ChannelsFirst)
-            .unwrap();
+    let mut reference = BatchNorm::new(BatchNormConfig::new(3), Device::Cpu).unwrap();
+    for layer in [&mut alone, &mut reference] {
+        for (x, dy) in inputs.iter() {
+            layer.forward(x.view(), Layout::ChannelsFirst).unwrap();
+            layer
+                .backward(x.view(), dy.view(), Layout::ChannelsFirst)
+                .unwrap();
+        }
     }
     let l = shared.lock().unwrap();
+    for (what, got, want) in [
+        ("running_mean", l.running_mean(), reference.running_mean()),
+        ("running_var", l.running_var(), reference.running_var()),
+    ] {
+        let (got, want) = (got.unwrap(), want.unwrap());
+        let e = common::rel_l2(&got, want.iter().map(|&v| v as f64));
+        assert!(e < 1e-5, "{what} off the CPU reference by {e:e}");
+    }
     assert_eq!(l.num_batches_tracked(), Some(8));
     assert_eq!(
         bits(&l.running_mean().unwrap()),
