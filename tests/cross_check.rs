@@ -403,10 +403,7 @@ fn eval_dx_does_not_read_x() {
         (&[3, 5, 7, 11], CF),  // one value per load
     ];
     for (dims, layout) in cases {
-        let axis = match layout {
-            CF => 1,
-            CL => dims.len() - 1,
-        };
+        let axis = layout.channel_axis(dims.len());
         let channels = dims[axis];
         let running_mean: Vec<f32> = (0..channels).map(|c| 0.3 * c as f32 - 1.0).collect();
         let running_var: Vec<f32> = (0..channels).map(|c| 0.5 + 0.25 * c as f32).collect();
@@ -479,18 +476,12 @@ fn a_nan_stays_in_its_channel() {
         (&[3, 5, 7, 11], CF),  // one value per load
     ];
     for (dims, layout) in cases {
-        let channels = match layout {
-            CF => dims[1],
-            CL => dims[dims.len() - 1],
-        };
+        let channels = dims[layout.channel_axis(dims.len())];
         let poisoned = 2;
         let mut x = Rng::new(11).array(dims, 0.5, 2.0);
         let mut index = vec![0; dims.len()];
         index[0] = dims[0] - 1;
-        match layout {
-            CF => index[1] = poisoned,
-            CL => index[dims.len() - 1] = poisoned,
-        }
+        index[layout.channel_axis(dims.len())] = poisoned;
         x[index.as_slice()] = f32::NAN;
         for ctx in [
             gpu(),
@@ -542,10 +533,7 @@ fn a_nan_stays_in_its_channel() {
                     }
                 }
             }
-            let axis = match layout {
-                CF => 1,
-                CL => dims.len() - 1,
-            };
+            let axis = layout.channel_axis(dims.len());
             let dy = Rng::new(12).array(dims, 0.0, 1.0);
             let grads = gpu_layer.backward(x.view(), dy.view(), layout).unwrap();
             let want_grads = cpu.backward(x.view(), dy.view(), layout).unwrap();

@@ -44,7 +44,8 @@ pub fn rms(values: &[f32]) -> f64 {
 }
 
 /// A tensor channel by channel: each channel's relative L2 error, measured against its own
-/// norm or a tenth of the channels' RMS norm where that is smaller (see compare_channels).
+/// norm, or against a tenth of the channels' RMS norm where its own is smaller (see
+/// compare_channels).
 pub fn compare_by_channel(
     errors: &mut Vec<String>,
     what: &str,
@@ -177,18 +178,12 @@ pub fn with_channel_levels(mut x: ArrayD<f32>, layout: Layout, step: f32) -> Arr
 }
 
 fn channel_axis(x: &ArrayD<f32>, layout: Layout) -> usize {
-    match layout {
-        Layout::ChannelsFirst => 1,
-        Layout::ChannelsLast => x.ndim() - 1,
-    }
+    layout.channel_axis(x.ndim())
 }
 
 /// The channel count of a tensor of `dims` stored in `layout`.
 pub fn channels_of(dims: &[usize], layout: Layout) -> usize {
-    match layout {
-        Layout::ChannelsFirst => dims[1],
-        Layout::ChannelsLast => dims[dims.len() - 1],
-    }
+    dims[layout.channel_axis(dims.len())]
 }
 
 /// Fails with every mismatch the cross-checks collected, counted.
